@@ -1,0 +1,50 @@
+"""The one evaluation every algorithm gets (STYLE.md, 5 and 7).
+
+On each meta-test task: start from the learned initialisation, take 0..N SGD steps with
+the algorithm's inner rates on the support set (all tasks at once), record the query MSE
+after each step. No meta-graph is built: the initialisation is detached and each step's
+gradient is taken without create_graph.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from algorithms.base import Adaptation
+from algorithms.functional import adapt, expand_per_task, first_gradient_norm
+from algorithms.network import task_losses
+
+CI_Z = 1.96  # 95% normal interval: 1.96·std/sqrt(n)
+
+
+def adaptation_curve(adaptation: Adaptation, batch, steps: int = 10) -> torch.Tensor:
+    """Query MSE per step and task: [steps + 1, tasks]."""
+    n_tasks = batch.x_support.shape[0]
+    lrs = [lr if lr is None or not isinstance(lr, torch.Tensor) else lr.unsqueeze(0) for lr in adaptation.lrs]
+    with torch.enable_grad():
+        start = [p.requires_grad_() for p in expand_per_task([p.detach() for p in adaptation.params], n_tasks)]
+        rows = []
+        for params in adapt(start, batch.x_support, batch.y_support, lrs, steps, create_graph=False):
+            rows.append(task_losses(params, batch.x_query, batch.y_query).detach())
+    return torch.stack(rows)
+
+
+def summarize(losses: torch.Tensor) -> pd.DataFrame:
+    """[steps + 1, tasks] -> one row per step: eval_steps, mse, mse_ci95, n_test_tasks."""
+    n = losses.shape[1]
+    std = losses.std(dim=1, unbiased=True) if n > 1 else torch.zeros(losses.shape[0])
+    return pd.DataFrame({
+        "eval_steps": range(losses.shape[0]),
+        "mse": losses.mean(dim=1).cpu().double().numpy(),
+        "mse_ci95": (CI_Z * std / n ** 0.5).cpu().double().numpy(),
+        "n_test_tasks": n,
+    })
+
+
+def evaluate(adaptation: Adaptation, batch, steps: int = 10) -> pd.DataFrame:
+    return summarize(adaptation_curve(adaptation, batch, steps))
+
+
+def initial_gradient_norm(adaptation: Adaptation, batch) -> float:
+    """Mean over tasks of the Frobenius norm of the first adaptation gradient (issue: figures)."""
+    return first_gradient_norm(adaptation.params, batch.x_support, batch.y_support, adaptation.lrs).mean().item()

@@ -1,0 +1,118 @@
+"""Finn et al. (2017) sinusoid regression: y = A·sin(x + φ).
+
+One `SineFamily` describes a task distribution; `sample` draws a whole meta-batch in one
+vectorised call from an explicit `torch.Generator`, so runs never touch the global RNG.
+Variants (half-axis support, noise, other ranges) are the same class with other parameters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A meta-batch of regression tasks; every tensor is shaped [tasks, points, 1]."""
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    amplitude: torch.Tensor  # [tasks]
+    phase: torch.Tensor  # [tasks]
+
+    def __len__(self) -> int:
+        return self.x_support.shape[0]
+
+    def to(self, device: str | torch.device) -> "TaskBatch":
+        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def select(self, index) -> "TaskBatch":
+        """Tasks `index` (an int, slice or index tensor) as a batch of their own."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TaskBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def stack(batches: list["TaskBatch"]) -> "TaskBatch":
+        """Stack batches along a new leading dimension (one batch per ensemble member)."""
+        return TaskBatch(**{f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)})
+
+
+def _check_range(name: str, bounds, allow_point: bool = False) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair [low, high] of numbers, got {bounds!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} must be finite, got {bounds!r}")
+    if high < low or (high == low and not allow_point):
+        raise ValueError(f"{name} must satisfy low < high, got [{low}, {high}]")
+    return low, high
+
+
+@dataclass(frozen=True)
+class SineFamily:
+    """Distribution over sinusoid tasks.
+
+    Defaults are Finn et al.'s: A ~ U[0.1, 5.0), φ ~ U[0, π), x ~ U[-5, 5].
+    `support_x_range` restricts where support points fall (the `sine-half` variant);
+    `noise` is the standard deviation of Gaussian observation noise added to y.
+    """
+
+    k_shot: int = 10
+    n_query: int = 10
+    amplitude_range: tuple[float, float] = (0.1, 5.0)
+    phase_range: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    support_x_range: tuple[float, float] | None = None
+    noise: float = 0.0
+
+    def __post_init__(self):
+        for name in ("k_shot", "n_query"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "amplitude_range", _check_range("amplitude_range", self.amplitude_range))
+        object.__setattr__(self, "phase_range", _check_range("phase_range", self.phase_range, allow_point=True))
+        object.__setattr__(self, "x_range", _check_range("x_range", self.x_range))
+        if self.support_x_range is not None:
+            object.__setattr__(self, "support_x_range", _check_range("support_x_range", self.support_x_range))
+        if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not self.noise >= 0:
+            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+
+    @staticmethod
+    def _uniform(low_high, shape, generator, dtype) -> torch.Tensor:
+        low, high = low_high
+        return low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)
+
+    def function(self, x: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """The noiseless target y = A·sin(x + φ) for x shaped [tasks, points, 1]."""
+        return amplitude[:, None, None] * torch.sin(x + phase[:, None, None])
+
+    def sample(self, n_tasks: int, generator: torch.Generator, dtype=torch.float32) -> TaskBatch:
+        """Draw `n_tasks` tasks with K support and `n_query` query points each, in one call.
+
+        Draw order is fixed (A, φ, support x, query x, noise), so the same generator state
+        always gives the same batch.
+        """
+        if n_tasks < 1:
+            raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+        amplitude = self._uniform(self.amplitude_range, (n_tasks,), generator, dtype)
+        phase = self._uniform(self.phase_range, (n_tasks,), generator, dtype)
+        x_support = self._uniform(self.support_x_range or self.x_range, (n_tasks, self.k_shot, 1), generator, dtype)
+        x_query = self._uniform(self.x_range, (n_tasks, self.n_query, 1), generator, dtype)
+        y_support = self.function(x_support, amplitude, phase)
+        y_query = self.function(x_query, amplitude, phase)
+        if self.noise > 0:
+            y_support = y_support + self.noise * torch.randn(y_support.shape, generator=generator, dtype=dtype)
+            y_query = y_query + self.noise * torch.randn(y_query.shape, generator=generator, dtype=dtype)
+        return TaskBatch(x_support, y_support, x_query, y_query, amplitude, phase)
+
+    def with_points(self, k_shot: int, n_query: int) -> "SineFamily":
+        """The same family with other support/query sizes (e.g. for a meta-test set)."""
+        from dataclasses import replace
+
+        return replace(self, k_shot=k_shot, n_query=n_query)
