@@ -1,0 +1,208 @@
+"""Sweep configuration: a TOML file is data (STYLE.md, 8).
+
+Every key holds a value or, for the keys in SWEEP_KEYS, a list of values; lists expand to
+a cartesian product of cells. A single run is a sweep whose lists have one element.
+Unknown keys, wrong types and invalid values fail here, before any training, naming the key.
+Combinations that cannot run (an algorithm without that backend) are skipped with a reason.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from algorithms import ALGORITHMS, HyperParams
+from tasks import MAX_TRAIN_SEED, TASKS, get_task
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the key, the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run: everything that determines its numbers."""
+
+    algorithm: str
+    backend: str
+    task: str = "sine"
+    k_shot: int = 10
+    inner_steps: int = 1
+    lr_base: float = 0.01
+    lr_meta: float = 1e-3
+    meta_batch: int = 25
+    iterations: int = 1000
+    seed: int = 0
+
+    @property
+    def cell_id(self) -> str:
+        return (f"{self.algorithm}-{self.backend}-{self.task}-K{self.k_shot}-S{self.inner_steps}"
+                f"-lrb{self.lr_base:g}-lrm{self.lr_meta:g}-B{self.meta_batch}-it{self.iterations}-seed{self.seed}")
+
+    def hyperparams(self, msl_anneal_iters: int | None = None) -> HyperParams:
+        return HyperParams(inner_steps=self.inner_steps, lr_base=self.lr_base, lr_meta=self.lr_meta,
+                           meta_batch=self.meta_batch, iterations=self.iterations, msl_anneal_iters=msl_anneal_iters)
+
+
+SWEEP_KEYS = [f.name for f in fields(Cell)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every cell of a sweep shares: evaluation schedule, sizes, device."""
+
+    eval_every: int = 0  # evaluate every N iterations (0: only at the end)
+    eval_steps: int = 10  # adaptation steps 0..N at evaluation
+    eval_k_shot: tuple[int, ...] = ()  # evaluate at these K too (default: the training K)
+    n_test_tasks: int = 600
+    n_validation_tasks: int = 600
+    n_query: int = 10  # query points per training task
+    log_every: int = 100  # training-loss / gradient-norm logging interval
+    msl_anneal_iters: int = 0  # 0: 10% of iterations
+    ensemble: bool = True  # train func cells that differ only in seed/LR as one batched program
+    device: str = "cpu"
+    task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
+
+
+@dataclass
+class Sweep:
+    cells: list[Cell]
+    skipped: list[tuple[dict, str]]
+    settings: Settings
+
+
+_TYPES = {f.name: f.type for f in fields(Cell)}
+_CHECK = {"int": int, "float": (int, float), "str": str}
+
+
+def _check_type(key: str, value, expected: str):
+    """`expected` is the Cell field's annotation: "str", "int" or "float"."""
+    if isinstance(value, bool) or not isinstance(value, _CHECK[expected]):
+        raise ConfigError(f"{key} must be of type {expected}, got {value!r} ({type(value).__name__})")
+    return float(value) if expected == "float" else value
+
+
+def _validate_cell_values(key: str, value):
+    if key == "algorithm" and value not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {value!r}; valid choices: {', '.join(sorted(ALGORITHMS))}")
+    if key == "backend" and not any(value in b for b in ALGORITHMS.values()):
+        known = sorted({b for bs in ALGORITHMS.values() for b in bs})
+        raise ConfigError(f"unknown backend {value!r}; valid choices: {', '.join(known)}")
+    if key == "task" and value not in TASKS:
+        raise ConfigError(f"unknown task {value!r}; valid choices: {', '.join(sorted(TASKS))}")
+    if key in ("lr_base", "lr_meta") and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    if key in ("k_shot", "meta_batch", "iterations") and value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value!r}")
+    if key == "inner_steps" and value < 0:
+        raise ConfigError(f"inner_steps (S) must be >= 0, got {value!r}")
+    if key == "seed" and not 0 <= value < MAX_TRAIN_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_TRAIN_SEED}) (higher seeds are reserved for evaluation sets), got {value!r}")
+
+
+def _settings(raw: dict) -> Settings:
+    defaults = Settings()
+    values = {}
+    for f in fields(Settings):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        default = getattr(defaults, f.name)
+        if f.name == "eval_k_shot":
+            value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                raise ConfigError(f"eval_k_shot must be an integer >= 1 or a list of them, got {raw[f.name]!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{f.name} must be an integer >= 0, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{f.name} must be a string, got {value!r}")
+        elif isinstance(default, dict) and not isinstance(value, dict):
+            raise ConfigError(f"{f.name} must be a table, got {value!r}")
+        values[f.name] = value
+    settings = replace(defaults, **values)
+    for name in ("n_test_tasks", "n_validation_tasks", "n_query", "log_every"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)!r}")
+    if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {settings.device!r}")
+    return settings
+
+
+def parse_sweep(raw: dict) -> Sweep:
+    """Validate a raw TOML table and expand it into cells."""
+    known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(known))}")
+    for key in ("algorithm", "backend"):
+        if key not in raw:
+            raise ConfigError(f"missing required key {key!r}")
+    grid = {}
+    defaults = {f.name: f.default for f in fields(Cell) if f.name not in ("algorithm", "backend")}
+    for key in SWEEP_KEYS:
+        values = raw.get(key, defaults.get(key))
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{key} is an empty list: the grid would be empty")
+        checked = []
+        for v in values:
+            v = _check_type(key, v, _TYPES[key])
+            _validate_cell_values(key, v)
+            checked.append(v)
+        grid[key] = list(dict.fromkeys(checked))
+    settings = _settings(raw)
+    for task in grid["task"]:  # task parameters checked once per task, before any training
+        for k in grid["k_shot"]:
+            try:
+                get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
+            except (ValueError, KeyError) as error:
+                raise ConfigError(f"task {task!r} with task_params {settings.task_params}: {error}") from None
+    cells, skipped = [], []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        if values["backend"] not in ALGORITHMS[values["algorithm"]]:
+            skipped.append((values, f"algorithm {values['algorithm']!r} has no backend {values['backend']!r} "
+                                    f"(its backends: {', '.join(sorted(ALGORITHMS[values['algorithm']]))})"))
+            continue
+        cells.append(Cell(**values))
+    if not cells:
+        raise ConfigError("the grid is empty: every combination was skipped"
+                          + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
+    return Sweep(cells, skipped, settings)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` where value is TOML (`lr_base=[0.01,0.1]`, `device="cuda"`); bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"malformed TOML in {path}: {error}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        raw[key] = value
+    return parse_sweep(raw)
+
+
+def cell_to_dict(cell: Cell) -> dict:
+    return asdict(cell)

@@ -1,0 +1,76 @@
+"""Run records: one JSON file per finished cell under DIR/runs/, written atomically.
+
+A record is written to a temporary file in the same folder, flushed to disk, then renamed
+over its final name, so a sweep killed at any moment (even SIGKILL) leaves either a whole
+record or none; a rerun skips cells whose record exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+FINISHED = ("ok", "diverged")
+
+
+class RecordError(ValueError):
+    """A run record that cannot be read."""
+
+
+def runs_dir(out: Path) -> Path:
+    return Path(out) / "runs"
+
+
+def record_path(out: Path, cell_id: str) -> Path:
+    return runs_dir(out) / f"{cell_id}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(out: Path, record: dict) -> Path:
+    path = record_path(out, record["cell_id"])
+    write_atomic(path, json.dumps(record, indent=1, allow_nan=True))
+    return path
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RecordError(f"corrupt run record {path}: {error}") from None
+    missing = {"cell", "cell_id", "status"} - set(record) if isinstance(record, dict) else {"everything"}
+    if missing:
+        raise RecordError(f"corrupt run record {path}: missing {', '.join(sorted(missing))}")
+    return record
+
+
+def is_finished(out: Path, cell_id: str) -> bool:
+    path = record_path(out, cell_id)
+    if not path.exists():
+        return False
+    try:
+        return read_record(path)["status"] in FINISHED
+    except RecordError:
+        return False
+
+
+def load_records(out: Path) -> list[dict]:
+    """Every record under DIR/runs/, sorted by cell id; a corrupt one raises RecordError."""
+    folder = runs_dir(out)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not paths:
+        raise RecordError(f"no run records in {folder} (run a sweep into {out} first)")
+    return [read_record(p) for p in paths]
