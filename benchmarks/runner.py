@@ -141,8 +141,7 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
     for m, cell in enumerate(cells):
         common = dict(sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
-        final_ok = diverged_at[m] is None and all(math.isfinite(e["mse"]) for e in evaluations[m])
-        if final_ok:
+        if diverged_at[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
                                    qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot), **common))
         else:
