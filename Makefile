@@ -19,8 +19,39 @@ $(STAMP): requirements.txt scripts/build_learn2learn_wheel.sh Makefile
 	$(PY) -c "import learn2learn, higher, torch; print('torch', torch.__version__, 'learn2learn', learn2learn.__version__)"
 	touch $(STAMP)
 
+# The tests, then the result-number regression check (CI fails on either).
 test: setup
 	$(PY) -m pytest -q tests
+	$(MAKE) regress
+
+# The main job: the bench.toml quality sweep and the speed benchmarks, into results/bench/.
+bench: setup
+	$(PY) -m benchmarks run --config benchmarks/configs/bench.toml --out $(OUT)
+	$(MAKE) speed
+
+speed: setup
+	mkdir -p $(OUT)
+	$(PY) -m pytest -q benchmarks/speed --benchmark-json=$(OUT)/speed.json
+	$(PY) -m benchmarks.speed.table $(OUT)/speed.json $(OUT)
+
+# Tables and figures regenerated from every stored result folder (no training).
+figures: setup
+	for dir in results/*/; do if [ -d "$$dir/runs" ]; then $(PY) -m benchmarks report "$$dir" || exit 1; fi; done
+
+# Finn et al. 2017's sinusoid setup, every algorithm, 3 seeds, K in {5, 10, 20}.
+paper: setup
+	$(PY) -m benchmarks run --config benchmarks/configs/paper.toml --out results/paper
+
+# Rerun the CI config from scratch and compare with the committed baseline.
+regress: setup
+	rm -rf .cache/regress-candidate
+	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out .cache/regress-candidate
+	$(PY) -m benchmarks regress --baseline results/baseline --candidate .cache/regress-candidate
+
+# Intentionally replace the baseline (then review `git diff results/baseline`).
+baseline: setup
+	rm -rf results/baseline
+	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out results/baseline
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: `python -m benchmarks {list,run,report}`.
+"""Command line: `python -m benchmarks {list,run,report,regress}`.
 
 Every bad input ends in one clear message on stderr and exit status 2, before anything is
 written; failures inside cells are recorded and make the sweep exit 1 at the end.
@@ -50,7 +50,8 @@ def cmd_run(args) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
     out = Path(args.out)
     _check_writable(out)
-    records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address)
+    records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
+                        threads=args.threads)
     write_report(out)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
@@ -66,6 +67,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from benchmarks.regress import DEFAULT_TOLERANCES, regress
+
+    code, text = regress(Path(args.baseline), Path(args.candidate), Path(args.tolerances or DEFAULT_TOLERANCES))
+    print(text)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,10 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="parallel jobs (processes or Ray tasks)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="overrides the config's device")
+    run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/")
     report.add_argument("dir")
     report.set_defaults(func=cmd_report)
+    regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression")
+    regress.add_argument("--baseline", required=True)
+    regress.add_argument("--candidate", required=True)
+    regress.add_argument("--tolerances", default=None, help="TOML of per-metric rtol/atol (default: benchmarks/configs/tolerances.toml)")
+    regress.set_defaults(func=cmd_regress)
     return parser
 
 

@@ -69,12 +69,11 @@ def run_job(cells: list[Cell], settings: Settings, threads: int | None = None) -
     """Train one job and return one record per cell (never raises: failures become records)."""
     if threads:
         torch.set_num_threads(threads)
-    base = cells[0]
     try:
         return _run_job(cells, settings)
     except Exception as error:  # recorded, and the sweep goes on
         return [_record(cell, settings, status="failed", error=f"{type(error).__name__}: {error}",
-                        traceback=traceback.format_exc()) for cell in cells] if base else []
+                        traceback=traceback.format_exc()) for cell in cells]
 
 
 def _record(cell: Cell, settings: Settings, **fields) -> dict:
@@ -163,7 +162,7 @@ def _summary_line(record: dict) -> str:
 
 
 def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, address: str | None = None,
-              progress: bool = True) -> list[dict]:
+              threads: int | None = None, progress: bool = True) -> list[dict]:
     """Run every unfinished cell of `sweep`, writing records under out/runs/; return new records."""
     todo = [c for c in sweep.cells if not is_finished(out, c.cell_id)]
     jobs = group_jobs(todo, sweep.settings)
@@ -177,14 +176,14 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
             bar.update(1)
             bar.write(_summary_line(record))
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     if executor == "ray":
         from benchmarks.executors import run_ray
 
         run_ray(jobs, sweep.settings, finish, workers, address, threads)
     elif workers <= 1:
         for job in jobs:
-            finish(run_job(job, sweep.settings))
+            finish(run_job(job, sweep.settings, threads))
     else:
         from benchmarks.executors import run_pool
 

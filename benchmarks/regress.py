@@ -1,0 +1,100 @@
+"""Regression check of result numbers: a candidate sweep against a committed baseline.
+
+Compares metric by metric with the tolerances in benchmarks/configs/tolerances.toml, prints
+what moved, and checks the invariants a reader relies on. Speed is not compared here
+(machine-dependent); it lives in the speed benchmarks.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from algorithms import META_LEARNERS
+from benchmarks.records import load_records
+from benchmarks.report import summary_frame
+
+DEFAULT_TOLERANCES = Path(__file__).parent / "configs" / "tolerances.toml"
+KEYS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations",
+        "seed", "iteration", "split", "eval_k_shot", "eval_steps"]
+SECOND_ORDER_MAML_BACKENDS = ["func", "l2l", "higher"]
+
+
+def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:
+    return tomllib.loads(Path(path).read_text())
+
+
+def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, tolerances: dict) -> pd.DataFrame:
+    """One row per (key, metric) with baseline, candidate, delta, tolerance and verdict."""
+    merged = baseline.merge(candidate, on=KEYS, how="outer", suffixes=("_baseline", "_candidate"), indicator=True)
+    rows = []
+    for metric, tol in ((m, t) for m, t in tolerances.items() if m != "invariants"):
+        base = merged[f"{metric}_baseline"].astype(float)
+        cand = merged[f"{metric}_candidate"].astype(float)
+        allowed = tol["atol"] + tol["rtol"] * base.abs()
+        delta = cand - base
+        both_nan = base.isna() & cand.isna()
+        same_inf = np.isinf(base) & (base == cand)
+        moved = ~(both_nan | same_inf) & ~(delta.abs() <= allowed)
+        frame = merged[KEYS].copy()
+        frame["metric"] = metric
+        frame["baseline"], frame["candidate"], frame["delta"], frame["tolerance"] = base, cand, delta, allowed
+        frame["verdict"] = np.where(merged["_merge"] == "left_only", "missing in candidate",
+                                    np.where(merged["_merge"] == "right_only", "new in candidate",
+                                             np.where(moved, "moved", "ok")))
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True)
+
+
+def status_changes(baseline: list[dict], candidate: list[dict]) -> list[str]:
+    base = {r["cell_id"]: r["status"] for r in baseline}
+    cand = {r["cell_id"]: r["status"] for r in candidate}
+    return [f"{cid}: status {base[cid]} -> {cand.get(cid, 'missing')}" for cid in sorted(base) if base[cid] != cand.get(cid)]
+
+
+def invariants(frame: pd.DataFrame, tolerances: dict) -> list[str]:
+    """Broken invariants, as messages (empty when all hold)."""
+    inv = tolerances.get("invariants", {})
+    final = frame[(frame.split == "test") & (frame.iteration == frame.iterations) & (frame.eval_k_shot == frame.k_shot)]
+    problems = []
+    one = final[final.eval_steps == 1]
+    group = ["task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations", "backend"]
+    pre = one[one.algorithm == "pretrain"].groupby(["task", "k_shot", "inner_steps", "meta_batch", "iterations"]).mse.mean()
+    for keys, sub in one[one.algorithm.isin(META_LEARNERS)].groupby(["algorithm"] + group):
+        pkey = (keys[1], keys[2], keys[3], keys[6], keys[7])
+        if pkey not in pre.index:
+            continue
+        mse = sub.mse.mean()
+        if not mse < pre[pkey] - inv.get("beats_pretrain_margin", 0.0):
+            problems.append(f"{keys[0]} ({keys[-1]}) does not beat pretrain after 1 step: MSE {mse:.4f} vs {pre[pkey]:.4f}")
+    maml = final[(final.algorithm == "maml") & final.backend.isin(SECOND_ORDER_MAML_BACKENDS)]
+    rtol = inv.get("backend_agreement_rtol", 1e-3)
+    cell = [k for k in KEYS if k != "backend"]
+    for keys, sub in maml.groupby(cell):
+        if len(sub) > 1 and (sub.mse.max() - sub.mse.min()) > rtol * sub.mse.abs().max():
+            problems.append(f"second-order MAML backends disagree at {dict(zip(cell, keys))}: "
+                            + ", ".join(f"{b}={m:.6f}" for b, m in zip(sub.backend, sub.mse)))
+    return problems
+
+
+def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEFAULT_TOLERANCES) -> tuple[int, str]:
+    """Return (exit code, printed report)."""
+    tolerances = load_tolerances(tolerances_path)
+    base_records, cand_records = load_records(baseline_dir), load_records(candidate_dir)
+    base, cand = summary_frame(base_records), summary_frame(cand_records)
+    table = compare(base, cand, tolerances)
+    bad = table[table.verdict != "ok"]
+    lines = [f"compared {len(table)} numbers ({', '.join(m for m in tolerances if m != 'invariants')}) "
+             f"of {len(cand_records)} cells against {baseline_dir}"]
+    if len(bad):
+        lines.append("moved beyond tolerance:")
+        shown = bad[["algorithm", "backend", "inner_steps", "seed", "split", "eval_k_shot", "eval_steps", "metric",
+                     "baseline", "candidate", "delta", "tolerance", "verdict"]]
+        lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    problems = status_changes(base_records, cand_records) + invariants(cand, tolerances)
+    lines += [f"invariant broken: {p}" for p in problems]
+    failed = len(bad) > 0 or len(problems) > 0
+    lines.append("REGRESSION" if failed else "no regression: every number within tolerance, all invariants hold")
+    return (1 if failed else 0), "\n".join(lines)
