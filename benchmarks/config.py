@@ -135,43 +135,66 @@ def _settings(raw: dict) -> Settings:
     return settings
 
 
-def parse_sweep(raw: dict) -> Sweep:
-    """Validate a raw TOML table and expand it into cells."""
-    known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(known))}")
+def _expand_grid(raw: dict, where: str) -> dict[str, list]:
+    """Validated value lists for every Cell key of one grid table."""
     for key in ("algorithm", "backend"):
         if key not in raw:
-            raise ConfigError(f"missing required key {key!r}")
+            raise ConfigError(f"missing required key {key!r}{where}")
     grid = {}
     defaults = {f.name: f.default for f in fields(Cell) if f.name not in ("algorithm", "backend")}
     for key in SWEEP_KEYS:
         values = raw.get(key, defaults.get(key))
         values = values if isinstance(values, list) else [values]
         if not values:
-            raise ConfigError(f"{key} is an empty list: the grid would be empty")
+            raise ConfigError(f"{key} is an empty list{where}: the grid would be empty")
         checked = []
         for v in values:
             v = _check_type(key, v, _TYPES[key])
             _validate_cell_values(key, v)
             checked.append(v)
         grid[key] = list(dict.fromkeys(checked))
+    return grid
+
+
+def parse_sweep(raw: dict) -> Sweep:
+    """Validate a raw TOML table and expand it into cells.
+
+    Cell keys may sit at the top level (one grid) or in `[[grid]]` tables (the union of
+    several grids; top-level cell keys are their defaults) — e.g. a cheap cross-backend
+    grid beside a wide single-backend one.
+    """
+    known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)} | {"grid"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(known))}")
+    tables = raw.get("grid", [{}])
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("grid must be a non-empty array of tables ([[grid]])")
+    for i, table in enumerate(tables):
+        bad = sorted(set(table) - set(SWEEP_KEYS))
+        if bad:
+            raise ConfigError(f"unknown key(s) {', '.join(map(repr, bad))} in [[grid]] #{i + 1}; "
+                              f"valid keys there: {', '.join(SWEEP_KEYS)}")
+    top = {k: v for k, v in raw.items() if k in SWEEP_KEYS}
+    grids = [_expand_grid({**top, **table}, f" in [[grid]] #{i + 1}" if "grid" in raw else "")
+             for i, table in enumerate(tables)]
     settings = _settings(raw)
-    for task in grid["task"]:  # task parameters checked once per task, before any training
-        for k in grid["k_shot"]:
+    for grid in grids:  # task parameters checked once per task, before any training
+        for task, k in itertools.product(grid["task"], grid["k_shot"]):
             try:
                 get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
             except (ValueError, KeyError) as error:
                 raise ConfigError(f"task {task!r} with task_params {settings.task_params}: {error}") from None
     cells, skipped = [], []
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        if values["backend"] not in ALGORITHMS[values["algorithm"]]:
-            skipped.append((values, f"algorithm {values['algorithm']!r} has no backend {values['backend']!r} "
-                                    f"(its backends: {', '.join(sorted(ALGORITHMS[values['algorithm']]))})"))
-            continue
-        cells.append(Cell(**values))
+    for grid in grids:
+        for combo in itertools.product(*grid.values()):
+            values = dict(zip(grid, combo))
+            if values["backend"] not in ALGORITHMS[values["algorithm"]]:
+                skipped.append((values, f"algorithm {values['algorithm']!r} has no backend {values['backend']!r} "
+                                        f"(its backends: {', '.join(sorted(ALGORITHMS[values['algorithm']]))})"))
+                continue
+            cells.append(Cell(**values))
+    cells = list(dict.fromkeys(cells))
     if not cells:
         raise ConfigError("the grid is empty: every combination was skipped"
                           + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
