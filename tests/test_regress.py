@@ -20,8 +20,8 @@ def _copy(tmp_path) -> Path:
     return target
 
 
-def _edit(folder: Path, algorithm: str, backend: str, edit) -> None:
-    (path,) = [p for p in (folder / "runs").glob(f"{algorithm}-{backend}-*.json")]
+def _edit(folder: Path, pattern: str, edit) -> None:
+    (path,) = (folder / "runs").glob(pattern)
     record = json.loads(path.read_text())
     edit(record)
     path.write_text(json.dumps(record))
@@ -40,7 +40,7 @@ def test_number_moved_beyond_tolerance_fails(tmp_path, capsys):
         e = next(e for e in record["evaluations"] if e["split"] == "test" and e["eval_steps"] == 5)
         e["mse"] = e["mse"] * (1 + 3 * tol["rtol"]) + 3 * tol["atol"]
 
-    _edit(candidate, "fomaml", "func", perturb)
+    _edit(candidate, "fomaml-func-*-S3-*.json", perturb)
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 1
     out = capsys.readouterr().out
     assert "moved" in out and "fomaml" in out and "REGRESSION" in out, out
@@ -54,7 +54,7 @@ def test_number_within_tolerance_passes(tmp_path):
         e = next(e for e in record["evaluations"] if e["split"] == "test" and e["eval_steps"] == 5)
         e["mse"] = e["mse"] * (1 + 0.3 * tol["rtol"])
 
-    _edit(candidate, "fomaml", "func", nudge)
+    _edit(candidate, "fomaml-func-*-S3-*.json", nudge)
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 0
 
 
@@ -65,7 +65,7 @@ def test_broken_invariants_fail(tmp_path, capsys):
         for e in record["evaluations"]:
             e["mse"] *= 1.005  # within the per-number tolerance, beyond backend agreement
 
-    _edit(candidate, "maml", "higher", disagree)
+    _edit(candidate, "maml-higher-*.json", disagree)
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 1
     assert "second-order MAML backends disagree" in capsys.readouterr().out
 
@@ -80,6 +80,6 @@ def test_meta_learner_not_beating_pretrain_fails(tmp_path, capsys):
             e["mse"] += 10.0
 
     for folder in (base, candidate):  # same numbers on both sides: only the invariant can fail
-        _edit(folder, "anil", "func", worsen)
+        _edit(folder, "anil-func-*-S3-*.json", worsen)
     assert main(["regress", "--baseline", str(base), "--candidate", str(candidate)]) == 1
     assert "anil (func) does not beat pretrain" in capsys.readouterr().out
