@@ -1,15 +1,35 @@
 """The vectorised `func` engine: every algorithm as pure batched tensor functions.
 
-No Python loop over tasks and no module cloning: parameters carry a leading ensemble
-dimension [members, ...] and are expanded (as views) to [members, tasks, ...] for the
-inner loop, so one autograd call adapts every task of every member (see
-`algorithms.functional`). A single run is an ensemble of one; an ensemble trains several
-runs (seeds, LR_base, LR_meta; same S and meta-batch) in one program, each with its own
-parameters, task stream and Adam state. Members never interact: the summed loss has a
-block-diagonal Jacobian, so each member's gradient is exactly its own.
+No Python loop over tasks and no module cloning. Meta-parameters carry a leading ensemble
+dimension [members, ...]; tasks are flattened into one batch dimension [members·tasks, ...]
+and a member's initialisation serves all its tasks without being copied (its tasks are
+folded into the rows of one GEMM, `algorithms.network.linear`). Each inner step is the
+MLP's backward pass written out by hand (`mlp_gradients`) followed by an SGD update.
+
+Two ways to the meta-gradient, compared number for number by the tests:
+
+* `meta_gradient` (the one training uses): reverse mode by hand. The forward pass keeps a
+  tape (each step's parameters, layer inputs and deltas); the reverse pass applies, per
+  step, the vector-Jacobian product of θ ↦ θ − r·∇L(θ), i.e. a Hessian-vector product of
+  the support loss (`mlp_gradients_backward`). No autograd graph: about 3x fewer ops than
+  autograd's double backward, which is what bounds speed at these tiny sizes.
+* `meta_gradient_autograd`: autograd through `member_losses` (same forward, built from
+  differentiable ops), kept as the reference.
+
+A single run is an ensemble of one; an ensemble trains several runs (seeds, LR_base,
+LR_meta; same S and meta-batch) in one program, each with its own parameters, task stream
+and Adam state. Members never interact: the summed loss has a block-diagonal Jacobian, so
+each member's gradient is exactly its own.
+
+`checkpoint_inner` trades compute for memory on long inner loops: the S steps run in
+segments (⌈√S⌉ steps each for True, or the given length); only the parameters at segment
+boundaries are kept and each segment is recomputed during the reverse pass, so memory is
+O(√S) instead of O(S) (measured at S = 100: 50 MB -> 12 MB, 1.7x the time). The autograd
+reference does the same with `torch.utils.checkpoint`.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -17,8 +37,8 @@ from torch.utils.checkpoint import checkpoint
 
 from algorithms.adam import StackedAdam
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.functional import adapt, expand_per_task, sgd_step
-from algorithms.network import make_network, task_losses
+from algorithms.network import (make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
+                                mse_scale, scaled)
 from algorithms.schedules import last_step_weights, msl_weights
 
 
@@ -32,7 +52,7 @@ class FuncLearner(MetaLearner):
     learned_rates = False  # True: Meta-SGD
 
     def __init__(self, hp: HyperParams | Sequence[HyperParams], generator: torch.Generator | Sequence[torch.Generator],
-                 device: str = "cpu", checkpoint_inner: bool = False):
+                 device: str = "cpu", checkpoint_inner: bool | int = False):
         hps = list(hp) if isinstance(hp, (list, tuple)) else [hp]
         generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         if len(hps) != len(generators):
@@ -41,18 +61,28 @@ class FuncLearner(MetaLearner):
         if len(shared) != 1:
             raise ValueError("ensemble members must share inner_steps, meta_batch, iterations and msl_anneal_iters; "
                              f"got {sorted(shared)}")
+        if isinstance(checkpoint_inner, bool) or checkpoint_inner is None:
+            segment = math.isqrt(max(hps[0].inner_steps - 1, 0)) + 1 if checkpoint_inner else 0  # ceil(sqrt(S))
+        elif isinstance(checkpoint_inner, int) and checkpoint_inner >= 1:
+            segment = checkpoint_inner
+        else:
+            raise ValueError(f"checkpoint_inner must be a bool or a segment length >= 1, got {checkpoint_inner!r}")
         super().__init__(hps[0], generators[0], device)
         self.hps = hps
         self.n_members = len(hps)
         self.checkpoint_inner = checkpoint_inner
-        nets = [list(make_network(g, device=device).parameters()) for g in generators]
-        self.params = [torch.stack([net[i].detach() for net in nets]).requires_grad_() for i in range(len(nets[0]))]
+        self.segment = segment
+        stacked = [torch.stack(ps).detach() for ps in zip(*(make_network(g, device=device).parameters()
+                                                             for g in generators))]
         self.lr_base = torch.tensor([h.lr_base for h in hps], device=self.device)
         self.lr_meta = torch.tensor([h.lr_meta for h in hps], device=self.device)
-        self.rates = [torch.ones_like(p) * _per_member(self.lr_base, p).detach() for p in self.params]
-        if self.learned_rates:
-            self.rates = [r.requires_grad_() for r in self.rates]
-        self.meta_parameters = self.params + (self.rates if self.learned_rates else [])
+        rates = [torch.ones_like(p) * _per_member(self.lr_base, p) for p in stacked] if self.learned_rates else []
+        # Every meta-parameter is a view of one [members, P] buffer: Adam updates it in one op.
+        self.meta_parameters = _views_of_one_buffer(stacked + rates)
+        self.params = self.meta_parameters[:len(stacked)]
+        self.rates = self.meta_parameters[len(stacked):]
+        self.frozen_layers = 0 if self.adapt_body else len(self.params) // 2 - 1
+        self._fixed_rates = [_per_member(self.lr_base, p).unsqueeze(1) for p in self.params]
 
     def make_optimizer(self):
         return StackedAdam(self.meta_parameters, self.lr_meta)
@@ -66,55 +96,251 @@ class FuncLearner(MetaLearner):
 
     # -- the pure parts ---------------------------------------------------------------
     def inner_rates(self) -> list:
-        """Per-parameter inner rates, shaped to broadcast over [members, tasks, ...]."""
-        n_body = len(self.params) - 2
-        rates = [r if self.learned_rates else _per_member(self.lr_base, p) for r, p in zip(self.rates, self.params)]
-        rates = [r.unsqueeze(1) for r in rates]  # task dimension
-        return rates if self.adapt_body else [None] * n_body + rates[n_body:]
+        """Per-parameter inner rates, shaped to broadcast over [members, tasks, ...]; None: frozen."""
+        rates = [r.unsqueeze(1) for r in self.rates] if self.learned_rates else self._fixed_rates
+        frozen = 2 * self.frozen_layers
+        return [None] * frozen + rates[frozen:]
 
     def loss_weights(self, iteration: int) -> list[float]:
         if self.multi_step_loss:
             return msl_weights(self.hp.inner_steps, iteration, self.hp.msl_anneal_iters or max(1, self.hp.iterations // 10))
         return last_step_weights(self.hp.inner_steps)
 
+    def _flat_batch(self, batch):
+        """Support and query sets as [members·tasks, points, 1]; frozen leading layers applied once."""
+        tensors = [t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query)]
+        params, rates = list(self.params), self.inner_rates()
+        frozen = 2 * self.frozen_layers
+        if frozen:  # ANIL: the body's features do not change in the inner loop
+            for i in (0, 2):
+                tensors[i] = torch.relu(mlp_forward(params[:frozen], tensors[i])[0])
+            params, rates = params[frozen:], rates[frozen:]
+        return tensors, params, rates
+
+    def _inner_step(self, params, x, y, rates):
+        """One SGD step on every task of every member: [M or M·T, ...] -> [M·T, ...]."""
+        members, batch = self.n_members, x.shape[0]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.first_order):
+            grads = mlp_gradients(params, x, y, [r is not None for r in rates])
+        new = []
+        for p, g, r in zip(params, grads, rates):
+            if g is None:
+                new.append(p)
+                continue
+            shape = g.shape[1:]
+            start = p.view(members, p.shape[0] // members, *shape)  # [M, 1 or T, ...]
+            per_task = g.view(members, batch // members, *shape)
+            new.append(torch.addcmul(start, r, per_task, value=-1).view(batch, *shape))
+        return new
+
+    def _query_loss(self, params, x, y) -> torch.Tensor:
+        """Mean query MSE per member [M] (every task has the same number of points)."""
+        return (mlp_forward(params, x)[0] - y).pow(2).view(self.n_members, -1).mean(1)
+
+    def _steps(self, params, data, rates, weights, first: int, last: int):
+        """Inner steps first..last; returns Σ_s w_s·(query loss after step s) [M] and the parameters."""
+        xs, ys, xq, yq = data
+        loss = None
+        for s in range(first, last + 1):
+            if s > 0:
+                params = self._inner_step(params, xs, ys, rates)
+            if weights[s]:
+                term = self._query_loss(params, xq, yq)
+                term = term if weights[s] == 1 else weights[s] * term
+                loss = term if loss is None else loss + term
+        return loss, params
+
     def member_losses(self, batch, iteration: int = 0) -> torch.Tensor:
         """Meta-loss of each member [members]: weighted query losses over inner steps 0..S."""
         weights = self.loss_weights(iteration)
-        n_tasks = batch.x_support.shape[-3]
-        params = expand_per_task(self.params, n_tasks, lead=1)
-        rates = self.inner_rates()
-        loss = 0.0
-        for s, w in enumerate(weights):
-            if s > 0:
-                params = self._inner_step(params, batch, rates)
-            if w:
-                loss = loss + w * task_losses(params, batch.x_query, batch.y_query).mean(-1)
+        data, params, rates = self._flat_batch(batch)
+        steps = len(weights) - 1
+        if not self.segment or self.first_order or steps <= 1 or not torch.is_grad_enabled():
+            return self._steps(params, data, rates, weights, 0, steps)[0]
+        loss, params = self._steps(params, data, rates, weights, 0, 0)
+        for first in range(1, steps + 1, self.segment):
+            last = min(first + self.segment - 1, steps)
+
+            def segment(*flat, first=first, last=last):
+                term, out = self._steps(list(flat), data, rates, weights, first, last)
+                return (term if term is not None else flat[0].new_zeros(self.n_members)), *out
+
+            term, *params = checkpoint(segment, *params, use_reentrant=False)
+            loss = term if loss is None else loss + term
         return loss
 
-    def _inner_step(self, params, batch, rates):
-        def step(*flat):
-            return tuple(sgd_step(list(flat), task_losses(list(flat), batch.x_support, batch.y_support),
-                                  rates, create_graph=not self.first_order))
-
-        if self.checkpoint_inner and not self.first_order:
-            return list(checkpoint(step, *params, use_reentrant=False))
-        return list(step(*params))
-
-    def meta_gradient(self, batch, iteration: int = 0):
-        losses = self.member_losses(batch, iteration)
-        grads = torch.autograd.grad(losses.sum(), self.meta_parameters)
+    def meta_gradient_autograd(self, batch, iteration: int = 0):
+        """The reference meta-gradient: autograd through `member_losses` (tests compare the two)."""
+        with torch.enable_grad():
+            losses = self.member_losses(batch, iteration)
+            grads = torch.autograd.grad(losses.sum(), self.meta_parameters, materialize_grads=True)
         return losses.detach(), list(grads)
+
+    # -- the fast meta-gradient: reverse mode by hand, no autograd graph -------------------
+    def meta_gradient(self, batch, iteration: int = 0):
+        """Meta-loss per member [M] and the gradient of their sum for each meta-parameter.
+
+        The same maths as `meta_gradient_autograd`, with the reverse pass written out: a tape
+        of each inner step's layer inputs and deltas, then per step the vector-Jacobian
+        product of the SGD update (a Hessian-vector product of the support loss, skipped for
+        first-order methods). With `checkpoint_inner` only the parameters at segment
+        boundaries are kept and each segment is recomputed during the reverse pass.
+        """
+        weights = self.loss_weights(iteration)
+        with torch.no_grad():
+            return self._meta_gradient(batch, weights)
+
+    def _meta_gradient(self, batch, weights):
+        xs, ys, xq, yq = (t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
+        frozen = 2 * self.frozen_layers
+        body = self.params[:frozen]
+        if frozen:  # ANIL: the body's features do not change in the inner loop
+            body_s, body_q = mlp_forward(body, xs), mlp_forward(body, xq)
+            xs, xq = torch.relu(body_s[0]), torch.relu(body_q[0])
+        data = (xs, ys, xq, yq)
+        rates = self._rates_for(xs.shape[0])
+        theta = [p.detach() for p in self.params[frozen:]]
+        steps = len(weights) - 1
+        length = self.segment if self.segment and not self.first_order else steps + 1
+        segments = [(first, min(first + length - 1, steps)) for first in range(0, steps + 1, length)]
+        keep = len(segments) == 1
+        starts, loss, tape = [], None, []
+        for first, last in segments:
+            starts.append(theta)
+            theta, term, tape = self._run(theta, data, rates, weights, first, last, keep)
+            loss = term if loss is None else loss + term
+        state = {"theta_bar": None, "rate_bars": [None] * len(theta), "xs_bar": None, "xq_bar": None}
+        while segments:
+            (first, last), start = segments.pop(), starts.pop()  # boundaries are freed once used
+            if not keep:
+                tape = self._run(start, data, rates, weights, first, last, True)[2]
+            self._reverse(tape, state, data, rates, need_input=bool(frozen))  # empties the tape
+        grads = state["theta_bar"]
+        if frozen:
+            bars = None
+            for (out, inputs), x, x_bar in ((body_s, xs, state["xs_bar"]), (body_q, xq, state["xq_bar"])):
+                if x_bar is not None:
+                    bars = mlp_backward(body, inputs, torch.ops.aten.threshold_backward(x_bar, x, 0), into=bars)[0]
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(bars or [None] * frozen, body)] + grads
+        if self.learned_rates:
+            grads = grads + [g if g is not None else torch.zeros_like(r) for g, r in zip(state["rate_bars"], self.rates)]
+        return loss, grads
+
+    def _rates_for(self, n_rows: int):
+        """(loss scale, per-entry rates) of the inner SGD step on n_rows = members·tasks tasks.
+
+        A fixed LR_base is folded into the support loss (`mlp_gradients(loss_scale=...)`): a
+        float for a lone member, else [M·T, 1, 1]; the gradients come out pre-multiplied.
+        Meta-SGD's learned per-entry rates multiply the gradients instead.
+        """
+        frozen = 2 * self.frozen_layers
+        if self.learned_rates:
+            return 1.0, [self._per_task(r.detach()) for r in self.rates[frozen:]]
+        if self.n_members == 1:
+            return self.hps[0].lr_base, None
+        tasks = n_rows // self.n_members
+        return self.lr_base.repeat_interleave(tasks).view(-1, 1, 1), None
+
+    def _per_task(self, t):
+        """[M or M·T, ...] -> broadcastable against [M, T, ...] (a lone member needs no task dim)."""
+        return t if self.n_members == 1 else t.view(self.n_members, -1, *t.shape[1:])
+
+    def _update(self, p, g, r):
+        """p − g (rate already in g) or p − r·g: p [M or M·T, ...], g [M·T, ...] -> [M·T, ...]."""
+        if r is None:
+            new = torch.sub(self._per_task(p), self._per_task(g))
+        else:
+            new = torch.addcmul(self._per_task(p), r, self._per_task(g), value=-1)
+        return new.view(g.shape)
+
+    def _run(self, theta, data, rates, weights, first, last, keep):
+        """Inner steps first..last without a graph: (θ after `last`, Σ_s w_s·query loss [M], tape)."""
+        xs, ys, xq, yq = data
+        loss_scale, entry_rates = rates
+        loss, tape = None, []
+        for s in range(first, last + 1):
+            if s > 0:
+                record = {} if keep and not self.first_order else None
+                grads = mlp_gradients(theta, xs, ys, tape=record, loss_scale=loss_scale)
+                new = [self._update(p, g, r) for p, g, r in zip(theta, grads, entry_rates or [None] * len(grads))]
+                if keep:  # the gradients only for Meta-SGD's rate adjoints
+                    tape.append(("step", theta, record, grads if entry_rates is not None else None))
+                theta = new
+            if weights[s]:
+                out, inputs = mlp_forward(theta, xq)
+                diff = out - yq
+                term = diff.pow(2).view(self.n_members, -1).mean(1)
+                term = term if weights[s] == 1 else weights[s] * term
+                loss = term if loss is None else loss + term
+                if keep:
+                    tape.append(("query", theta, inputs, diff, weights[s]))
+        return theta, loss, tape
+
+    def _reverse(self, tape, state, data, rates, need_input):
+        """Back through a tape: updates the adjoint of θ (and of rates and ANIL's features) in `state`."""
+        xs, ys, xq, yq = data
+        loss_scale, entry_rates = rates
+        members = self.n_members
+        theta_bar = state["theta_bar"]
+        while tape:
+            entry = tape.pop()  # each step's record is freed as soon as it is used
+            if entry[0] == "query":
+                _, theta, inputs, diff, weight = entry
+                out_bar = scaled(diff, 2.0 * weight / (diff.numel() // members))  # d(mean over the member's entries)
+                theta_bar, x_bar = mlp_backward(theta, inputs, out_bar, need_input=need_input, into=theta_bar)
+                state["xq_bar"] = _add(state["xq_bar"], x_bar)
+                continue
+            # θ_new = θ − g_r(θ) with g_r = r·∇L (r folded into the loss, or per entry):
+            # θ̄ = θ̄_new (summed over tasks where θ is shared) − (∂g_r/∂θ)ᵀ θ̄_new
+            _, theta, record, grads = entry
+            new_bar = theta_bar
+            theta_bar = [b if p.shape[0] == b.shape[0] else b.view(p.shape[0], -1, *b.shape[1:]).sum(1)
+                         for p, b in zip(theta, new_bar)]
+            if entry_rates is not None:  # Meta-SGD: r̄ −= Σ_tasks g ⊙ θ̄_new
+                state["rate_bars"] = [_add(acc, -_sum_tasks(self._per_task(g * b), members))
+                                      for acc, g, b in zip(state["rate_bars"], grads, new_bar)]
+            if not self.first_order:
+                grad_bars = new_bar if entry_rates is None else \
+                    [(r * self._per_task(b)).view(b.shape) for r, b in zip(entry_rates, new_bar)]
+                bars, x_bar = mlp_gradients_backward(theta, record, grad_bars, ys, loss_scale, need_input)
+                theta_bar = [torch.sub(a, b) for a, b in zip(theta_bar, bars)]
+                state["xs_bar"] = _add(state["xs_bar"], None if x_bar is None else -x_bar)
+        state["theta_bar"] = theta_bar
 
     def adaptation(self, member: int = 0) -> Adaptation:
         params = [p[member].detach() for p in self.params]
-        rates = [r[member].detach() if self.learned_rates else float(self.lr_base[member]) for r in self.rates]
-        n_body = len(params) - 2
-        return Adaptation(params, rates if self.adapt_body else [None] * n_body + rates[n_body:])
+        if self.learned_rates:
+            rates = [r[member].detach() for r in self.rates]
+        else:
+            rates = [float(self.lr_base[member])] * len(params)
+        frozen = 2 * self.frozen_layers
+        return Adaptation(params, [None] * frozen + rates[frozen:])
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def _sum_tasks(t: torch.Tensor, members: int) -> torch.Tensor:
+    """[M, T, ...] (or [T, ...] for a lone member) -> [M, ...]."""
+    return t.sum(1) if members > 1 else t.sum(0, keepdim=True)
 
 
 def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[members] -> [members, 1, ...] to broadcast against a stacked parameter."""
     return values.view(-1, *[1] * (like.dim() - 1))
+
+
+def _views_of_one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copy [members, ...] tensors into one [members, P] buffer; return leaf views of it."""
+    members = tensors[0].shape[0]
+    buffer = torch.cat([t.reshape(members, -1) for t in tensors], 1)
+    views, offset = [], 0
+    for t in tensors:
+        size = t[0].numel()
+        views.append(buffer[:, offset:offset + size].view(t.shape).requires_grad_())
+        offset += size
+    return views
 
 
 class FuncMAML(FuncLearner):
@@ -149,10 +375,18 @@ class FuncPretrain(FuncLearner):
     """Joint pre-training: one network regresses every task's support and query points."""
 
     def member_losses(self, batch, iteration: int = 0):
-        x = torch.cat([batch.x_support, batch.x_query], dim=-2)
-        y = torch.cat([batch.y_support, batch.y_query], dim=-2)
-        params = [p.unsqueeze(1) for p in self.params]  # shared by all tasks
-        return task_losses(params, x, y).mean(-1)
+        x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
+        y = torch.cat([batch.y_support, batch.y_query], dim=-2).flatten(0, 1)
+        return self._query_loss(self.params, x, y)  # the parameters are shared by all tasks
+
+    def meta_gradient(self, batch, iteration: int = 0):
+        with torch.no_grad():
+            x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
+            y = torch.cat([batch.y_support, batch.y_query], dim=-2).flatten(0, 1)
+            out, inputs = mlp_forward(self.params, x)
+            diff = out - y
+            grads = mlp_backward(self.params, inputs, diff * (2.0 / (diff.numel() // self.n_members)))[0]
+            return diff.pow(2).view(self.n_members, -1).mean(1), grads
 
 
 class FuncReptile(FuncLearner):
@@ -161,13 +395,19 @@ class FuncReptile(FuncLearner):
     first_order = True
 
     def meta_gradient(self, batch, iteration: int = 0):
-        n_tasks = batch.x_support.shape[-3]
-        theta = [p.detach() for p in self.params]
-        with torch.enable_grad():
-            per_task = [p.requires_grad_() for p in expand_per_task(theta, n_tasks, lead=1)]
-            *_, phi = adapt(per_task, batch.x_support, batch.y_support, self.inner_rates(), self.hp.inner_steps,
-                            create_graph=False)
         with torch.no_grad():
-            losses = task_losses(phi, batch.x_query, batch.y_query).mean(-1)
-            pseudo = [t - f.mean(1) for t, f in zip(theta, phi)]
+            xs, ys, xq, yq = (t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
+            loss_scale, _ = self._rates_for(xs.shape[0])
+            theta = [p.detach() for p in self.params]
+            phi = theta
+            for _ in range(self.hp.inner_steps):
+                grads = mlp_gradients(phi, xs, ys, loss_scale=loss_scale)
+                phi = [self._update(p, g, None) for p, g in zip(phi, grads)]
+            losses = self._query_loss(phi, xq, yq)
+            pseudo = [t - f.view(self.n_members, -1, *t.shape[1:]).mean(1) for t, f in zip(theta, phi)]
         return losses, pseudo
+
+    def meta_gradient_autograd(self, batch, iteration: int = 0):
+        """Reptile's outer step is not a gradient: there is no autograd reference (the tests
+        compare it with the `torch` backend instead)."""
+        return self.meta_gradient(batch, iteration)

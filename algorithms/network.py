@@ -1,13 +1,26 @@
-"""Finn et al.'s base learner (1 -> 40 -> 40 -> 1, ReLU), as a module and as a pure function.
+"""Finn et al.'s base learner (1 -> 40 -> 40 -> 1, ReLU), as a module and as pure functions.
 
-The module feeds learn2learn and higher; the pure function `forward` feeds the vectorised
-engine and the shared evaluation. Both use torch's layout (weight [out, in], bias [out]),
-so a module's parameters are the function's parameters with no conversion. `forward`
-accepts any leading batch dimensions on the parameters (per task, per ensemble member).
+The module feeds learn2learn and higher; the pure functions feed the vectorised engine and
+the shared evaluation. All use torch's layout (weight [out, in], bias [out]), so a module's
+parameters are the functions' parameters with no conversion.
+
+Two families of pure functions:
+
+* `forward` / `task_losses`: any leading batch dimensions on the parameters (per task, per
+  ensemble member), matching x's [..., N, in]. The plain reference.
+* `linear` / `mlp_forward` / `mlp_gradients`: the fast path on flat batches, x [B, N, in]
+  with parameters [G, ...] where G divides B: G == B is one parameter set per task, G < B
+  means each set is shared by B/G consecutive tasks (an ensemble member's initialisation)
+  and those tasks are folded into the rows of one GEMM instead of expanding the weights.
+  `mlp_gradients` is the MLP's backward pass written out by hand (exactly what autograd
+  computes for the per-task MSE), built from ordinary differentiable ops: a second-order
+  meta-gradient then needs one autograd pass over the whole inner loop, not an
+  `autograd.grad(create_graph=True)` per step (whose double-backward graph costs ~2x).
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -46,3 +59,185 @@ def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def task_losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared error per task: x, y [..., tasks, points, 1] -> [..., tasks]."""
     return (forward(params, x) - y).pow(2).mean(dim=(-2, -1))
+
+
+# -- the fast path: flat batches [B, N, features], parameters [G, ...] with G | B ---------------
+
+def _fold(h: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, N, f] -> [G, (B/G)·N, f]: tasks sharing a parameter set become rows of one product."""
+    return h if h.shape[0] == groups else h.reshape(groups, -1, h.shape[-1])
+
+
+def _unfold(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return out if out.shape[0] == like.shape[0] else out.view(*like.shape[:2], -1)
+
+
+def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """h [B, N, in] -> h·Wᵀ + b [B, N, out] with weight [G, out, in], bias [G, out], G | B.
+
+    One op per layer (baddbmm, or addcmul for a 1-wide input: an outer product).
+    """
+    folded = _fold(h, weight.shape[0])
+    w_t = weight.transpose(1, 2)
+    if bias is None:
+        out = folded * w_t if weight.shape[-1] == 1 else torch.bmm(folded, w_t)
+    elif weight.shape[-1] == 1:
+        out = torch.addcmul(bias.unsqueeze(1), folded, w_t)
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), folded, w_t)
+    return _unfold(out, h)
+
+
+def _times_weight(delta: torch.Tensor, weight: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+    """delta [B, N, out] -> delta·W [B, N, in] (+ `into`): the backward of `linear` with respect to h."""
+    groups = weight.shape[0]
+    folded = _fold(delta, groups)
+    if into is None:
+        out = folded * weight if weight.shape[1] == 1 else torch.bmm(folded, weight)
+    else:
+        into = _fold(into, groups)
+        out = torch.addcmul(into, folded, weight) if weight.shape[1] == 1 else torch.baddbmm(into, folded, weight)
+    return _unfold(out, delta)
+
+
+@lru_cache(maxsize=256)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def scaled(t: torch.Tensor, value: float) -> torch.Tensor:
+    """t·value; a cached 0-dim tensor skips the Python-scalar conversion torch does on every call."""
+    return torch.mul(t, _constant(value, t.dtype, t.device))
+
+
+def _outer(a: torch.Tensor, b: torch.Tensor, groups: int, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over each group's rows of aᵀb: [B, N, p], [B, N, q] -> [G, p, q] (added to `into`)."""
+    fa, fb = _fold(a, groups).transpose(1, 2), _fold(b, groups)
+    return torch.bmm(fa, fb) if into is None else torch.baddbmm(into, fa, fb)
+
+
+def mlp_forward(params: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Output [B, N, out] and each layer's input (x, then the ReLU outputs) for the backward pass."""
+    inputs = [x]
+    h = x
+    n_layers = len(params) // 2
+    for i in range(n_layers):
+        h = linear(h, params[2 * i], params[2 * i + 1])
+        if i < n_layers - 1:
+            h = torch.relu(h)
+            inputs.append(h)
+    return h, inputs
+
+
+def flat_task_losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`task_losses` on the fast path: [B, N, 1] -> [B]."""
+    return (mlp_forward(params, x)[0] - y).pow(2).mean(dim=(1, 2))
+
+
+def mse_scale(y: torch.Tensor) -> float:
+    """d(per-task MSE)/d(out) = mse_scale · (out − y)."""
+    return 2.0 / (y.shape[-2] * y.shape[-1])
+
+
+def _combined_scale(loss_scale: float | torch.Tensor, y: torch.Tensor) -> float | torch.Tensor:
+    return loss_scale * mse_scale(y)
+
+
+def _times(t: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    return torch.mul(t, factor) if isinstance(factor, torch.Tensor) else scaled(t, factor)
+
+
+def mlp_gradients(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  trainable: list[bool] | None = None, tape: dict | None = None,
+                  loss_scale: float | torch.Tensor = 1.0) -> list[torch.Tensor | None]:
+    """Per-task gradients [B, ...] of each task's MSE with respect to `params` (None where not trainable).
+
+    The backward pass of `mlp_forward` by hand: dL/dout = 2(out − y)/(N·out); per layer
+    dW = δᵀh, db = Σ_N δ, δ_below = (δW) ⊙ [h > 0] (`threshold_backward`, the op autograd
+    uses for ReLU, whose own derivative is itself: the ReLU mask is a constant). It stops at
+    the lowest trainable layer. Differentiable: under autograd it yields the second-order
+    meta-gradient; under `torch.no_grad()` it is a plain (first-order) gradient. `tape`
+    receives the layer inputs and deltas for `mlp_gradients_backward`.
+
+    `loss_scale` (a float, or per task [B, 1, 1]) scales each task's loss, hence its
+    gradient, at the cost of scaling the [B, N, out] output error only: an SGD step's rate
+    folded in here saves multiplying every per-task weight copy.
+    """
+    n_layers = len(params) // 2
+    trainable = trainable or [True] * len(params)
+    lowest = min(i // 2 for i, t in enumerate(trainable) if t) if any(trainable) else n_layers
+    grads: list[torch.Tensor | None] = [None] * len(params)
+    if lowest == n_layers:
+        return grads
+    out, inputs = mlp_forward(params, x)
+    delta = _times(out - y, _combined_scale(loss_scale, y))
+    deltas = [None] * n_layers
+    for i in reversed(range(lowest, n_layers)):
+        h = inputs[i]
+        deltas[i] = delta
+        if trainable[2 * i]:
+            grads[2 * i] = torch.bmm(delta.transpose(1, 2), h)
+        if trainable[2 * i + 1]:
+            grads[2 * i + 1] = delta.sum(1)
+        if i > lowest:
+            delta = torch.ops.aten.threshold_backward(_times_weight(delta, params[2 * i]), h, 0)
+    if tape is not None:
+        tape.update(inputs=inputs, deltas=deltas)
+    return grads
+
+
+# -- reverse mode by hand: vector-Jacobian products of `mlp_forward` and `mlp_gradients` ------
+# Adjoints of parameters come back shaped like the parameters: [G, ...], summed over the
+# tasks that share a set. Layer inputs h come from the forward's tape; ReLU masks are
+# recovered from them (h > 0) by threshold_backward.
+
+def mlp_backward(params, inputs, out_bar, h_bar=None, need_input=False, into=None):
+    """Adjoints of `mlp_forward`'s parameters (and input) given d(loss)/d(out) `out_bar` [B, N, out].
+
+    `h_bar[i]` adds an adjoint for layer i's input from elsewhere; `into` holds adjoints to add to.
+    Returns (param adjoints, input adjoint or None).
+    """
+    n_layers = len(params) // 2
+    bars = list(into) if into is not None else [None] * len(params)
+    a_bar, x_bar = out_bar, None
+    for i in reversed(range(n_layers)):
+        weight, h = params[2 * i], inputs[i]
+        groups = weight.shape[0]
+        bars[2 * i] = _outer(a_bar, h, groups, bars[2 * i])
+        bias_bar = _fold(a_bar, groups).sum(1)
+        bars[2 * i + 1] = bias_bar if bars[2 * i + 1] is None else bars[2 * i + 1] + bias_bar
+        if i > 0 or need_input:
+            back = _times_weight(a_bar, weight, None if h_bar is None else h_bar[i])
+            if i > 0:
+                a_bar = torch.ops.aten.threshold_backward(back, h, 0)
+            else:
+                x_bar = back
+    return bars, x_bar
+
+
+def mlp_gradients_backward(params, tape: dict, grad_bars: list[torch.Tensor], y: torch.Tensor,
+                           loss_scale: float | torch.Tensor = 1.0, need_input=False):
+    """Adjoints of `params` (and of x) through `mlp_gradients(params, x, y, tape=tape,
+    loss_scale=loss_scale)` (all layers trainable), given adjoints `grad_bars` [B, ...] of the
+    per-task gradients: the Hessian-vector product of the support loss, written out layer by
+    layer (Pearlmutter's R-op, reversed).
+    """
+    inputs, deltas = tape["inputs"], tape["deltas"]
+    n_layers = len(params) // 2
+    bars: list = [None] * len(params)
+    h_bar: list = [None] * n_layers
+    d_bar = None  # adjoint of layer i's delta
+    for i in range(n_layers):
+        w_bar, b_bar, h, delta = grad_bars[2 * i], grad_bars[2 * i + 1], inputs[i], deltas[i]
+        # grad_W = δᵀh and grad_b = Σ_N δ  =>  δ̄ += h·W̄ᵀ + b̄, h̄ += δ·W̄
+        own = linear(h, w_bar, b_bar)
+        d_bar = own if d_bar is None else d_bar + own
+        if i > 0 or need_input:
+            h_bar[i] = _times_weight(delta, w_bar)
+        if i < n_layers - 1:
+            # δ_i = (δ_{i+1}·W_{i+1}) ⊙ [h_{i+1} > 0]
+            u = torch.ops.aten.threshold_backward(d_bar, inputs[i + 1], 0)
+            bars[2 * i + 2] = _outer(deltas[i + 1], u, params[2 * i + 2].shape[0])
+            d_bar = linear(u, params[2 * i + 2])
+    # δ_last = scale·(out − y)
+    return mlp_backward(params, inputs, _times(d_bar, _combined_scale(loss_scale, y)), h_bar, need_input, into=bars)

@@ -1,0 +1,144 @@
+"""Seconds per meta-iteration of every (algorithm, backend), on a fixed batch (STYLE.md, 12).
+
+Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 5-10 min on
+2 CPU cores), then `python -m benchmarks.speed.table` for the CSV/Markdown tables.
+
+- `test_meta_iteration`: one outer step (meta-gradient + Adam) for every registered
+  (algorithm, backend) at S in {1, 5, 10} and meta-batch in {25, 100}; extra_info holds the
+  cell, the machine and the peak memory of one step.
+- `test_ensemble`: 27 runs (3 LR_base x 3 LR_meta x 3 seeds) as one func ensemble vs the
+  same 27 func learners stepped one after another.
+- `test_finn_end_to_end`: Finn's setting including task sampling, as `meta_train` runs it,
+  projected to 70,000 iterations.
+- `test_checkpoint_inner`: second-order MAML at S = 100 with and without checkpointing.
+
+Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
+S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
+(default 1.0) is the time aimed at per benchmark. Threads: SPEED_THREADS (default 2).
+Device: SPEED_DEVICE (default cpu).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import pytest
+import torch
+
+from algorithms import HyperParams, get_learner_class, list_algorithms
+from benchmarks.speed.measure import machine_info, peak_memory_bytes
+from tasks import TaskBatch, get_task
+
+THREADS = int(os.environ.get("SPEED_THREADS", "2"))
+DEVICE = os.environ.get("SPEED_DEVICE", "cpu")
+SECONDS = float(os.environ.get("SPEED_SECONDS", "1.0"))
+MIN_ROUNDS, MAX_ROUNDS = 3, 300
+INNER_STEPS = [1, 5, 10]
+META_BATCHES = [25, 100]
+PAIRS = [(a, b) for a, backends in list_algorithms().items() for b in backends]
+FAMILY = get_task("sine")  # Finn et al.: K = 10 support and 10 query points per task
+
+
+@pytest.fixture(autouse=True)
+def threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+def _sync():
+    if torch.device(DEVICE).type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _batch(learner, meta_batch: int, seed: int = 0):
+    batch = FAMILY.sample(meta_batch, torch.Generator().manual_seed(seed))
+    return (TaskBatch.stack([batch]) if learner.stacked_batches else batch).to(DEVICE)
+
+
+def _learner(algorithm, backend, inner_steps, meta_batch, seed=0, **hp):
+    hp = HyperParams(inner_steps=inner_steps, meta_batch=meta_batch, **hp)
+    return get_learner_class(algorithm, backend)(hp, torch.Generator().manual_seed(seed), device=DEVICE)
+
+
+def _run(benchmark, fn, *, memory: bool = True, **info):
+    """Time `fn` with rounds sized from a warm-up call; record the cell, machine and memory."""
+    def call():
+        fn()
+        _sync()
+
+    started = time.perf_counter()
+    call()  # warm-up: lazy optimiser state, allocator caches
+    first = time.perf_counter() - started
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS / max(first, 1e-6))))
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
+    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(machine_info(DEVICE))
+    if memory:
+        benchmark.extra_info["peak_memory_mb"] = peak_memory_bytes(call, DEVICE) / 2 ** 20
+
+
+@pytest.mark.parametrize("meta_batch", META_BATCHES, ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("inner_steps", INNER_STEPS, ids=lambda s: f"S{s}")
+@pytest.mark.parametrize("algorithm,backend", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_meta_iteration(benchmark, algorithm, backend, inner_steps, meta_batch):
+    benchmark.group = f"S={inner_steps} meta-batch={meta_batch}"
+    learner = _learner(algorithm, backend, inner_steps, meta_batch)
+    batch = _batch(learner, meta_batch)
+    _run(benchmark, lambda: learner.step(batch, 0), kind="meta_iteration", algorithm=algorithm, backend=backend,
+         inner_steps=inner_steps, meta_batch=meta_batch, members=1)
+    assert all(torch.isfinite(p).all() for p in learner.meta_parameters)
+
+
+ENSEMBLE = list(itertools.product([0.003, 0.01, 0.03], [3e-4, 1e-3, 3e-3], [0, 1, 2]))  # LR_base, LR_meta, seed
+
+
+@pytest.mark.parametrize("mode", ["ensemble", "one-by-one"])
+@pytest.mark.parametrize("inner_steps", [1, 5], ids=lambda s: f"S{s}")
+def test_ensemble(benchmark, mode, inner_steps):
+    """One iteration of 27 MAML runs (Finn's meta-batch 25): one program vs 27 learners in turn."""
+    benchmark.group = f"ensemble of 27, S={inner_steps}"
+    hps = [HyperParams(inner_steps=inner_steps, lr_base=lb, lr_meta=lm, meta_batch=25) for lb, lm, _ in ENSEMBLE]
+    gens = [torch.Generator().manual_seed(seed * 9 + i) for i, (_, _, seed) in enumerate(ENSEMBLE)]
+    batches = [FAMILY.sample(25, torch.Generator().manual_seed(100 + i)) for i in range(len(ENSEMBLE))]
+    cls = get_learner_class("maml", "func")
+    if mode == "ensemble":
+        learner, batch = cls(hps, gens, device=DEVICE), TaskBatch.stack(batches).to(DEVICE)
+        fn = lambda: learner.step(batch, 0)  # noqa: E731
+    else:
+        learners = [cls(hp, g, device=DEVICE) for hp, g in zip(hps, gens)]
+        stacked = [TaskBatch.stack([b]).to(DEVICE) for b in batches]
+        fn = lambda: [l.step(b, 0) for l, b in zip(learners, stacked)]  # noqa: E731
+    _run(benchmark, fn, kind="ensemble", mode=mode, algorithm="maml", backend="func", inner_steps=inner_steps,
+         meta_batch=25, members=len(ENSEMBLE))
+
+
+@pytest.mark.parametrize("backend", ["func", "l2l"])
+def test_finn_end_to_end(benchmark, backend):
+    """Finn's MAML (S = 1, 25 tasks, K = 10) as `meta_train` runs it: sample, stack, move, step."""
+    benchmark.group = "Finn end-to-end (with task sampling)"
+    learner = _learner("maml", backend, 1, 25)
+    generator = torch.Generator().manual_seed(0)
+
+    def iteration():
+        batch = FAMILY.sample(25, generator)
+        learner.step((TaskBatch.stack([batch]) if learner.stacked_batches else batch).to(DEVICE), 0)
+
+    _run(benchmark, iteration, memory=False, kind="end_to_end", algorithm="maml", backend=backend, inner_steps=1,
+         meta_batch=25, members=1)
+    benchmark.extra_info["projected_70k_minutes"] = benchmark.stats.stats.median * 70_000 / 60
+
+
+@pytest.mark.parametrize("checkpoint_inner", [False, True], ids=["plain", "checkpointed"])
+def test_checkpoint_inner(benchmark, checkpoint_inner):
+    """Second-order MAML with S = 100: time and peak memory, with and without checkpointing."""
+    benchmark.group = "S=100 checkpointing"
+    hp = HyperParams(inner_steps=100, meta_batch=25)
+    learner = get_learner_class("maml", "func")(hp, torch.Generator().manual_seed(0), device=DEVICE,
+                                                 checkpoint_inner=checkpoint_inner)
+    batch = _batch(learner, 25)
+    _run(benchmark, lambda: learner.step(batch, 0), kind="checkpoint", algorithm="maml", backend="func",
+         inner_steps=100, meta_batch=25, members=1, checkpoint_inner=checkpoint_inner,
+         segment=learner.segment or None)
