@@ -4,18 +4,18 @@ The module feeds learn2learn and higher; the pure functions feed the vectorised 
 the shared evaluation. All use torch's layout (weight [out, in], bias [out]), so a module's
 parameters are the functions' parameters with no conversion.
 
-Two families of pure functions:
-
 * `forward` / `task_losses`: any leading batch dimensions on the parameters (per task, per
   ensemble member), matching x's [..., N, in]. The plain reference.
-* `linear` / `mlp_forward` / `mlp_gradients`: the fast path on flat batches, x [B, N, in]
-  with parameters [G, ...] where G divides B: G == B is one parameter set per task, G < B
-  means each set is shared by B/G consecutive tasks (an ensemble member's initialisation)
-  and those tasks are folded into the rows of one GEMM instead of expanding the weights.
-  `mlp_gradients` is the MLP's backward pass written out by hand (exactly what autograd
-  computes for the per-task MSE), built from ordinary differentiable ops: a second-order
-  meta-gradient then needs one autograd pass over the whole inner loop, not an
-  `autograd.grad(create_graph=True)` per step (whose double-backward graph costs ~2x).
+* The fast path works on flat batches, x [B, N, in], with parameters [G, ...] where G
+  divides B: G == B is one parameter set per task, G < B means each set is shared by B/G
+  consecutive tasks (an ensemble member's initialisation), and those tasks are folded into
+  the rows of one GEMM instead of expanding the weights.
+  - `mlp_forward`: output and the layer inputs (the tape for the backward passes);
+  - `mlp_gradients`: each task's MSE gradient, the MLP's backward pass written out by hand
+    (exactly what autograd computes), from ordinary differentiable ops;
+  - `mlp_backward` and `mlp_gradients_backward`: their vector-Jacobian products, also by
+    hand, so that a second-order meta-gradient needs no autograd graph at all (autograd's
+    double backward costs ~3x the ops, and at these sizes ops, not flops, are the time).
 """
 from __future__ import annotations
 
@@ -112,8 +112,11 @@ def scaled(t: torch.Tensor, value: float) -> torch.Tensor:
 
 def _outer(a: torch.Tensor, b: torch.Tensor, groups: int, into: torch.Tensor | None = None) -> torch.Tensor:
     """Σ over each group's rows of aᵀb: [B, N, p], [B, N, q] -> [G, p, q] (added to `into`)."""
-    fa, fb = _fold(a, groups).transpose(1, 2), _fold(b, groups)
-    return torch.bmm(fa, fb) if into is None else torch.baddbmm(into, fa, fb)
+    fa, fb = _fold(a, groups), _fold(b, groups)
+    if fb.shape[-1] == 1:  # a 1-wide input (x): batched matrix-vector products are slow as bmm
+        out = (fa * fb).sum(1).unsqueeze(-1)
+        return out if into is None else into + out
+    return torch.bmm(fa.transpose(1, 2), fb) if into is None else torch.baddbmm(into, fa.transpose(1, 2), fb)
 
 
 def mlp_forward(params: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -176,7 +179,7 @@ def mlp_gradients(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
         h = inputs[i]
         deltas[i] = delta
         if trainable[2 * i]:
-            grads[2 * i] = torch.bmm(delta.transpose(1, 2), h)
+            grads[2 * i] = _outer(delta, h, delta.shape[0])
         if trainable[2 * i + 1]:
             grads[2 * i + 1] = delta.sum(1)
         if i > lowest:

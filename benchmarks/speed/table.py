@@ -18,7 +18,8 @@ import pandas as pd
 
 REFERENCE = "l2l"  # the loop library every ratio is taken against
 REFERENCE_BY_ALGORITHM = {"reptile": "torch", "pretrain": "torch"}  # no learn2learn version of these
-MACHINE_KEYS = ["torch", "learn2learn", "higher", "python", "threads", "cpu_count", "cpu", "machine", "device", "gpu"]
+MACHINE_KEYS = ["torch", "learn2learn", "higher", "python", "threads", "cpu_count", "cpu", "machine", "device", "gpu",
+                "malloc_tuned"]
 
 
 def load(path: str | Path) -> tuple[pd.DataFrame, dict]:

@@ -1,6 +1,6 @@
 """Seconds per meta-iteration of every (algorithm, backend), on a fixed batch (STYLE.md, 12).
 
-Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 5-10 min on
+Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 4 min on
 2 CPU cores), then `python -m benchmarks.speed.table` for the CSV/Markdown tables.
 
 - `test_meta_iteration`: one outer step (meta-gradient + Adam) for every registered
@@ -15,7 +15,9 @@ Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 
 Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
 S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
 (default 1.0) is the time aimed at per benchmark. Threads: SPEED_THREADS (default 2).
-Device: SPEED_DEVICE (default cpu).
+Device: SPEED_DEVICE (default cpu). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
+(default: `tune_malloc`, which keeps freed memory in the process; ensembles are ~1.5x
+faster with it, single runs unchanged); extra_info records which.
 """
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ import pytest
 import torch
 
 from algorithms import HyperParams, get_learner_class, list_algorithms
-from benchmarks.speed.measure import machine_info, peak_memory_bytes
+from benchmarks.speed.measure import machine_info, peak_memory_bytes, tune_malloc
 from tasks import TaskBatch, get_task
 
 THREADS = int(os.environ.get("SPEED_THREADS", "2"))
 DEVICE = os.environ.get("SPEED_DEVICE", "cpu")
 SECONDS = float(os.environ.get("SPEED_SECONDS", "1.0"))
+MALLOC_TUNED = os.environ.get("SPEED_TUNE_MALLOC", "1") != "0" and tune_malloc()
 MIN_ROUNDS, MAX_ROUNDS = 3, 300
 INNER_STEPS = [1, 5, 10]
 META_BATCHES = [25, 100]
@@ -63,8 +66,21 @@ def _learner(algorithm, backend, inner_steps, meta_batch, seed=0, **hp):
     return get_learner_class(algorithm, backend)(hp, torch.Generator().manual_seed(seed), device=DEVICE)
 
 
-def _run(benchmark, fn, *, memory: bool = True, **info):
-    """Time `fn` with rounds sized from a warm-up call; record the cell, machine and memory."""
+def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
+    """Time `fn` with rounds sized from a warm-up call; record the cell, machine and memory.
+
+    The meta-parameters of `learners` are restored before every round (untimed): stepping
+    hundreds of times on one fixed batch would otherwise drive e.g. Meta-SGD's learned rates
+    to a divergent inner loop (at S = 10 after ~60 steps, on every backend alike).
+    """
+    saved = [[p.detach().clone() for p in learner.meta_parameters] for learner in learners]
+
+    def restore():
+        with torch.no_grad():
+            for learner, values in zip(learners, saved):
+                for p, v in zip(learner.meta_parameters, values):
+                    p.copy_(v)
+
     def call():
         fn()
         _sync()
@@ -73,9 +89,10 @@ def _run(benchmark, fn, *, memory: bool = True, **info):
     call()  # warm-up: lazy optimiser state, allocator caches
     first = time.perf_counter() - started
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS / max(first, 1e-6))))
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
+    benchmark.pedantic(call, setup=restore, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
+    restore()
     benchmark.extra_info.update(info)
-    benchmark.extra_info.update(machine_info(DEVICE))
+    benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED)
     if memory:
         benchmark.extra_info["peak_memory_mb"] = peak_memory_bytes(call, DEVICE) / 2 ** 20
 
@@ -87,8 +104,8 @@ def test_meta_iteration(benchmark, algorithm, backend, inner_steps, meta_batch):
     benchmark.group = f"S={inner_steps} meta-batch={meta_batch}"
     learner = _learner(algorithm, backend, inner_steps, meta_batch)
     batch = _batch(learner, meta_batch)
-    _run(benchmark, lambda: learner.step(batch, 0), kind="meta_iteration", algorithm=algorithm, backend=backend,
-         inner_steps=inner_steps, meta_batch=meta_batch, members=1)
+    _run(benchmark, lambda: learner.step(batch, 0), learners=[learner], kind="meta_iteration", algorithm=algorithm,
+         backend=backend, inner_steps=inner_steps, meta_batch=meta_batch, members=1)
     assert all(torch.isfinite(p).all() for p in learner.meta_parameters)
 
 
@@ -106,13 +123,13 @@ def test_ensemble(benchmark, mode, inner_steps):
     cls = get_learner_class("maml", "func")
     if mode == "ensemble":
         learner, batch = cls(hps, gens, device=DEVICE), TaskBatch.stack(batches).to(DEVICE)
-        fn = lambda: learner.step(batch, 0)  # noqa: E731
+        fn, learners = (lambda: learner.step(batch, 0)), [learner]
     else:
         learners = [cls(hp, g, device=DEVICE) for hp, g in zip(hps, gens)]
         stacked = [TaskBatch.stack([b]).to(DEVICE) for b in batches]
         fn = lambda: [l.step(b, 0) for l, b in zip(learners, stacked)]  # noqa: E731
-    _run(benchmark, fn, kind="ensemble", mode=mode, algorithm="maml", backend="func", inner_steps=inner_steps,
-         meta_batch=25, members=len(ENSEMBLE))
+    _run(benchmark, fn, learners=learners, kind="ensemble", mode=mode, algorithm="maml", backend="func",
+         inner_steps=inner_steps, meta_batch=25, members=len(ENSEMBLE))
 
 
 @pytest.mark.parametrize("backend", ["func", "l2l"])
@@ -139,6 +156,6 @@ def test_checkpoint_inner(benchmark, checkpoint_inner):
     learner = get_learner_class("maml", "func")(hp, torch.Generator().manual_seed(0), device=DEVICE,
                                                  checkpoint_inner=checkpoint_inner)
     batch = _batch(learner, 25)
-    _run(benchmark, lambda: learner.step(batch, 0), kind="checkpoint", algorithm="maml", backend="func",
-         inner_steps=100, meta_batch=25, members=1, checkpoint_inner=checkpoint_inner,
+    _run(benchmark, lambda: learner.step(batch, 0), learners=[learner], kind="checkpoint", algorithm="maml",
+         backend="func", inner_steps=100, meta_batch=25, members=1, checkpoint_inner=checkpoint_inner,
          segment=learner.segment or None)
