@@ -28,6 +28,10 @@ from tasks import evaluation_set, get_task
 
 QUALITATIVE_STEPS = (0, 1, 10)
 PROBE_SEED_OFFSET = 7  # the fixed probe batch for gradient norms (validation stream, own offset)
+# A training loss this many times the MSE of predicting 0 (the targets' mean square on the
+# probe batch) counts as diverged even while it is still finite: with LR_base far too large
+# the float32 loss can sit at 1e19 for thousands of iterations without overflowing.
+DIVERGENCE_FACTOR = 1e4
 
 
 def group_jobs(cells: list[Cell], settings: Settings) -> list[list[Cell]]:
@@ -109,16 +113,19 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
         torch.cuda.reset_peak_memory_stats(device)
     curves = [[] for _ in cells]
     evaluations = [[] for _ in cells]
-    diverged_at = [None] * len(cells)
+    diverged = [None] * len(cells)  # the reason, once a member's training loss blows up
+    blowup = DIVERGENCE_FACTOR * float(probe.y_query.pow(2).mean())
     train_seconds = 0.0
     for report in meta_train(learner, family, generators, base.iterations, log_at):
         train_seconds = report["train_seconds"]
         for m in range(len(cells)):
             loss = float(report["loss"][m])
-            if diverged_at[m] is not None:
+            if diverged[m] is not None:
                 continue
-            if not math.isfinite(loss):
-                diverged_at[m] = report["iteration"]
+            if not math.isfinite(loss) or loss > blowup:
+                kind = "non-finite" if not math.isfinite(loss) else \
+                    f"above {DIVERGENCE_FACTOR:g} x the zero predictor's MSE ({blowup / DIVERGENCE_FACTOR:.3g})"
+                diverged[m] = f"training loss {loss:.3g} at iteration {report['iteration']}: {kind}"
                 continue
             adaptation = learner.adaptation(m)
             curves[m].append({"iteration": report["iteration"], "loss": loss,
@@ -131,7 +138,7 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
                         frame.insert(0, "split", split)
                         frame.insert(0, "iteration", report["iteration"])
                         evaluations[m].extend(frame.to_dict("records"))
-        if all(d is not None for d in diverged_at):
+        if all(d is not None for d in diverged):
             break
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -140,12 +147,12 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
     for m, cell in enumerate(cells):
         common = dict(sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
-        if diverged_at[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
+        if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
                                    qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot), **common))
         else:
             records.append(_record(cell, settings, status="diverged",
-                                   error=f"non-finite loss at iteration {diverged_at[m]}", evaluations=[], **common))
+                                   error=diverged[m], evaluations=[], **common))
     return records
 
 

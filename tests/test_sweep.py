@@ -77,7 +77,7 @@ def test_diverging_cell_is_recorded_and_sweep_goes_on(tmp_path):
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
     status = {r["cell"]["lr_base"]: r for r in load_records(tmp_path / "out")}
     assert status[1000.0]["status"] == "diverged", status[1000.0]["status"]
-    assert "non-finite" in status[1000.0]["error"]
+    assert "training loss" in status[1000.0]["error"], status[1000.0]["error"]
     assert status[0.01]["status"] == "ok"
 
 
