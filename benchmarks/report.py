@@ -323,6 +323,7 @@ class Analysis:
     speed: pd.DataFrame
     scope: dict = field(default_factory=dict)  # the (task, K) the per-algorithm figures show
     figure_best: pd.DataFrame = None  # best configuration per algorithm within scope
+    paper: pd.DataFrame = field(default_factory=pd.DataFrame)  # section (d), `benchmarks.paper`
 
 
 def analyse(records: list[dict]) -> Analysis:
@@ -332,6 +333,9 @@ def analyse(records: list[dict]) -> Analysis:
     scores = config_scores(cells, pooled)
     best = best_configs(scores, GROUP_COLUMNS)
     analysis = Analysis(records, cells, curve_frame(records), final, pooled, scores, best, speed_frame(cells))
+    from benchmarks.paper import comparison  # imports this module
+
+    analysis.paper = comparison(final)
     selectable = scores[scores["val_mse"].notna()]
     if selectable.empty:
         analysis.figure_best = selectable
@@ -634,6 +638,12 @@ def tables_markdown(a: Analysis, out: Path, skipped: dict[str, str]) -> str:
         sections.append("`ok` cells (finite training loss) with non-finite evaluation MSEs, kept visible:")
         sections.append(markdown_table(nonfinite))
 
+    if not a.paper.empty:
+        from benchmarks.paper import comparison_markdown
+
+        sections.append("## (d) Finn et al. 2017, Table 2 (also `paper_comparison.csv`)")
+        sections.append(comparison_markdown(a.paper))
+
     sections.append("## Figures (`figures/`, PNG and SVG)")
     if a.scope:
         text = ("Figures 1, 2, 3 and 6 show the best configuration per algorithm (any backend, chosen as in (a)) "
@@ -689,4 +699,6 @@ def write_report(out: Path) -> Report:
     write_atomic(out / "summary.csv", summary)
     write_atomic(out / "curves.csv", curves)
     write_atomic(out / "tables.md", tables)
+    if not analysis.paper.empty:
+        write_atomic(out / "paper_comparison.csv", analysis.paper.to_csv(index=False))
     return Report(out / "tables.md", written, skipped)
