@@ -17,6 +17,7 @@ from benchmarks.records import load_records
 from benchmarks.report import summary_frame
 
 DEFAULT_TOLERANCES = Path(__file__).parent / "configs" / "tolerances.toml"
+TOP_WITHIN = 10  # numbers that moved but stayed within tolerance, shown closest-first
 KEYS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations",
         "seed", "iteration", "split", "eval_k_shot", "eval_steps"]
 
@@ -90,11 +91,18 @@ def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEF
     bad = table[table.verdict != "ok"]
     lines = [f"compared {len(table)} numbers ({', '.join(m for m in tolerances if m != 'invariants')}) "
              f"of {len(cand_records)} cells against {baseline_dir}"]
+    shown = ["algorithm", "backend", "inner_steps", "seed", "split", "eval_k_shot", "eval_steps", "metric",
+             "baseline", "candidate", "delta", "tolerance", "verdict"]
     if len(bad):
         lines.append("moved beyond tolerance:")
-        shown = bad[["algorithm", "backend", "inner_steps", "seed", "split", "eval_k_shot", "eval_steps", "metric",
-                     "baseline", "candidate", "delta", "tolerance", "verdict"]]
-        lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        lines.append(bad[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    within = table[(table.verdict == "ok") & (table.delta.abs() > 0)]
+    if len(within):  # what moved at all, closest to its tolerance first: a reviewer sees the margin
+        closest = within.assign(used=within.delta.abs() / within.tolerance).nlargest(TOP_WITHIN, "used")
+        lines.append(f"moved within tolerance: {len(within)} numbers; the {len(closest)} closest to their tolerance:")
+        lines.append(closest[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    else:
+        lines.append("no number moved at all (bitwise equal)")
     problems = status_changes(base_records, cand_records) + invariants(cand, tolerances)
     lines += [f"invariant broken: {p}" for p in problems]
     failed = len(bad) > 0 or len(problems) > 0

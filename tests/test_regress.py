@@ -29,7 +29,8 @@ def _edit(folder: Path, pattern: str, edit) -> None:
 
 def test_baseline_against_itself_passes(tmp_path, capsys):
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(_copy(tmp_path))]) == 0
-    assert "no regression" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no regression" in out and "no number moved at all" in out, out
 
 
 def test_number_moved_beyond_tolerance_fails(tmp_path, capsys):
@@ -46,7 +47,7 @@ def test_number_moved_beyond_tolerance_fails(tmp_path, capsys):
     assert "moved" in out and "fomaml" in out and "REGRESSION" in out, out
 
 
-def test_number_within_tolerance_passes(tmp_path):
+def test_number_within_tolerance_passes(tmp_path, capsys):
     candidate = _copy(tmp_path)
     tol = load_tolerances()["mse"]
 
@@ -56,6 +57,8 @@ def test_number_within_tolerance_passes(tmp_path):
 
     _edit(candidate, "fomaml-func-*-S3-*.json", nudge)
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 0
+    out = capsys.readouterr().out
+    assert "moved within tolerance: 1 numbers" in out and "fomaml" in out, out  # the margin is shown
 
 
 def test_broken_invariants_fail(tmp_path, capsys):
