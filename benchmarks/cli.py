@@ -23,9 +23,12 @@ def _check_writable(out: Path) -> None:
         raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"output folder {str(out)!r} is not writable")
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-        pass
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output folder {str(out)!r} is not writable: {error.strerror or error}") from None
 
 
 def cmd_list(args) -> int:

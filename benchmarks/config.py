@@ -216,9 +216,11 @@ def parse_override(text: str) -> tuple[str, object]:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"malformed TOML in {path}: {error}") from None
     for text in overrides:

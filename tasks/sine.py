@@ -7,6 +7,7 @@ Variants (half-axis support, noise, other ranges) are the same class with other 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 
 import torch
@@ -42,10 +43,11 @@ class TaskBatch:
 
 
 def _check_range(name: str, bounds, allow_point: bool = False) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in bounds)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair [low, high] of numbers, got {bounds!r}") from None
+    numbers_only = isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bounds)
+    if not numbers_only:
+        raise ValueError(f"{name} must be a pair [low, high] of numbers, got {bounds!r}")
+    low, high = (float(v) for v in bounds)
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} must be finite, got {bounds!r}")
     if high < low or (high == low and not allow_point):
