@@ -313,7 +313,7 @@ class FuncLearner(MetaLearner):
         if self.learned_rates:
             rates = [r[member].detach() for r in self.rates]
         else:
-            rates = [float(self.lr_base[member])] * len(params)
+            rates = [self.hps[member].lr_base] * len(params)  # the configured float, not its float32 copy
         frozen = 2 * self.frozen_layers
         return Adaptation(params, [None] * frozen + rates[frozen:])
 

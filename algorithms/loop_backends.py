@@ -34,7 +34,7 @@ class LoopLearner(MetaLearner):
     def meta_gradient(self, batch, iteration: int = 0):
         weights = self.loss_weights(iteration)
         grads = [torch.zeros_like(p) for p in self.meta_parameters]
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros((), device=self.device, dtype=self.meta_parameters[0].dtype)
         n = len(batch)
         for t in range(n):
             loss = self.task_loss(batch, t, weights) / n
