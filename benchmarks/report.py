@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -575,21 +573,6 @@ def render_figures(a: Analysis) -> tuple[dict[str, dict[str, bytes]], dict[str, 
 
 # ----------------------------------------------------------------------------- writing
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Binary twin of `benchmarks.records.write_atomic` (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def tables_markdown(a: Analysis, out: Path, skipped: dict[str, str]) -> str:
     status = a.cells["status"].value_counts()
     sections = [f"# Report: {Path(out).name}",
@@ -691,7 +674,7 @@ def write_report(out: Path) -> Report:
     for name, formats in rendered.items():
         for fmt, data in formats.items():
             path = figures_dir / f"{name}.{fmt}"
-            _write_bytes_atomic(path, data)
+            write_atomic(path, data)
             written.append(path)
     for name in skipped:  # a figure from an earlier report would no longer match these records
         for fmt in FORMATS:
