@@ -30,7 +30,8 @@ def plot_adaptation(ax, frame: pd.DataFrame, title: str | None = None, ymax: flo
 
     The y axis stops at `ymax` (default: 1.5x the largest pre-update MSE, the no-adaptation
     level), so that one blown-up adaptation does not flatten every other line; points above it
-    are drawn as ▲ on the top edge with their value. Non-finite points are left out of the line."""
+    are drawn as ▲ on the top edge, the first of each line with its value. Non-finite points are
+    left out of the line."""
     finite = _finite(frame, ["mse"])
     if ymax is None and not finite.empty:
         start = finite[finite["eval_steps"] == finite["eval_steps"].min()]
@@ -44,10 +45,12 @@ def plot_adaptation(ax, frame: pd.DataFrame, title: str | None = None, ymax: flo
         (line,) = ax.plot(steps, mse, marker="o", markersize=3, label=label)
         ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=BAND_ALPHA, linewidth=0)
         if ymax is not None:
-            for step, value in zip(steps[mse > ymax], mse[mse > ymax]):
-                ax.plot([step], [ymax], marker="^", color=line.get_color(), clip_on=False)
-                ax.annotate(f"{value:.3g}", (step, ymax), textcoords="offset points", xytext=(0, -12),
-                            ha="center", fontsize="x-small", color=line.get_color())
+            above = mse > ymax
+            if above.any():  # markers for all, the value for the first only: labels on one edge overlap
+                ax.plot(steps[above], np.full(above.sum(), ymax), marker="^", linestyle="", color=line.get_color(),
+                        clip_on=False)
+                ax.annotate(f"{mse[above][0]:.3g}", (steps[above][0], ymax), textcoords="offset points",
+                            xytext=(0, -12), ha="center", fontsize="x-small", color=line.get_color())
     ax.set_xlabel("adaptation steps (SGD on the support set)")
     ax.set_ylabel("meta-test MSE (95% CI)")
     ax.set_ylim(0, ymax)
