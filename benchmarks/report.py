@@ -684,4 +684,6 @@ def write_report(out: Path) -> Report:
     write_atomic(out / "tables.md", tables)
     if not analysis.paper.empty:
         write_atomic(out / "paper_comparison.csv", analysis.paper.to_csv(index=False))
+    else:  # from an earlier report of other records
+        (out / "paper_comparison.csv").unlink(missing_ok=True)
     return Report(out / "tables.md", written, skipped)

@@ -10,7 +10,7 @@ from benchmarks.paper import PUBLISHED, REL_TOL, comparison
 from benchmarks.report import final_evaluations, write_report
 from test_report import make_record, write_records
 
-FINN = dict(backend="func", k_shot=10, inner_steps=1, lr_base=0.01, lr_meta=0.001, meta_batch=25, iterations=100)
+FINN = dict(backend="func", k_shot=10, inner_steps=1, lr_base=0.01, lr_meta=0.001, meta_batch=25, iterations=70_000)
 
 
 def _finn_records(maml_mse_at_k5: float, pretrain_mse_at_k5: float, seeds=(0, 1, 2)) -> list[dict]:
@@ -40,10 +40,11 @@ def test_comparison_pools_seeds_at_k5_and_judges_with_the_stated_tolerance():
 
 def test_only_finn_setup_at_eval_k5_enters():
     other = [make_record("maml", seed=0, test=0.1, **{**FINN, "inner_steps": 5}),
+             make_record("maml", seed=0, test=0.1, **{**FINN, "iterations": 2000}),
              make_record("maml", seed=0, test=0.1, **{**FINN, "k_shot": 20}, eval_ks=(20,))]
     assert comparison(final_evaluations(other)).empty
     frame = comparison(final_evaluations(other + _finn_records(0.67, 2.41)))
-    assert set(frame["inner_steps"]) == {1} and set(frame["k_shot"]) == {10}
+    assert set(frame["inner_steps"]) == {1} and set(frame["k_shot"]) == {10} and set(frame["iterations"]) == {70_000}
 
 
 def test_report_writes_section_d_only_for_the_paper_setup(tmp_path):
