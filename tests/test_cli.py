@@ -233,6 +233,22 @@ def test_example_config_is_one_valid_cell():
         sweep.settings
 
 
+
+@pytest.mark.parametrize("name, cells, jobs", [
+    ("smoke", 7, 7),
+    ("ci", 16, 16),  # one cell per job: no two func cells differ only in seed or rates
+    ("bench", 7 * 2 * 27 + 2, 7 * 2 + 2),  # 27-member func ensembles per (algorithm, S) + 2 learn2learn cells
+    ("paper", 7 * 3 * 3, 7 * 3),  # 3-seed ensembles per (algorithm, K)
+])
+def test_shipped_configs_parse_and_group_into_jobs(name, cells, jobs):
+    """Every shipped sweep parses (a typo there would only show in a 20-minute run) and groups
+    into the ensemble jobs its comments promise."""
+    from benchmarks.runner import group_jobs
+
+    sweep = load_sweep(ROOT / "benchmarks" / "configs" / f"{name}.toml")
+    assert len(sweep.cells) == cells, len(sweep.cells)
+    assert len(group_jobs(sweep.cells, sweep.settings)) == jobs
+
 # ----------------------------------------------------------------------------- runs
 
 def test_set_overrides_the_config(tmp_path):
