@@ -74,15 +74,15 @@ class FuncLearner(MetaLearner):
         self.segment = segment
         stacked = [torch.stack(ps).detach() for ps in zip(*(make_network(g, device=device).parameters()
                                                              for g in generators))]
-        self.lr_base = torch.tensor([h.lr_base for h in hps], device=self.device)
+        # float64: cast to the parameters' dtype where used, so a float64 run gets the exact rate
+        self.lr_base = torch.tensor([h.lr_base for h in hps], dtype=torch.float64, device=self.device)
         self.lr_meta = torch.tensor([h.lr_meta for h in hps], device=self.device)
-        rates = [torch.ones_like(p) * _per_member(self.lr_base, p) for p in stacked] if self.learned_rates else []
+        rates = [torch.ones_like(p) * _per_member(self.lr_base.to(p.dtype), p) for p in stacked] if self.learned_rates else []
         # Every meta-parameter is a view of one [members, P] buffer: Adam updates it in one op.
         self.meta_parameters = _views_of_one_buffer(stacked + rates)
         self.params = self.meta_parameters[:len(stacked)]
         self.rates = self.meta_parameters[len(stacked):]
         self.frozen_layers = 0 if self.adapt_body else len(self.params) // 2 - 1
-        self._fixed_rates = [_per_member(self.lr_base, p).unsqueeze(1) for p in self.params]
 
     def make_optimizer(self):
         return StackedAdam(self.meta_parameters, self.lr_meta)
@@ -97,7 +97,8 @@ class FuncLearner(MetaLearner):
     # -- the pure parts ---------------------------------------------------------------
     def inner_rates(self) -> list:
         """Per-parameter inner rates, shaped to broadcast over [members, tasks, ...]; None: frozen."""
-        rates = [r.unsqueeze(1) for r in self.rates] if self.learned_rates else self._fixed_rates
+        rates = [r.unsqueeze(1) for r in self.rates] if self.learned_rates else \
+            [_per_member(self.lr_base.to(p.dtype), p).unsqueeze(1) for p in self.params]
         frozen = 2 * self.frozen_layers
         return [None] * frozen + rates[frozen:]
 
@@ -230,17 +231,16 @@ class FuncLearner(MetaLearner):
     def _rates_for(self, n_rows: int):
         """(loss scale, per-entry rates) of the inner SGD step on n_rows = members·tasks tasks.
 
-        A fixed LR_base is folded into the support loss (`mlp_gradients(loss_scale=...)`): a
-        float for a lone member, else [M·T, 1, 1]; the gradients come out pre-multiplied.
-        Meta-SGD's learned per-entry rates multiply the gradients instead.
+        A fixed LR_base is folded into the support loss (`mlp_gradients(loss_scale=...)`) as
+        [M·T, 1, 1], also for a lone member: a run alone computes exactly what it computes as an
+        ensemble member (a float would round differently). The gradients come out
+        pre-multiplied. Meta-SGD's learned per-entry rates multiply the gradients instead.
         """
         frozen = 2 * self.frozen_layers
         if self.learned_rates:
             return 1.0, [self._per_task(r.detach()) for r in self.rates[frozen:]]
-        if self.n_members == 1:
-            return self.hps[0].lr_base, None
         tasks = n_rows // self.n_members
-        return self.lr_base.repeat_interleave(tasks).view(-1, 1, 1), None
+        return self.lr_base.to(self.params[0].dtype).repeat_interleave(tasks).view(-1, 1, 1), None
 
     def _per_task(self, t):
         """[M or M·T, ...] -> broadcastable against [M, T, ...] (a lone member needs no task dim)."""

@@ -72,31 +72,33 @@ def _unfold(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out if out.shape[0] == like.shape[0] else out.view(*like.shape[:2], -1)
 
 
-def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """h [B, N, in] -> h·Wᵀ + b [B, N, out] with weight [G, out, in], bias [G, out], G | B.
+def _matmul(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """[G, R, k] @ [G, k, n] (+ `add`), with each group's arithmetic independent of G.
 
-    One op per layer (baddbmm, or addcmul for a 1-wide input: an outer product).
+    torch's CPU bmm/baddbmm take another kernel for a batch of one when n == 1 (a
+    matrix-vector product), whose rounding differs from the batched one's. An ensemble
+    member must compute exactly what the same run alone computes (a cell's numbers depend on
+    its configuration alone), so 1-wide products are written as broadcasts: k == 1 is an
+    outer product, n == 1 a row-wise dot product (a reduction over the contiguous last dim).
     """
-    folded = _fold(h, weight.shape[0])
-    w_t = weight.transpose(1, 2)
-    if bias is None:
-        out = folded * w_t if weight.shape[-1] == 1 else torch.bmm(folded, w_t)
-    elif weight.shape[-1] == 1:
-        out = torch.addcmul(bias.unsqueeze(1), folded, w_t)
-    else:
-        out = torch.baddbmm(bias.unsqueeze(1), folded, w_t)
+    if b.shape[1] == 1:
+        return a * b if add is None else torch.addcmul(add, a, b)
+    if b.shape[2] == 1:
+        out = (a * b.transpose(1, 2)).sum(-1, keepdim=True)
+        return out if add is None else out + add
+    return torch.bmm(a, b) if add is None else torch.baddbmm(add, a, b)
+
+
+def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """h [B, N, in] -> h·Wᵀ + b [B, N, out] with weight [G, out, in], bias [G, out], G | B (one product per layer)."""
+    out = _matmul(_fold(h, weight.shape[0]), weight.transpose(1, 2), None if bias is None else bias.unsqueeze(1))
     return _unfold(out, h)
 
 
 def _times_weight(delta: torch.Tensor, weight: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
     """delta [B, N, out] -> delta·W [B, N, in] (+ `into`): the backward of `linear` with respect to h."""
     groups = weight.shape[0]
-    folded = _fold(delta, groups)
-    if into is None:
-        out = folded * weight if weight.shape[1] == 1 else torch.bmm(folded, weight)
-    else:
-        into = _fold(into, groups)
-        out = torch.addcmul(into, folded, weight) if weight.shape[1] == 1 else torch.baddbmm(into, folded, weight)
+    out = _matmul(_fold(delta, groups), weight, None if into is None else _fold(into, groups))
     return _unfold(out, delta)
 
 
@@ -111,12 +113,19 @@ def scaled(t: torch.Tensor, value: float) -> torch.Tensor:
 
 
 def _outer(a: torch.Tensor, b: torch.Tensor, groups: int, into: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ over each group's rows of aᵀb: [B, N, p], [B, N, q] -> [G, p, q] (added to `into`)."""
+    """Σ over each group's rows of aᵀb: [B, N, p], [B, N, q] -> [G, p, q] (added to `into`).
+
+    A 1-wide side (x, or the output's delta) is a broadcast and a sum over rows, not a bmm:
+    faster, and independent of G (see `_matmul`).
+    """
     fa, fb = _fold(a, groups), _fold(b, groups)
-    if fb.shape[-1] == 1:  # a 1-wide input (x): batched matrix-vector products are slow as bmm
+    if fb.shape[-1] == 1:
         out = (fa * fb).sum(1).unsqueeze(-1)
-        return out if into is None else into + out
-    return torch.bmm(fa.transpose(1, 2), fb) if into is None else torch.baddbmm(into, fa.transpose(1, 2), fb)
+    elif fa.shape[-1] == 1:
+        out = (fa * fb).sum(1).unsqueeze(1)
+    else:
+        return torch.bmm(fa.transpose(1, 2), fb) if into is None else torch.baddbmm(into, fa.transpose(1, 2), fb)
+    return out if into is None else into + out
 
 
 def mlp_forward(params: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -43,7 +43,7 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from benchmarks.report import write_report
-    from benchmarks.runner import run_sweep
+    from benchmarks.sweep import run_sweep
 
     overrides = list(args.set or [])
     if args.device:

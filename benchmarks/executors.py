@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 def run_pool(jobs, settings, finish, workers: int, threads: int) -> None:
     """Local processes ('spawn': safe with CUDA and threads); records are written as jobs end."""
-    from benchmarks.runner import run_job
+    from benchmarks.job import run_job
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -23,7 +23,7 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
     except ImportError:
         raise SystemExit("--executor ray needs the optional extra: pip install 'ray==2.60.0' "
                          "(or `make setup-ray`)") from None
-    from benchmarks.runner import run_job
+    from benchmarks.job import run_job
 
     ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=False)

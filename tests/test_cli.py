@@ -243,7 +243,7 @@ def test_example_config_is_one_valid_cell():
 def test_shipped_configs_parse_and_group_into_jobs(name, cells, jobs):
     """Every shipped sweep parses (a typo there would only show in a 20-minute run) and groups
     into the ensemble jobs its comments promise."""
-    from benchmarks.runner import group_jobs
+    from benchmarks.sweep import group_jobs
 
     sweep = load_sweep(ROOT / "benchmarks" / "configs" / f"{name}.toml")
     assert len(sweep.cells) == cells, len(sweep.cells)

@@ -31,7 +31,7 @@ GRID = np.linspace(-5, 5, 100)
 def make_record(algorithm="maml", backend="l2l", seed=0, k_shot=10, inner_steps=1, lr_base=0.01, lr_meta=0.001,
                 meta_batch=25, iterations=100, status="ok", val=1.0, test=1.0, sec=0.01, ensemble=1,
                 eval_ks=(5, 10), error=None) -> dict:
-    """A run record shaped like `benchmarks.runner._run_job`'s, with chosen final MSEs:
+    """A run record shaped like `benchmarks.job._run_job`'s, with chosen final MSEs:
     `val`/`test` after one step at the trained K, higher at step 0, 1.5x at the other K."""
     cell = Cell(algorithm, backend, "sine", k_shot, inner_steps, lr_base, lr_meta, meta_batch, iterations, seed)
     record = {"cell_id": cell.cell_id, "cell": asdict(cell), "status": status, "error": error, "settings": {},
