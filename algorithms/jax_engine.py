@@ -166,7 +166,7 @@ class JaxLearner(MetaLearner):
         self.jax_device = jax_device(self.device)
         self.dtype = torch.float32
         self.params = [to_jax(p, self.jax_device) for p in make_network(generator).parameters()]
-        self._meta_gradient, self._step, optimizer = programs(hp.inner_steps, self.first_order, hp.lr_base, hp.lr_meta)
+        self.jit_meta_gradient, self.jit_step, optimizer = programs(hp.inner_steps, self.first_order, hp.lr_base, hp.lr_meta)
         self.opt_state = optimizer.init(self.params)
 
     @property
@@ -183,7 +183,8 @@ class JaxLearner(MetaLearner):
         self.dtype = torch.float64
         return self
 
-    def _batch(self, batch):
+    def jax_batch(self, batch) -> list:
+        """(x_support, y_support, x_query, y_query) as JAX arrays on this learner's device and dtype."""
         if batch.x_support.dim() != 3:
             raise ValueError(f"the jax backend takes batches shaped [tasks, points, 1], got {tuple(batch.x_support.shape)}")
         return [to_jax(t.to(self.dtype), self.jax_device)
@@ -191,12 +192,12 @@ class JaxLearner(MetaLearner):
 
     def meta_gradient(self, batch, iteration: int = 0):
         with jax.enable_x64(self.dtype == torch.float64):
-            value, grads = self._meta_gradient(self.params, *self._batch(batch))
+            value, grads = self.jit_meta_gradient(self.params, *self.jax_batch(batch))
         return to_torch(value, self.device), [to_torch(g, self.device) for g in grads]
 
     def step(self, batch, iteration: int = 0):
         with jax.enable_x64(self.dtype == torch.float64):
-            self.params, self.opt_state, value = self._step(self.params, self.opt_state, *self._batch(batch))
+            self.params, self.opt_state, value = self.jit_step(self.params, self.opt_state, *self.jax_batch(batch))
         return {"loss": to_torch(value, self.device)}
 
     def adaptation(self, member: int = 0) -> Adaptation:
