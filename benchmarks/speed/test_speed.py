@@ -23,13 +23,16 @@ to match). Device: SPEED_DEVICE (default cpu). SPEED_COMPILE picks the cells whe
 torch.compile peers run (their cold compile takes ~30-60 s each on one CPU thread): `finn`
 (default: S = 1, meta-batch 25, both orders), `all`, or `none`. SPEED_PEERS (comma-separated)
 narrows the peers. Every benchmark records its process CPU time over wall time (`cpu_wall`),
-the contention check of `benchmarks.speed.table`. SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
+the contention check of `benchmarks.speed.table`. SPEED_PARTIAL=FILE.jsonl appends each
+finished benchmark's record to FILE as it ends (pytest-benchmark writes its JSON only when the
+whole session ends: a run cut off by a time limit keeps what it measured). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
 (default: `tune_malloc`, which keeps freed memory in the process; ensembles are ~1.5x
 faster with it, single runs unchanged); extra_info records which.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -88,6 +91,18 @@ def _skip_if_missing(backend: str, algorithm: str = "maml"):
             pytest.skip(reason)
 
 
+def _save_partial(benchmark, name: str) -> None:
+    """Append this benchmark's record (pytest-benchmark's JSON layout) to SPEED_PARTIAL, if set."""
+    path = os.environ.get("SPEED_PARTIAL")
+    if not path:
+        return
+    stats = benchmark.stats.stats
+    record = {"name": name, "stats": {"median": stats.median, "min": stats.min, "iqr": stats.iqr, "rounds": stats.rounds},
+              "extra_info": dict(benchmark.extra_info)}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
     """Time `fn` with rounds sized from a warm-up call; record the cell, machine and memory.
 
@@ -123,6 +138,7 @@ def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
     benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED, cpu_wall=clocks["cpu"] / clocks["wall"])
     if memory:
         benchmark.extra_info["peak_memory_mb"] = peak_memory_bytes(call, DEVICE) / 2 ** 20
+    _save_partial(benchmark, os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].split("::")[-1])
 
 
 @pytest.mark.parametrize("meta_batch", META_BATCHES, ids=lambda b: f"B{b}")
@@ -226,4 +242,5 @@ def test_peers(benchmark, algorithm, inner_steps, meta_batch):
                                 inner_steps=inner_steps, meta_batch=meta_batch, peers=result["rows"],
                                 contention=result["flags"], skipped=skipped)
     benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED)
+    _save_partial(benchmark, os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].split("::")[-1])
     assert all(r["ms_median"] > 0 for r in result["rows"])
