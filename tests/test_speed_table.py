@@ -48,7 +48,7 @@ def test_quiet_run_writes_tables_without_a_warning(tmp_path):
     assert "1.50 [1.35, 1.65]" in text  # jax's time over func's, with quartiles
     frame, notes = peers_frame(path)
     assert notes == [] and len(frame) == 4
-    met = targets(frame).set_index("order")["met"]
+    met = targets(frame).set_index("order")["func met"]
     assert met["second"] == "yes" and met["first"] == "no"  # 1.5x vs the 1.2x target; 0.8x
 
 

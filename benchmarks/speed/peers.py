@@ -2,6 +2,10 @@
 
 Peers (each a full meta-iteration: meta-gradient and Adam step):
 * `func`: the vectorised engine, eager (`learner.step`);
+* `func-compiled`: the same engine with its hand-written meta-gradient (`_meta_gradient`: the
+  forward tape and the reverse pass, no autograd) under `torch.compile(fullgraph=True)`, the
+  stacked Adam step eager (a handful of ops on one flat buffer; its Python step counter would
+  recompile every call); the engine itself is unchanged;
 * `jax`: the standard JAX MAML (`algorithms.jax_engine`: jit + vmap + optax), the jitted step
   called on JAX arrays as a JAX user would (the `jax` backend's torch<->JAX copies are not in it;
   `test_meta_iteration` times the backend as the runner calls it);
@@ -42,7 +46,8 @@ from algorithms.network import make_network
 from benchmarks.speed.measure import peak_memory_bytes
 from tasks import TaskBatch
 
-PEERS = ("func", "jax", "compile", "compile-cudagraphs", "l2l", "higher")
+PEERS = ("func", "func-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher")
+COMPILED = ("func-compiled", "compile", "compile-cudagraphs")  # the torch.compile peers (cold compiles: costly)
 REFERENCE = "func"  # ratios are peer time / func time: > 1 means func is faster
 MIN_CPU_WALL, MAX_CPU_WALL = 0.9, 1.1
 MAX_SPREAD = float(os.environ.get("SPEED_MAX_SPREAD", "0.25"))
@@ -176,6 +181,28 @@ def _compile_peer(name, algorithm, hp, seed, batch, device, mode=None):
     return Peer(name, call, memory=lambda: peak_memory_bytes(call, device))
 
 
+def _func_compiled_peer(algorithm, hp, seed, batch, device):
+    torch._dynamo.reset()
+    learner = get_learner_class(algorithm, "func")(hp, torch.Generator().manual_seed(seed), device=str(device))
+    learner.optimizer = learner.make_optimizer()
+    data = TaskBatch.stack([batch]).to(device)
+    weights = learner.loss_weights(0)
+
+    def meta_gradient(xs, ys, xq, yq):
+        return learner._meta_gradient(TaskBatch(xs, ys, xq, yq, data.amplitude, data.phase), weights)
+
+    compiled = torch.compile(meta_gradient, fullgraph=True)
+    tensors = (data.x_support, data.y_support, data.x_query, data.y_query)
+
+    def call():
+        with torch.no_grad():
+            _, grads = compiled(*tensors)
+        learner.optimizer.step(grads)
+        _sync(device)
+
+    return Peer("func-compiled", call, restore=_restorer(learner), memory=lambda: peak_memory_bytes(call, device))
+
+
 def missing(name: str, algorithm: str, device: torch.device) -> str | None:
     """Why peer `name` cannot run here (None: it can)."""
     import importlib.util
@@ -200,6 +227,8 @@ def build(name: str, algorithm: str, hp: HyperParams, batch: TaskBatch, device, 
     device = torch.device(device)
     if name == "func":
         return _learner_peer("func", "func", algorithm, hp, seed, batch, device)
+    if name == "func-compiled":
+        return _func_compiled_peer(algorithm, hp, seed, batch, device)
     if name in ("l2l", "higher"):
         return _learner_peer(name, name, algorithm, hp, seed, batch, device)
     if name == "jax":
@@ -241,9 +270,11 @@ def interleave(peers: list[Peer], seconds: float, min_rounds: int = 5, max_round
 
 
 def summarize(peers: list[Peer], device, threads: int, memory: bool = True) -> tuple[list[dict], list[str]]:
-    """One row per peer (times in ms, ratios to func per round) and the cell's contention flags."""
+    """One row per peer (times in ms; ratios to func, and to func-compiled where it ran, per round) and
+    the cell's contention flags."""
     device = torch.device(device)
     reference = next((p for p in peers if p.name == REFERENCE), None)
+    compiled = next((p for p in peers if p.name == "func-compiled"), None)
     rows, flags = [], []
     for peer in peers:
         times = np.array(peer.times)
@@ -256,6 +287,10 @@ def summarize(peers: list[Peer], device, threads: int, memory: bool = True) -> t
         if reference is not None:
             ratios = times / np.array(reference.times)
             row.update(zip(("ratio_q25", "ratio_vs_func", "ratio_q75"), np.percentile(ratios, [25, 50, 75])))
+        if compiled is not None:
+            ratios = times / np.array(compiled.times)
+            row.update(zip(("compiled_ratio_q25", "ratio_vs_func_compiled", "compiled_ratio_q75"),
+                           np.percentile(ratios, [25, 50, 75])))
         if memory and peer.memory is not None:
             if peer.restore is not None:
                 peer.restore()
