@@ -10,8 +10,9 @@ Decisions (stated once, used everywhere):
   mean containing one is non-finite (never silently dropped), while the median and IQM stay
   finite as long as fewer than half (a quarter) of the values blew up.
 - **Blow-up.** A task's adaptation blew up at a step when its MSE is non-finite or above
-  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over that set's tasks, of
-  the MSE of predicting 0; about 4.2 for Finn's sine, so the threshold is about 42).
+  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over the set's tasks, of
+  the query MSE of predicting 0; about 4.2 for Finn's sine, so the threshold is about 42).
+  Adaptation that makes a task ten times worse than not predicting at all has diverged.
 - **IQM** is the mean of the middle 50% of all seed x task values (scipy's `trim_mean` with 25%
   cut from each end, as rliable computes it).
 - **Bootstrap.** Seeds and tasks are crossed, not nested: every seed of every algorithm is
@@ -45,11 +46,10 @@ BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 IQM_CUT = 0.25
 CHUNK = 100  # resamples drawn and evaluated at once (bounds memory at CHUNK x seeds x tasks)
-PAIRED_CHUNK = 1000  # larger: resamples with the same seed draws share one sort
 
 METHOD_NOTE = (
     f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "
-    "zero-predictor MSE (the mean MSE of predicting 0 over that set's tasks). Median and IQM (mean of the middle "
+    "zero-predictor MSE (the mean query MSE of predicting 0 over the set's tasks). Median and IQM (mean of the middle "
     "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are percentile "
     f"intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) that draw the seeds "
     "with replacement and, independently, the shared test tasks with replacement (a two-way bootstrap for "
@@ -72,25 +72,20 @@ def as_errors(values) -> np.ndarray:
     return array
 
 
-def blowup_thresholds(zero_mse, n_sets: int = 1) -> np.ndarray:
-    """Per-task threshold [n_tasks]: BLOWUP_FACTOR x the mean zero-predictor MSE of the task's own
-    evaluation set (tasks are set-major: tasks [j*n, (j+1)*n) form set j)."""
-    zero = np.asarray(zero_mse, dtype=np.float64)
-    if n_sets < 1 or zero.size % n_sets:
-        raise ValueError(f"{zero.size} tasks cannot be split into {n_sets} equal evaluation sets")
-    per_set = zero.reshape(n_sets, -1).mean(axis=1)
-    return np.repeat(BLOWUP_FACTOR * per_set, zero.size // n_sets)
+def blowup_threshold(zero_mse) -> float:
+    """BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (a scalar, or per-task values: their mean)."""
+    return BLOWUP_FACTOR * float(np.mean(zero_mse))
 
 
-def blown_up(errors, thresholds) -> np.ndarray:
-    """Boolean array like `errors`: non-finite, or above the task's threshold (last axis = tasks)."""
+def blown_up(errors, threshold) -> np.ndarray:
+    """Boolean array like `errors`: non-finite, or above `threshold` (a scalar, or per task on the last axis)."""
     errors = np.asarray(errors, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return ~np.isfinite(errors) | (errors > np.asarray(thresholds, dtype=np.float64))
+        return ~np.isfinite(errors) | (errors > np.asarray(threshold, dtype=np.float64))
 
 
-def blowup_rate(errors, thresholds) -> float:
-    return float(blown_up(errors, thresholds).mean())
+def blowup_rate(errors, threshold) -> float:
+    return float(blown_up(errors, threshold).mean())
 
 
 def iqm(values) -> float:
@@ -108,25 +103,39 @@ def mean(values) -> float:
 
 # ----------------------------------------------------------------------------- resampling
 
-def resample_indices(n_seeds: int, n_tasks: int, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                     n_seeds_b: int | None = None, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, ...]]:
-    """Chunks of bootstrap draws: (seed indices [c, n_seeds], task indices [c, n_tasks]) and, for a
-    paired comparison (`n_seeds_b` given), B's seed indices [c, n_seeds_b] too. The same arguments
-    always give the same draws."""
+def resample_indices(n_seeds: int, n_tasks: int, n_resamples: int = N_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of bootstrap draws for one configuration: (seed indices [c, n_seeds], task indices
+    [c, n_tasks]). The same arguments always give the same draws."""
     rng = np.random.default_rng(seed)
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        draw = [rng.integers(0, n_seeds, (size, n_seeds)), rng.integers(0, n_tasks, (size, n_tasks))]
-        if n_seeds_b is not None:
-            draw.append(rng.integers(0, n_seeds_b, (size, n_seeds_b)))
-        yield tuple(draw)
+    for start in range(0, n_resamples, CHUNK):
+        size = min(CHUNK, n_resamples - start)
+        yield rng.integers(0, n_seeds, (size, n_seeds)), rng.integers(0, n_tasks, (size, n_tasks))
+
+
+def paired_resamples(n_seeds_a: int, n_seeds_b: int, n_tasks: int, n_resamples: int = N_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Chunks of bootstrap draws for a paired comparison: (A's seed indices [c, Sa], B's [c, Sb],
+    task indices [c, n_tasks], shared by A and B). All seed draws come first; resamples are then
+    grouped by the seed multiplicities they drew (every row of a chunk drew the same), so that
+    the per-task differences of a group are computed and sorted once. Deterministic."""
+    rng = np.random.default_rng(seed)
+    seeds_a = rng.integers(0, n_seeds_a, (n_resamples, n_seeds_a))
+    seeds_b = rng.integers(0, n_seeds_b, (n_resamples, n_seeds_b))
+    key = np.concatenate([_counts(seeds_a, n_seeds_a), _counts(seeds_b, n_seeds_b)], axis=1)
+    _, inverse = np.unique(key, axis=0, return_inverse=True)
+    for group in range(inverse.max() + 1 if n_resamples else 0):
+        rows = np.flatnonzero(inverse.ravel() == group)
+        for start in range(0, rows.size, CHUNK):
+            part = rows[start:start + CHUNK]
+            yield seeds_a[part], seeds_b[part], rng.integers(0, n_tasks, (part.size, n_tasks))
 
 
 def _counts(indices: np.ndarray, n: int) -> np.ndarray:
-    """[c, draws] indices -> [c, n] multiplicities (row-wise bincount)."""
+    """[c, draws] indices -> [c, n] multiplicities (row-wise bincount; int32: half the memory traffic)."""
     rows = indices.shape[0]
     flat = (indices + n * np.arange(rows)[:, None]).ravel()
-    return np.bincount(flat, minlength=rows * n).reshape(rows, n)
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.int32)
 
 
 def _weighted_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -146,7 +155,7 @@ def _order_stats(ordered: np.ndarray, weights: np.ndarray, n: int, with_iqm: boo
     summing to `n`. Row r is the sample holding ordered[i] weights[r, i] times; the result is
     exactly `np.median` and `scipy.stats.trim_mean(., 0.25)` of that sample (up to rounding)."""
     rows = weights.shape[0]
-    upper = np.cumsum(weights, axis=1)  # upper[r, i]: expanded positions covered by elements 0..i
+    upper = np.cumsum(weights, axis=1, dtype=np.int64)  # upper[r, i]: expanded positions covered by elements 0..i
     offsets = (n + 1) * np.arange(rows)
     flat = (upper + offsets[:, None]).ravel()  # rows laid end to end, still sorted: one searchsorted
 
@@ -190,7 +199,7 @@ def _interval(boot: np.ndarray) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- one configuration
 
-def summarize(errors, thresholds, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
+def summarize(errors, threshold, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
     """Mean, median, IQM and blow-up rate of one configuration's errors [n_seeds, n_tasks], each with
     its two-way bootstrap interval (`n_resamples=0`: point estimates only)."""
     values = as_errors(errors)
@@ -198,7 +207,7 @@ def summarize(errors, thresholds, n_resamples: int = N_RESAMPLES, seed: int = BO
         raise ValueError(f"errors must be a non-empty [n_seeds, n_tasks] array, got shape {values.shape}")
     n_seeds, n_tasks = values.shape
     n = values.size
-    blown = blown_up(values, thresholds).astype(np.float64)
+    blown = blown_up(values, threshold).astype(np.float64)
     point = {"mean": mean(values), "median": median(values), "iqm": iqm(values), "blowup": float(blown.mean())}
     if n_resamples <= 0:
         return {name: Estimate(value) for name, value in point.items()}
@@ -217,7 +226,7 @@ def summarize(errors, thresholds, n_resamples: int = N_RESAMPLES, seed: int = BO
 
         boot["mean"].append(np.where(total(infinite) > 0, np.inf, total(finite) / n))
         boot["blowup"].append(total(blown) / n)
-        robust = _order_stats(ordered, seeds[:, seed_of] * tasks[:, task_of], n)
+        robust = _order_stats(ordered, np.take(seeds, seed_of, axis=1) * np.take(tasks, task_of, axis=1), n)
         boot["median"].append(robust["median"])
         boot["iqm"].append(robust["iqm"])
     return {name: Estimate(point[name], *_interval(np.concatenate(boot[name]))) for name in point}
@@ -258,22 +267,20 @@ def compare(errors_a, errors_b, n_resamples: int = N_RESAMPLES, seed: int = BOOT
              "p_improvement": float(wins.mean())}
     if n_resamples <= 0:
         return {name: Estimate(value) for name, value in point.items()}
-    boot = {name: np.empty(n_resamples) for name in point}
-    done = 0
-    for seed_a, task_idx, seed_b in resample_indices(sa, n_tasks, n_resamples, seed, n_seeds_b=sb,
-                                                     chunk=PAIRED_CHUNK):
-        tasks = _counts(task_idx, n_tasks)
-        seeds = np.concatenate([_counts(seed_a, sa), _counts(seed_b, sb)], axis=1)
-        # resamples that drew the same seed multiplicities share their per-task differences: sort once
-        groups, inverse = np.unique(seeds, axis=0, return_inverse=True)
-        for g, key in enumerate(groups):
-            rows = np.flatnonzero(inverse.ravel() == g)
-            d = _differences(_seed_mean(a, key[:sa]), _seed_mean(b, key[sa:]))
+    boot: dict[str, list[np.ndarray]] = {name: [] for name in point}
+    cached = None  # (seed multiplicities, sorted differences, their order, per-task P) of the current group
+    for seed_a, seed_b, task_idx in paired_resamples(sa, sb, n_tasks, n_resamples, seed):
+        weights_a, weights_b = _counts(seed_a[:1], sa)[0], _counts(seed_b[:1], sb)[0]
+        key = (tuple(weights_a), tuple(weights_b))
+        if cached is None or cached[0] != key:
+            d = _differences(_seed_mean(a, weights_a), _seed_mean(b, weights_b))
             order = np.argsort(d, kind="stable")
-            weights = tasks[rows][:, order]
-            per_task = np.einsum("a,abt,b->t", key[:sa], wins, key[sa:]) / (sa * sb)
-            boot["mean_difference"][done + rows] = _weighted_sum(d[order], weights) / n_tasks
-            boot["median_difference"][done + rows] = _order_stats(d[order], weights, n_tasks, with_iqm=False)["median"]
-            boot["p_improvement"][done + rows] = weights @ per_task[order] / n_tasks
-        done += len(task_idx)
+            per_task = np.einsum("a,abt,b->t", weights_a, wins, weights_b) / (sa * sb)
+            cached = (key, d[order], order, per_task[order])
+        _, ordered, order, per_task = cached
+        tasks = np.take(_counts(task_idx, n_tasks), order, axis=1)
+        boot["mean_difference"].append(_weighted_sum(ordered, tasks) / n_tasks)
+        boot["median_difference"].append(_order_stats(ordered, tasks, n_tasks, with_iqm=False)["median"])
+        boot["p_improvement"].append(tasks @ per_task / n_tasks)
+    boot = {name: np.concatenate(values) for name, values in boot.items()}
     return {name: Estimate(point[name], *_interval(boot[name])) for name in point}
