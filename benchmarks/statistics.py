@@ -45,7 +45,7 @@ N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 IQM_CUT = 0.25
-CHUNK = 100  # resamples drawn and evaluated at once (bounds memory at CHUNK x seeds x tasks)
+CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small enough to stay in cache
 
 METHOD_NOTE = (
     f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "

@@ -282,8 +282,8 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
 
     sections.append("## (a2) Robust statistics of the chosen configurations (test)")
     if a.robust.empty:
-        sections.append("No per-task errors stored for these records: – ." if not a.task_errors else
-                        "No chosen configuration has stored per-task test errors.")
+        sections.append("None: these records have no per-task errors (made before the per-task store)."
+                        if not a.task_errors else "None: no chosen configuration has stored per-task test errors.")
     else:
         sections.append(markdown_table(robust_table(a.robust)))
         sections.append(
