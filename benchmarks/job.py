@@ -99,12 +99,15 @@ def evaluate_sets(adaptation, sets, steps: int, iteration: int):
     return rows, errors
 
 
-def run_job(cells: list[Cell], settings: Settings, threads: int | None = None) -> list[dict]:
-    """Train one job and return one record per cell (never raises: failures become records)."""
+def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, on_iteration=None) -> list[dict]:
+    """Train one job and return one record per cell (never raises: failures become records).
+
+    `on_iteration(n)` is called after every training iteration (progress display).
+    """
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_job(cells, settings)
+        return _run_job(cells, settings, on_iteration)
     except Exception as error:  # recorded, and the sweep goes on
         return [_record(cell, settings, status="failed", error=f"{type(error).__name__}: {error}",
                         traceback=traceback.format_exc()) for cell in cells]
@@ -118,7 +121,7 @@ def _record(cell: Cell, settings: Settings, **fields) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
 
 
-def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
+def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[dict]:
     base = cells[0]
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -146,7 +149,7 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
     blowup = DIVERGENCE_FACTOR * float(probe.y_query.pow(2).mean())
     zero_mse = zero_predictor_mse(eval_sets)
     train_seconds, last_iteration = 0.0, 0
-    for report in meta_train(learner, family, generators, base.iterations, log_at):
+    for report in meta_train(learner, family, generators, base.iterations, log_at, on_iteration):
         train_seconds, last_iteration = report["train_seconds"], report["iteration"]
         for m in range(len(cells)):
             loss = float(report["loss"][m])
