@@ -223,16 +223,23 @@ def plot_paired(ax, frame: pd.DataFrame, value: str, reference_line: float, xlab
 def plot_training_curves(ax, frame: pd.DataFrame, value: str = "loss", ylabel: str | None = None,
                          title: str | None = None, log: bool = True):
     """`value` against meta-training iteration, one line per `label` in its algorithm's style: the
-    mean over seeds, with a band from the lowest to the highest seed. Columns: label, algorithm,
-    seed, iteration, `value`."""
+    mean over seeds, with a band from the lowest to the highest seed. A line identical to an
+    earlier one (MSL at S = 1 is MAML) says so in the legend and is drawn with hollow markers over
+    it. Columns: label, algorithm, seed, iteration, `value`."""
+    seen = {}
     for label, group in frame.groupby("label", sort=False):
         group = _finite(group, [value])
         if group.empty:
             continue
         style = algorithm_style(group["algorithm"].iloc[0])
         curve = group.groupby("iteration")[value].agg(["mean", "min", "max"]).sort_index()
-        ax.plot(curve.index, curve["mean"], label=f"{label} ({group['seed'].nunique()} seeds)", color=style["color"],
-                linestyle=style["linestyle"])
+        key = tuple(curve["mean"].round(12)) + tuple(curve.index)
+        earlier = seen.setdefault(key, label.split(" [")[0])
+        duplicate = earlier != label.split(" [")[0]
+        text = f"{label} ({group['seed'].nunique()} seeds)" + (f" (= {earlier}, identical)" if duplicate else "")
+        ax.plot(curve.index, curve["mean"], label=text, color=style["color"], linestyle=style["linestyle"],
+                marker=style["marker"], markevery=max(1, len(curve) // 10), markersize=7 if duplicate else 4,
+                markerfacecolor="none" if duplicate else style["color"])
         if group["seed"].nunique() > 1:
             ax.fill_between(curve.index, curve["min"], curve["max"], color=style["color"], alpha=BAND_ALPHA,
                             linewidth=0)
