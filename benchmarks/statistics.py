@@ -10,8 +10,9 @@ Decisions (stated once, used everywhere):
   mean containing one is non-finite (never silently dropped), while the median and IQM stay
   finite as long as fewer than half (a quarter) of the values blew up.
 - **Blow-up.** A task's adaptation blew up at a step when its MSE is non-finite or above
-  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over the set's tasks, of
-  the query MSE of predicting 0; about 4.2 for Finn's sine, so the threshold is about 42).
+  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over all its tasks, of
+  the query MSE of predicting 0, as the per-task store keeps it per split and eval K; about 4.2
+  for Finn's sine, so the threshold is about 42).
   Adaptation that makes a task ten times worse than not predicting at all has diverged.
 - **IQM** is the mean of the middle 50% of all seed x task values (scipy's `trim_mean` with 25%
   cut from each end, as rliable computes it).
@@ -49,7 +50,7 @@ CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small en
 
 METHOD_NOTE = (
     f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "
-    "zero-predictor MSE (the mean query MSE of predicting 0 over the set's tasks). Median and IQM (mean of the middle "
+    "zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks). Median and IQM (mean of the middle "
     "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are percentile "
     f"intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) that draw the seeds "
     "with replacement and, independently, the shared test tasks with replacement (a two-way bootstrap for "
