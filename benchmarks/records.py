@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks import artifacts
+
 FINISHED = ("ok", "diverged")
 
 
@@ -43,8 +45,15 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def write_record(out: Path, record: dict) -> Path:
+    """The record's artifacts (`record["_artifacts"]`, if any) first, then its JSON naming them."""
     path = record_path(out, record["cell_id"])
-    write_atomic(path, json.dumps(record, indent=1, allow_nan=True))
+    record = dict(record)
+    found = record.pop("_artifacts", None)
+    if found is not None:
+        binary = artifacts.path_for(path.parent, record["cell_id"])
+        write_atomic(binary, artifacts.to_bytes(found))
+        record["artifacts"] = binary.name
+    write_atomic(path, json.dumps(record, separators=(",", ":"), allow_nan=True))  # compact: results stay small
     return path
 
 
