@@ -17,6 +17,7 @@ from algorithms.evaluation import evaluate, initial_gradient_norm
 from algorithms.functional import adapt, expand_per_task
 from algorithms.network import forward
 from benchmarks.config import Cell, Settings
+from benchmarks.fingerprint import fingerprint
 from benchmarks.training import meta_train
 from tasks import evaluation_set, get_task
 
@@ -64,6 +65,7 @@ def run_job(cells: list[Cell], settings: Settings, threads: int | None = None) -
 
 def _record(cell: Cell, settings: Settings, **fields) -> dict:
     return {"cell_id": cell.cell_id, "cell": asdict(cell), "settings": asdict(settings),
+            "fingerprint": fingerprint(cell, settings),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "processor": platform.processor(),
                             "threads": torch.get_num_threads()},
