@@ -5,12 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 WHEELS := .cache/wheels
-OUT ?= results/bench
+# `make bench` and `make paper` measure this machine into git-ignored runs/ folders; the
+# committed results/ folders are rewritten only by the *-results targets (maintainers).
+OUT ?= runs/bench
+PAPER_OUT ?= runs/paper
 # Sweeps run WORKERS processes of one torch thread each: at these tiny sizes ops, not flops,
 # bound the time, so two 1-thread processes do ~2x the work of one 2-thread process.
 WORKERS ?= 2
 
-.PHONY: setup test bench speed figures paper regress baseline clean
+.PHONY: setup test bench bench-results speed figures paper paper-results regress baseline clean
 
 setup: $(STAMP)
 
@@ -27,10 +30,16 @@ test: setup
 	$(PY) -m pytest -q tests
 	$(MAKE) regress
 
-# The main job: the bench.toml quality sweep and the speed benchmarks, into results/bench/.
+# The main job: the bench.toml quality sweep, the speed benchmarks, tables and figures, into
+# $(OUT) (default runs/bench/, git-ignored; a rerun resumes its own previous run).
 bench: setup
 	$(PY) -m benchmarks run --config benchmarks/configs/bench.toml --out $(OUT) --workers $(WORKERS) --threads 1
-	$(MAKE) speed
+	$(MAKE) speed OUT=$(OUT)
+	@echo "bench: tables in $(OUT)/tables.md, figures in $(OUT)/figures/, speed in $(OUT)/speed.md"
+
+# Maintainers: measure into the committed results/bench/ (then review `git diff --stat results/bench`).
+bench-results:
+	$(MAKE) bench OUT=results/bench
 
 speed: setup
 	mkdir -p $(OUT)
@@ -41,20 +50,24 @@ speed: setup
 figures: setup
 	for dir in results/*/; do if [ -d "$$dir/runs" ]; then $(PY) -m benchmarks report "$$dir" || exit 1; fi; done
 
-# Finn et al. 2017's sinusoid setup, every algorithm, 3 seeds, K in {5, 10, 20}.
+# Finn et al. 2017's sinusoid setup, every algorithm, 3 seeds, K in {5, 10, 20}, into $(PAPER_OUT).
 paper: setup
-	$(PY) -m benchmarks run --config benchmarks/configs/paper.toml --out results/paper --workers $(WORKERS) --threads 1
+	$(PY) -m benchmarks run --config benchmarks/configs/paper.toml --out $(PAPER_OUT) --workers $(WORKERS) --threads 1
+
+# Maintainers: into the committed results/paper/.
+paper-results:
+	$(MAKE) paper PAPER_OUT=results/paper
 
 # Rerun the CI config from scratch and compare with the committed baseline.
 regress: setup
 	rm -rf .cache/regress-candidate
-	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out .cache/regress-candidate
+	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out .cache/regress-candidate --threads 1
 	$(PY) -m benchmarks regress --baseline results/baseline --candidate .cache/regress-candidate
 
 # Intentionally replace the baseline (then review `git diff results/baseline`).
 baseline: setup
 	rm -rf results/baseline
-	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out results/baseline
+	$(PY) -m benchmarks run --config benchmarks/configs/ci.toml --out results/baseline --threads 1
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: `python -m benchmarks {list,run,report,regress}`.
+"""Command line: `python -m benchmarks {list,run,report,re-evaluate,regress}`.
 
 Exit status, one meaning each:
   0    success
@@ -169,6 +169,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_reevaluate(args) -> int:
+    from benchmarks.reevaluate import evaluation_overrides, reevaluate
+
+    overrides = evaluation_overrides(list(args.set or []))
+    out = Path(args.out)
+    reevaluate(Path(args.dir), out, overrides, prepare=_check_writable)
+    from benchmarks.report import write_report
+
+    write_report(out)
+    print(f"re-evaluated records and report written to {out}")
+    return 0
+
+
 def cmd_regress(args) -> int:
     from benchmarks.regress import DEFAULT_TOLERANCES, regress
 
@@ -204,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/")
     report.add_argument("dir")
     report.set_defaults(func=cmd_report)
+    again = sub.add_parser("re-evaluate", help="recompute DIR's final evaluations from the stored initialisations "
+                                               "(no training) into --out, e.g. with more test sets")
+    again.add_argument("dir")
+    again.add_argument("--out", required=True, help="new output folder")
+    again.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="an evaluation setting: eval_steps, eval_k_shot, n_test_tasks, n_test_sets, "
+                            "n_validation_tasks, device")
+    again.set_defaults(func=cmd_reevaluate)
     regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression")
     regress.add_argument("--baseline", required=True)
     regress.add_argument("--candidate", required=True)

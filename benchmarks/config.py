@@ -90,7 +90,8 @@ class Settings:
     eval_every: int = 0  # evaluate every N iterations (0: only at the end)
     eval_steps: int = 10  # adaptation steps 0..N at evaluation
     eval_k_shot: tuple[int, ...] = ()  # evaluate at these K too (default: the training K)
-    n_test_tasks: int = 600
+    n_test_tasks: int = 600  # tasks per test set
+    n_test_sets: int = 1  # independent test sets of n_test_tasks each (set j: test seed + j)
     n_validation_tasks: int = 600
     n_query: int = 10  # query points per training task
     log_every: int = 100  # training-loss / gradient-norm logging interval
@@ -170,7 +171,7 @@ def _settings(raw: dict, limits: dict) -> Settings:
             raise ConfigError(f"{f.name} must be a table, got {value!r}")
         values[f.name] = value
     settings = replace(defaults, **values)
-    for name in ("n_test_tasks", "n_validation_tasks", "n_query", "log_every"):
+    for name in ("n_test_tasks", "n_test_sets", "n_validation_tasks", "n_query", "log_every"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)!r}")
     for name in limits:

@@ -12,14 +12,17 @@ from dataclasses import asdict
 
 import torch
 
+import numpy as np
+
 from algorithms import get_algorithm
-from algorithms.evaluation import evaluate, initial_gradient_norm
+from algorithms.evaluation import adaptation_curve, initial_gradient_norm, summarize
 from algorithms.functional import adapt, expand_per_task
 from algorithms.network import forward
+from benchmarks import artifacts as store
 from benchmarks.config import Cell, Settings
 from benchmarks.fingerprint import fingerprint
 from benchmarks.training import meta_train
-from tasks import evaluation_set, get_task
+from tasks import TaskBatch, evaluation_set, get_task
 
 QUALITATIVE_STEPS = (0, 1, 10)
 PROBE_SEED_OFFSET = 7  # the fixed probe batch for gradient norms (validation stream, own offset)
@@ -45,19 +48,67 @@ def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
         lrs = [lr.cpu() if isinstance(lr, torch.Tensor) else lr for lr in lrs]
         for step, params in enumerate(adapt(start, task.x_support, task.y_support, lrs, max(QUALITATIVE_STEPS), False)):
             if step in QUALITATIVE_STEPS:
-                preds[str(step)] = forward(params, x).detach().flatten().tolist()
+                preds[str(step)] = _short(forward(params, x))
     truth = family.function(x, task.amplitude, task.phase)
-    return {"x": x.flatten().tolist(), "truth": truth.flatten().tolist(),
-            "support_x": task.x_support.flatten().tolist(), "support_y": task.y_support.flatten().tolist(),
-            "pred": preds}
+    return {"x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
+            "support_y": _short(task.y_support), "pred": preds}
 
 
-def run_job(cells: list[Cell], settings: Settings, threads: int | None = None) -> list[dict]:
-    """Train one job and return one record per cell (never raises: failures become records)."""
+def _short(t: torch.Tensor) -> list[float]:
+    """float32 values as their shortest exact decimal (0.12345679, not 0.12345679104328156)."""
+    return [float(str(v)) for v in t.detach().cpu().flatten().numpy()]
+
+
+def evaluation_sets(family, settings: Settings, eval_ks, device) -> dict[tuple[str, int], list[TaskBatch]]:
+    """The fixed evaluation tasks per (split, K): `n_test_sets` independent test sets (set j
+    drawn from the test stream's seed + j, so set 0 is the classic 600-task set), one validation set."""
+    sets = {}
+    for k in eval_ks:
+        sets[("validation", k)] = [evaluation_set(family, "validation", settings.n_validation_tasks, k_shot=k).to(device)]
+        sets[("test", k)] = [evaluation_set(family, "test", settings.n_test_tasks, k_shot=k, seed_offset=j).to(device)
+                             for j in range(settings.n_test_sets)]
+    return sets
+
+
+def zero_predictor_mse(sets: dict[tuple[str, int], list[TaskBatch]]) -> dict[tuple[str, int], float]:
+    """Per (split, K): the query MSE of predicting 0, averaged over all its tasks (the blow-up yardstick)."""
+    return {key: float(torch.cat([b.y_query.pow(2).mean(dim=(1, 2)) for b in batches]).double().mean())
+            for key, batches in sets.items()}
+
+
+def evaluate_sets(adaptation, sets, steps: int, iteration: int):
+    """Summary rows (one per split, K and step) and each task's errors [steps + 1, tasks] per (split, K).
+
+    Sets are adapted one at a time (bounded memory; a task's numbers do not depend on its
+    neighbours). The mean and CI are over all tasks of all sets; with several sets,
+    `set_sd` is the standard deviation of the per-set means (the spread a reader would see
+    between independent 600-task test sets) and `n_sets` their count.
+    """
+    rows, errors = [], {}
+    with torch.no_grad():
+        for (split, k), batches in sets.items():
+            losses = torch.cat([adaptation_curve(adaptation, b, steps) for b in batches], dim=1)
+            frame = summarize(losses)
+            frame.insert(0, "eval_k_shot", k)
+            frame.insert(0, "split", split)
+            frame.insert(0, "iteration", iteration)
+            frame["n_sets"] = len(batches)
+            set_means = losses.double().view(losses.shape[0], len(batches), -1).mean(2)
+            frame["set_sd"] = set_means.std(1).cpu().numpy() if len(batches) > 1 else np.nan
+            rows.extend(frame.to_dict("records"))
+            errors[(split, k)] = losses.cpu().numpy()
+    return rows, errors
+
+
+def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, on_iteration=None) -> list[dict]:
+    """Train one job and return one record per cell (never raises: failures become records).
+
+    `on_iteration(n)` is called after every training iteration (progress display).
+    """
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_job(cells, settings)
+        return _run_job(cells, settings, on_iteration)
     except Exception as error:  # recorded, and the sweep goes on
         return [_record(cell, settings, status="failed", error=f"{type(error).__name__}: {error}",
                         traceback=traceback.format_exc()) for cell in cells]
@@ -72,7 +123,7 @@ def _record(cell: Cell, settings: Settings, **fields) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
 
 
-def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
+def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[dict]:
     base = cells[0]
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -86,9 +137,7 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
     else:
         learner = get_algorithm(base.algorithm, base.backend, hps[0], init_generators[0], device=settings.device)
     eval_ks = sorted(set(settings.eval_k_shot) | {base.k_shot})
-    eval_sets = {(split, k): evaluation_set(family, split, n, k_shot=k).to(device)
-                 for split, n in (("validation", settings.n_validation_tasks), ("test", settings.n_test_tasks))
-                 for k in eval_ks}
+    eval_sets = evaluation_sets(family, settings, eval_ks, device)
     probe = evaluation_set(family, "validation", base.meta_batch, seed_offset=PROBE_SEED_OFFSET).to(device)
     eval_at = {base.iterations} | ({i for i in range(settings.eval_every, base.iterations + 1, settings.eval_every)}
                                    if settings.eval_every else set())
@@ -97,11 +146,13 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
         torch.cuda.reset_peak_memory_stats(device)
     curves = [[] for _ in cells]
     evaluations = [[] for _ in cells]
+    final = [None] * len(cells)  # each member's artifacts from its final evaluation
     diverged = [None] * len(cells)  # the reason, once a member's training loss blows up
     blowup = DIVERGENCE_FACTOR * float(probe.y_query.pow(2).mean())
-    train_seconds = 0.0
-    for report in meta_train(learner, family, generators, base.iterations, log_at):
-        train_seconds = report["train_seconds"]
+    zero_mse = zero_predictor_mse(eval_sets)
+    train_seconds, last_iteration = 0.0, 0
+    for report in meta_train(learner, family, generators, base.iterations, log_at, on_iteration):
+        train_seconds, last_iteration = report["train_seconds"], report["iteration"]
         for m in range(len(cells)):
             loss = float(report["loss"][m])
             if diverged[m] is not None:
@@ -115,25 +166,26 @@ def _run_job(cells: list[Cell], settings: Settings) -> list[dict]:
             curves[m].append({"iteration": report["iteration"], "loss": loss,
                               "grad_norm": initial_gradient_norm(adaptation, probe)})
             if report["iteration"] in eval_at:
-                with torch.no_grad():
-                    for (split, k), test in eval_sets.items():
-                        frame = evaluate(adaptation, test, settings.eval_steps)
-                        frame.insert(0, "eval_k_shot", k)
-                        frame.insert(0, "split", split)
-                        frame.insert(0, "iteration", report["iteration"])
-                        evaluations[m].extend(frame.to_dict("records"))
+                rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"])
+                evaluations[m].extend(rows)
+                if report["iteration"] == base.iterations:
+                    final[m] = store.from_adaptation(adaptation)
+                    final[m].errors = errors
+                    final[m].n_sets = {split: len(batches) for (split, _), batches in eval_sets.items()}
+                    final[m].zero_mse = zero_mse
         if all(d is not None for d in diverged):
             break
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    sec_per_iter = train_seconds / max(1, max(c["iteration"] for c in curves[0]) if curves[0] else base.iterations)
+    sec_per_iter = train_seconds / max(1, last_iteration)
     records = []
     for m, cell in enumerate(cells):
         common = dict(sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
-                                   qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot), **common))
+                                   qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot),
+                                   _artifacts=final[m], **common))
         else:
             records.append(_record(cell, settings, status="diverged",
                                    error=diverged[m], evaluations=[], **common))

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from benchmarks import artifacts
+
 FINISHED = ("ok", "diverged")
 STATUSES = FINISHED + ("failed",)
 TMP_SUFFIX = ".tmp"
@@ -160,8 +162,15 @@ def sweep_stale(out: Path, min_age_s: float = 600.0) -> list[Path]:
 
 
 def write_record(out: Path, record: dict) -> Path:
+    """The record's artifacts (`record["_artifacts"]`, if any) first, then its JSON naming them."""
     path = record_path(out, record["cell_id"])
-    write_atomic(path, json.dumps(record, indent=1, allow_nan=True))
+    record = dict(record)
+    found = record.pop("_artifacts", None)
+    if found is not None:
+        binary = artifacts.path_for(path.parent, record["cell_id"])
+        write_atomic(binary, artifacts.to_bytes(found))
+        record["artifacts"] = binary.name
+    write_atomic(path, json.dumps(record, separators=(",", ":"), allow_nan=True))  # compact: results stay small
     return path
 
 

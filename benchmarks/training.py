@@ -19,11 +19,12 @@ def _sync(device: torch.device) -> None:
 
 
 def meta_train(learner, family, generators: list[torch.Generator], iterations: int,
-               report_at: set[int]) -> Iterator[dict]:
+               report_at: set[int], on_iteration=None) -> Iterator[dict]:
     """Train for `iterations`; at each iteration in `report_at` yield
     {"iteration", "loss" (tensor [members]), "train_seconds" (step time so far)}.
 
     Step time excludes whatever the caller does between yields (evaluation, logging).
+    `on_iteration(n)` (progress display) is told after each iteration how many are done.
     """
     device = learner.device
     train_seconds = 0.0
@@ -32,6 +33,8 @@ def meta_train(learner, family, generators: list[torch.Generator], iterations: i
         batches = [family.sample(learner.hp.meta_batch, g) for g in generators]
         batch = (TaskBatch.stack(batches) if learner.stacked_batches else batches[0]).to(device)
         metrics = learner.step(batch, it)
+        if on_iteration is not None:
+            on_iteration(it + 1)
         if it + 1 in report_at:
             _sync(device)
             train_seconds += time.perf_counter() - started

@@ -343,7 +343,7 @@ def test_example_config_is_one_valid_cell():
 @pytest.mark.parametrize("name, cells, jobs", [
     ("smoke", 7, 7),
     ("ci", 16, 16),  # one cell per job: no two func cells differ only in seed or rates
-    ("bench", 7 * 2 * 27 + 2, 7 * 2 + 2),  # 27-member func ensembles per (algorithm, S) + 2 learn2learn cells
+    ("bench", 6 * 2 * 27 + 27 + 2, 6 * 2 + 1 + 2),  # 27-member ensembles per (algorithm, S), pretrain at S = 1 only, 2 l2l cells
     ("paper", 7 * 3 * 3, 7 * 3),  # 3-seed ensembles per (algorithm, K)
 ])
 def test_shipped_configs_parse_and_group_into_jobs(name, cells, jobs):

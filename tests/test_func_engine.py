@@ -3,7 +3,7 @@
 - its hand-written gradients and reverse pass against autograd, and its meta-gradients
   against learn2learn's (number for number, same seed and batch);
 - a seeded training run against learn2learn's;
-- an ensemble against its members trained one by one;
+- an ensemble against its members trained one by one (bitwise);
 - gradient checkpointing against no checkpointing, and its memory;
 - CUDA against CPU (skipped without a GPU).
 """
@@ -177,24 +177,33 @@ def test_training_run_equals_learn2learn():
 # -- (c) an ensemble equals its members trained alone ---------------------------------------
 
 @pytest.mark.parametrize("algorithm", FUNC_ALGORITHMS)
-def test_ensemble_members_equal_runs_alone(algorithm):
-    iterations = 30
-    learner, _ = _ensemble(algorithm, inner_steps=2, n_tasks=10)
-    streams = [torch.Generator().manual_seed(100 + m) for m in range(3)]
-    for _ in meta_train(learner, FAMILY, streams, iterations, set()):
-        pass
-    for m, hp in enumerate(learner.hps):
-        alone = get_learner_class(algorithm, "func")(hp, torch.Generator().manual_seed(m))
-        for _ in meta_train(alone, FAMILY, [torch.Generator().manual_seed(100 + m)], iterations, set()):
+def test_ensemble_members_equal_runs_alone_bitwise(algorithm):
+    """A cell's numbers depend on its configuration alone: trained in an ensemble of any size
+    or alone, with 1 or 2 threads, a member ends with bitwise the same weights. At S = 5 and
+    LR_base up to 0.1 training amplifies any rounding difference (it turned 1e-7 into 0.3 in
+    the weights before products of one-wide matrices stopped depending on the batch size)."""
+    iterations, n_tasks = 150, 10
+    rates = [(0.1, 3e-3), (0.03, 1e-3), (0.01, 3e-3)]
+    hps = [HyperParams(inner_steps=5, lr_base=lb, lr_meta=lm, meta_batch=n_tasks, iterations=iterations)
+           for lb, lm in rates]
+
+    def train(members, threads):
+        torch.set_num_threads(threads)
+        learner = get_learner_class(algorithm, "func")([hps[m] for m in members],
+                                                       [torch.Generator().manual_seed(m) for m in members])
+        streams = [torch.Generator().manual_seed(100 + m) for m in members]
+        for _ in meta_train(learner, FAMILY, streams, iterations, set()):
             pass
-        together, single = learner.adaptation(m), alone.adaptation()
-        for p, q in zip(together.params, single.params):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        for r, s in zip(together.lrs, single.lrs):
-            if isinstance(r, torch.Tensor):
-                torch.testing.assert_close(r, s, rtol=1e-5, atol=1e-6)
-            else:
-                assert r == s
+        return [torch.cat([p[i].flatten() for p in learner.meta_parameters]) for i in range(len(members))]
+
+    together = train([0, 1, 2], threads=2)
+    assert all(torch.isfinite(t).all() for t in together[1:]), "training diverged: pick other rates"
+    for m in range(3):
+        alone = train([m], threads=1)[0]
+        assert torch.equal(alone, together[m]), (
+            f"member {m} (LR_base {rates[m][0]}): alone differs by {(alone - together[m]).abs().max():.3g}")
+    pair = train([2, 0], threads=1)  # another ensemble size and order
+    assert torch.equal(pair[0], together[2]) and torch.equal(pair[1], together[0])
 
 
 # -- (d) gradient checkpointing --------------------------------------------------------------

@@ -6,9 +6,10 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks.paper import PUBLISHED, REL_TOL, comparison
-from benchmarks.report import final_evaluations, write_report
-from test_report import make_record, write_records
+from benchmarks.analysis import analyse, final_evaluations
+from benchmarks.paper import PUBLISHED, REL_TOL, comparison, comparison_table
+from benchmarks.report import write_report
+from test_report import N_TASKS, make_record, stored, write_records
 
 FINN = dict(backend="func", k_shot=10, inner_steps=1, lr_base=0.01, lr_meta=0.001, meta_batch=25, iterations=70_000)
 
@@ -57,3 +58,49 @@ def test_report_writes_section_d_only_for_the_paper_setup(tmp_path):
     write_report(other)
     assert "## (d)" not in (other / "tables.md").read_text()
     assert not (other / "paper_comparison.csv").exists()
+
+
+def _section_d(text: str) -> list[dict]:
+    block = text.split("## (d)")[1].split("\n\n")[1].splitlines()
+    header = [c.strip() for c in block[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in block[2:]]
+
+
+def test_section_d_gains_median_iqm_and_blowup_rates(tmp_path):
+    records = _finn_records(0.67, 2.41)
+    for record in records:
+        if record["cell"]["algorithm"] == "maml":  # one task blows up from step 5 in every seed
+            record.update(make_record("maml", seed=record["cell"]["seed"], test=0.67 / 1.5, blowups=(5, 1), **FINN))
+    out = write_records(tmp_path, records)
+    write_report(out)
+    rows = {(r["algorithm"], r["steps"]): r for r in _section_d((out / "tables.md").read_text())}
+    one, ten = rows[("maml", "1")], rows[("maml", "10")]
+    assert one["blow-up"] == "0" and ten["blow-up"].startswith(f"{100 / N_TASKS:.2g}% [")
+    assert float(ten["ours: mean ± CI (per seed)"].split()[0]) > 1e4  # the mean is the blow-up's ...
+    assert float(ten["median [CI]"].split()[0]) < 1 and float(ten["IQM [CI]"].split()[0]) < 1  # ... not these
+    assert "[" in one["median [CI]"] and "[" in one["IQM [CI]"]  # with their bootstrap intervals
+    frame = pd.read_csv(out / "paper_comparison.csv")
+    assert {"median", "median_low", "median_high", "iqm", "iqm_low", "iqm_high", "blowup"} <= set(frame.columns)
+    assert "read the median and the IQM" in (out / "tables.md").read_text()
+
+
+def test_section_d_without_per_task_errors_and_with_a_nan_seed():
+    records = [make_record(a, seed=s, test=0.5, store=False, **FINN) for a in ("maml", "pretrain") for s in (0, 1, 2)]
+    for row in records[2]["evaluations"]:  # maml seed 2 turns NaN after 5 steps
+        if row["split"] == "test" and row["eval_steps"] >= 5:
+            row["mse"] = math.nan
+    table = comparison_table(comparison(final_evaluations(records), analyse(records).task_errors))
+    five = table[(table["algorithm"] == "maml") & (table["steps"] == 5)].iloc[0]
+    assert five["ours: mean ± CI (per seed)"].startswith("nan [2/3 seeds finite:")
+    assert five["ours: mean ± CI (per seed)"].endswith("nan)")  # the seed's own value stays visible
+    assert five["median [CI]"] == five["IQM [CI]"] == five["blow-up"] == "–"
+
+
+def test_paired_comparison_exists_for_the_paper_setup():
+    records = _finn_records(0.67, 2.41)
+    analysis = analyse(records, stored(records))
+    at_k5 = analysis.paired[(analysis.paired["eval_k_shot"] == 5) & (analysis.paired["k_shot"] == 10)]
+    assert {("fomaml", "maml"), ("pretrain", "maml"), ("maml", "pretrain"), ("fomaml", "pretrain")} <= set(
+        zip(at_k5["algorithm"], at_k5["reference"]))
+    maml = at_k5[(at_k5["algorithm"] == "maml") & (at_k5["reference"] == "pretrain")]
+    assert (maml["p_improvement"] == 1.0).all() and (maml["median_difference_high"] < 0).all()

@@ -1,0 +1,394 @@
+"""What the report computes from run records: frames, seed pooling, selection by validation,
+and the per-task statistics of the chosen configurations. Nothing here draws or writes.
+
+Selection is by validation, never by test: a "best configuration" is the one with the lowest
+seed-pooled meta-validation MSE after SELECT_STEPS adaptation step at the final iteration, at
+the K it was trained for; configurations with a diverged or failed seed rank after complete
+ones. Only its test numbers are then reported.
+
+Non-finite values are never dropped: a seed-pooled MSE with any non-finite seed is itself
+non-finite (so such a configuration also ranks last), and the mean of its finite seeds is
+kept beside it with their count (`n_finite` of `n_seeds`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from benchmarks import statistics
+
+log = logging.getLogger(__name__)
+
+CELL_COLUMNS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch",
+                "iterations", "seed"]
+RUN_COLUMNS = ["status", "sec_per_iter", "sec_per_iter_member", "ensemble_size", "peak_memory_mb", "device"]
+EVAL_COLUMNS = ["iteration", "split", "eval_k_shot", "eval_steps", "mse", "mse_ci95", "n_test_tasks", "n_sets",
+                "set_sd"]
+#: a configuration is a cell without its seed: seeds are pooled
+CONFIG_COLUMNS = [c for c in CELL_COLUMNS if c != "seed"]
+GROUP_COLUMNS = ["task", "algorithm", "backend", "k_shot"]  # table (a): one best configuration each
+SELECT_STEPS = 1  # adaptation steps of the validation MSE that chooses a configuration
+TABLE_STEPS = (1, 5, 10)
+#: every algorithm is compared, task by task, with each of these (when the folder has it)
+PAIRED_REFERENCES = ("maml", "pretrain")
+SPEED_REFERENCE = ("maml", "l2l")  # the speed table's yardstick: learn2learn MAML
+CI_NOTE = (
+    "Pooling seeds: the MSE is the mean over seeds of each seed's mean over the same n test (or validation) "
+    "tasks. Its 95% CI is sqrt(mean_s(ci_s^2) + (t_{0.975,S-1} * sd_s / sqrt(S))^2), where ci_s = "
+    "1.96 * sd_tasks / sqrt(n) is seed s's own per-task interval and sd_s the spread of the S per-seed means. "
+    "The first term is the task-sampling uncertainty; it is not divided by S because every seed is scored on "
+    "the same tasks, so the seeds' task errors are not independent. The second is the training-seed spread "
+    "(Student t, S-1 degrees of freedom). Both terms count the seed x task interaction, so the interval is "
+    "conservative; with one seed it is the per-task interval alone and says nothing about seed-to-seed variation. "
+    "A seed with a non-finite MSE makes the pooled MSE non-finite; the mean of the finite seeds is then shown "
+    "beside it as `[f/S seeds finite: mean ± CI]`, pooled over those f seeds only.")
+
+
+# ----------------------------------------------------------------------------- frames
+
+def summary_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (cell, evaluation iteration, split, eval K, adaptation step).
+
+    Cells without evaluations (diverged, failed) keep one row with empty metrics so they
+    stay visible in the table.
+    """
+    rows = []
+    for record in records:
+        base = {**{k: record["cell"][k] for k in CELL_COLUMNS}, **{k: record.get(k) for k in RUN_COLUMNS}}
+        evaluations = record.get("evaluations") or [{}]
+        rows.extend({**base, **{k: e.get(k) for k in EVAL_COLUMNS}} for e in evaluations)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS + EVAL_COLUMNS + RUN_COLUMNS)
+
+
+def curve_frame(records: list[dict]) -> pd.DataFrame:
+    """Meta-training curves: one row per (cell, logged iteration): loss and initial gradient norm."""
+    rows = [{**{k: r["cell"][k] for k in CELL_COLUMNS}, **point} for r in records for point in r.get("curve", [])]
+    return pd.DataFrame(rows, columns=CELL_COLUMNS + ["iteration", "loss", "grad_norm"])
+
+
+def cell_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record (cell): its settings, status, error and speed."""
+    rows = [{"cell_id": r["cell_id"], **{k: r["cell"][k] for k in CELL_COLUMNS}, "error": r.get("error"),
+             **{k: r.get(k) for k in RUN_COLUMNS}} for r in records]
+    frame = pd.DataFrame(rows, columns=["cell_id"] + CELL_COLUMNS + ["error"] + RUN_COLUMNS)
+    for column in ("sec_per_iter", "sec_per_iter_member", "ensemble_size"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def final_evaluations(records: list[dict]) -> pd.DataFrame:
+    """Evaluations of `ok` cells at each cell's last evaluated iteration."""
+    rows = [{"cell_id": r["cell_id"], **{k: r["cell"][k] for k in CELL_COLUMNS}, **{k: e.get(k) for k in EVAL_COLUMNS}}
+            for r in records if r["status"] == "ok" for e in r.get("evaluations") or []]
+    frame = pd.DataFrame(rows, columns=["cell_id"] + CELL_COLUMNS + EVAL_COLUMNS)
+    if frame.empty:
+        return frame
+    for column in ("mse", "mse_ci95", "n_sets", "set_sd"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame[frame["iteration"] == frame.groupby("cell_id")["iteration"].transform("max")]
+
+
+# ----------------------------------------------------------------------------- pooling seeds
+
+POOLED_COLUMNS = ["mse", "mse_ci95", "n_tasks", "n_seeds", "n_finite", "mse_finite", "mse_finite_ci95"]
+
+
+def pool_seeds(final: pd.DataFrame, keys: list[str] = CONFIG_COLUMNS) -> pd.DataFrame:
+    """Per (keys, split, eval K, steps): MSE pooled over seeds with its CI (see CI_NOTE).
+
+    `mse` is the mean over all `n_seeds` seeds: non-finite (NaN if a seed is NaN, else inf) as
+    soon as one seed is. `mse_finite` and its CI pool the `n_finite` finite seeds only.
+    """
+    by = keys + ["split", "eval_k_shot", "eval_steps"]
+    if final.empty:
+        return pd.DataFrame(columns=by + POOLED_COLUMNS)
+    mse = final["mse"].astype(float)
+    finite = np.isfinite(mse)
+    frame = final.assign(_finite=finite, _nan=mse.isna(), _mse=mse.where(finite),
+                         _ci2=(final["mse_ci95"].astype(float) ** 2).where(finite))
+    grouped = frame.groupby(by, sort=False).agg(
+        n_seeds=("_mse", "size"), n_finite=("_finite", "sum"), any_nan=("_nan", "any"), mse_finite=("_mse", "mean"),
+        sd=("_mse", "std"), ci2=("_ci2", "mean"), n_tasks=("n_test_tasks", "min")).reset_index()
+    n_finite = grouped["n_finite"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = (stats.t.ppf(0.975, np.maximum(n_finite - 1, 1)) * grouped["sd"].fillna(0.0).to_numpy()
+                   / np.sqrt(n_finite))
+        grouped["mse_finite_ci95"] = np.where(n_finite > 0, np.sqrt(grouped["ci2"].to_numpy() + between ** 2), np.nan)
+    complete = n_finite == grouped["n_seeds"].to_numpy()
+    grouped["mse"] = np.where(complete, grouped["mse_finite"], np.where(grouped["any_nan"], np.nan, np.inf))
+    grouped["mse_ci95"] = np.where(complete, grouped["mse_finite_ci95"], np.nan)
+    return grouped[by + POOLED_COLUMNS]
+
+
+# ----------------------------------------------------------------------------- selection by validation
+
+def config_scores(cells: pd.DataFrame, pooled: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: cells (ok / all) and the pooled validation and test MSE after
+    SELECT_STEPS steps at the trained K, final iteration (columns val_* and test_*)."""
+    counts = cells.assign(ok=cells["status"] == "ok").groupby(CONFIG_COLUMNS, sort=False).agg(
+        n_cells=("cell_id", "size"), n_ok=("ok", "sum")).reset_index()
+    own = pooled[(pooled["eval_k_shot"] == pooled["k_shot"]) & (pooled["eval_steps"] == SELECT_STEPS)]
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        part = own[own["split"] == split][CONFIG_COLUMNS + POOLED_COLUMNS]
+        counts = counts.merge(part.rename(columns={c: f"{prefix}_{c}" for c in POOLED_COLUMNS}), on=CONFIG_COLUMNS,
+                              how="left")
+    return counts
+
+
+def ranked(scores: pd.DataFrame) -> pd.DataFrame:
+    """Configurations in selection order: every seed finished `ok` first, then lowest validation MSE
+    (non-finite last)."""
+    val = scores["val_mse"].astype(float)
+    key = scores.assign(_partial=scores["n_ok"] < scores["n_cells"], _val=val.where(np.isfinite(val), np.inf))
+    return key.sort_values(["_partial", "_val"], kind="stable").drop(columns=["_partial", "_val"])
+
+
+def best_configs(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The selected configuration per group `by`; groups with no validation MSE are dropped."""
+    candidates = scores[scores["val_n_seeds"].notna()] if "val_n_seeds" in scores else scores.iloc[:0]
+    if candidates.empty:
+        return candidates
+    return ranked(candidates).groupby(by, sort=False).head(1).sort_values(by).reset_index(drop=True)
+
+
+def matching(frame: pd.DataFrame, config) -> pd.DataFrame:
+    """The rows of `frame` that belong to configuration `config` (any row with CONFIG_COLUMNS)."""
+    mask = np.ones(len(frame), dtype=bool)
+    for column in CONFIG_COLUMNS:
+        mask &= (frame[column] == config[column]).to_numpy()
+    return frame[mask]
+
+
+def mode(series: pd.Series, prefer=None):
+    """The most common value; ties go to `prefer` if tied, else to the largest (K=10 over K=5)."""
+    counts = series.value_counts()
+    top = list(counts[counts == counts.max()].index)
+    return prefer if prefer in top else max(top)
+
+
+def config_label(config) -> str:
+    return (f"{config['algorithm']} [{config['backend']}, S={config['inner_steps']}, LR_base={config['lr_base']:g}, "
+            f"LR_meta={config['lr_meta']:g}]")
+
+
+def best_per_algorithm(scores: pd.DataFrame, task: str, k_shot: int) -> pd.DataFrame:
+    """The best configuration of each algorithm (any backend) trained on `task` at `k_shot`, labelled."""
+    best = best_configs(scores[(scores["task"] == task) & (scores["k_shot"] == k_shot)], ["algorithm"])
+    return best.assign(label=[config_label(row) for _, row in best.iterrows()])
+
+
+# ----------------------------------------------------------------------------- per-task statistics
+
+def _key(config) -> tuple:
+    return tuple(config[c] for c in CONFIG_COLUMNS)
+
+
+class TaskErrors:
+    """Per-task errors of the `ok` cells (the per-task store, `benchmarks.artifacts`) stacked per
+    configuration, and their statistics (`benchmarks.statistics`), memoised: a bootstrap takes
+    about a second. Empty (falsy) for folders made before the store existed."""
+
+    def __init__(self, cells: pd.DataFrame, artifacts: dict | None = None):
+        self.cells = cells[cells["status"] == "ok"]
+        self.artifacts = artifacts or {}
+        self._memo: dict[tuple, object] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.artifacts)
+
+    def errors(self, config, split: str, eval_k: int) -> tuple[np.ndarray, float] | None:
+        """([n_seeds, eval_steps + 1, n_tasks] in seed order, blow-up threshold) of the configuration's
+        `ok` seeds; None unless every one stored errors for (split, eval K) on the same tasks."""
+        key = ("errors", _key(config), split, int(eval_k))
+        if key not in self._memo:
+            self._memo[key] = self._stack(config, split, int(eval_k))
+        return self._memo[key]
+
+    def _stack(self, config, split: str, eval_k: int):
+        arrays, zeros = [], set()
+        for cell_id in matching(self.cells, config).sort_values("seed")["cell_id"]:
+            found = self.artifacts.get(cell_id)
+            if found is None or (split, eval_k) not in found.errors:
+                return None
+            arrays.append(found.errors[(split, eval_k)])
+            zeros.add(float(found.zero_mse[(split, eval_k)]))
+        if not arrays:
+            return None
+        if len({a.shape for a in arrays}) > 1 or len(zeros) > 1:
+            log.warning("seeds of %s were scored on different %s tasks at K=%d: no per-task statistics",
+                        config_label(config), split, eval_k)
+            return None
+        return np.stack(arrays), statistics.blowup_threshold(zeros.pop())
+
+    def summary(self, config, split: str, eval_k: int, steps: int, bootstrap: bool = True) -> dict | None:
+        """`statistics.summarize` at one step (Estimates mean, median, iqm, blowup) plus n_seeds and
+        n_tasks; None without per-task errors. `bootstrap=False`: point estimates only."""
+        key = ("summary", _key(config), split, int(eval_k), int(steps))
+        if (key, True) in self._memo:
+            return self._memo[(key, True)]
+        if (key, bootstrap) not in self._memo:
+            found = self.errors(config, split, eval_k)
+            if found is None or steps >= found[0].shape[1]:
+                self._memo[(key, bootstrap)] = None
+            else:
+                values, threshold = found
+                result = statistics.summarize(values[:, steps], threshold,
+                                              n_resamples=statistics.N_RESAMPLES if bootstrap else 0)
+                self._memo[(key, bootstrap)] = {**result, "n_seeds": values.shape[0], "n_tasks": values.shape[2]}
+        return self._memo[(key, bootstrap)]
+
+    def compare(self, config, reference, split: str, eval_k: int, steps: int) -> dict | None:
+        """`statistics.compare` of `config` against `reference` at one step, plus n_tasks and seeds;
+        None when either lacks per-task errors or they were not scored on the same tasks. B against
+        A is A against B mirrored (differences negated, P(better) -> 1 - P)."""
+        key = ("compare", _key(config), _key(reference), split, int(eval_k), int(steps))
+        mirror = ("compare", _key(reference), _key(config), split, int(eval_k), int(steps))
+        if key not in self._memo and self._memo.get(mirror) is not None:
+            found = self._memo[mirror]
+            self._memo[key] = {
+                **{name: statistics.Estimate(-e.value, -e.high, -e.low)
+                   for name, e in found.items() if name.endswith("difference")},
+                "p_improvement": statistics.Estimate(1 - found["p_improvement"].value,
+                                                     1 - found["p_improvement"].high, 1 - found["p_improvement"].low),
+                "n_tasks": found["n_tasks"], "n_seeds": found["n_seeds_reference"],
+                "n_seeds_reference": found["n_seeds"]}
+        if key not in self._memo:
+            a, b = self.errors(config, split, eval_k), self.errors(reference, split, eval_k)
+            same = a is not None and b is not None and a[0].shape[2] == b[0].shape[2] and a[1] == b[1]
+            if a is not None and b is not None and not same:
+                log.warning("%s and %s were not scored on the same %s tasks at K=%d: not compared",
+                            config_label(config), config_label(reference), split, eval_k)
+            self._memo[key] = None if not same or steps >= min(a[0].shape[1], b[0].shape[1]) else {
+                **statistics.compare(a[0][:, steps], b[0][:, steps]), "n_tasks": a[0].shape[2],
+                "n_seeds": a[0].shape[0], "n_seeds_reference": b[0].shape[0]}
+        return self._memo[key]
+
+
+def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
+                 steps=TABLE_STEPS) -> pd.DataFrame:
+    """Per chosen configuration (table (a)), test eval K and step: the pooled mean and the per-task
+    statistics with bootstrap intervals (empty without per-task errors)."""
+    rows = []
+    if not task_errors:
+        return pd.DataFrame(rows)
+    evaluated = pooled[pooled["split"] == "test"]
+    for _, config in best.iterrows():
+        for eval_k in sorted(matching(evaluated, config)["eval_k_shot"].unique()):
+            for step in steps:
+                found = task_errors.summary(config, "test", eval_k, step)
+                if found is None:
+                    continue
+                row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
+                       "n_seeds": found["n_seeds"], "n_tasks": found["n_tasks"]}
+                for name in ("mean", "median", "iqm", "blowup"):
+                    estimate = found[name]
+                    row.update({name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
+                 references=PAIRED_REFERENCES, steps=TABLE_STEPS) -> pd.DataFrame:
+    """Every algorithm's best configuration against each reference algorithm's, per (task, trained
+    K, test eval K, step), on the shared test tasks (empty without per-task errors)."""
+    rows = []
+    if not task_errors or scores.empty:
+        return pd.DataFrame(rows)
+    evaluated = pooled[pooled["split"] == "test"]
+    for task, k_shot in sorted(set(zip(scores["task"], scores["k_shot"]))):
+        best = best_per_algorithm(scores, task, k_shot).set_index("algorithm", drop=False)
+        for reference in (r for r in references if r in best.index):
+            base = best.loc[reference]
+            for algorithm in (a for a in best.index if a != reference):
+                config = best.loc[algorithm]
+                eval_ks = set(matching(evaluated, config)["eval_k_shot"]) & set(
+                    matching(evaluated, base)["eval_k_shot"])
+                for eval_k in sorted(eval_ks):
+                    for step in steps:
+                        found = task_errors.compare(config, base, "test", eval_k, step)
+                        if found is None:
+                            continue
+                        row = {"task": task, "k_shot": int(k_shot), "eval_k_shot": int(eval_k), "eval_steps": step,
+                               "algorithm": algorithm, "reference": reference, "label": config["label"],
+                               "reference_label": base["label"], "n_tasks": found["n_tasks"],
+                               "n_seeds": found["n_seeds"], "n_seeds_reference": found["n_seeds_reference"]}
+                        for name in ("mean_difference", "median_difference", "p_improvement"):
+                            estimate = found[name]
+                            row.update({name: estimate.value, f"{name}_low": estimate.low,
+                                        f"{name}_high": estimate.high})
+                        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- speed
+
+def speed_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """Median s/iter over cells per (device, algorithm, backend, S, meta-batch), and the ratio to
+    learn2learn MAML on the same device, S and meta-batch (NaN where it was not run)."""
+    timed = cells[np.isfinite(cells["sec_per_iter"].astype(float))]
+    keys = ["device", "algorithm", "backend", "inner_steps", "meta_batch"]
+    columns = keys + ["sec_per_iter", "sec_per_iter_member", "ensemble_min", "ensemble_max", "n_cells",
+                      "ratio", "ratio_member"]
+    if timed.empty:
+        return pd.DataFrame(columns=columns)
+    frame = timed.groupby(keys).agg(sec_per_iter=("sec_per_iter", "median"),
+                                    sec_per_iter_member=("sec_per_iter_member", "median"),
+                                    ensemble_min=("ensemble_size", "min"), ensemble_max=("ensemble_size", "max"),
+                                    n_cells=("cell_id", "size")).reset_index()
+    frame["sec_per_iter_member"] = frame["sec_per_iter_member"].fillna(frame["sec_per_iter"])
+    reference = frame[(frame["algorithm"] == SPEED_REFERENCE[0]) & (frame["backend"] == SPEED_REFERENCE[1])]
+    reference = reference[["device", "inner_steps", "meta_batch", "sec_per_iter"]].rename(
+        columns={"sec_per_iter": "_ref"})
+    frame = frame.merge(reference, on=["device", "inner_steps", "meta_batch"], how="left")
+    frame["ratio"] = frame["sec_per_iter"] / frame["_ref"]
+    frame["ratio_member"] = frame["sec_per_iter_member"] / frame["_ref"]
+    return frame[columns]
+
+
+# ----------------------------------------------------------------------------- everything together
+
+@dataclass
+class Analysis:
+    """Everything the tables and figures are drawn from."""
+
+    records: list[dict]
+    cells: pd.DataFrame
+    curves: pd.DataFrame
+    final: pd.DataFrame
+    pooled: pd.DataFrame
+    scores: pd.DataFrame
+    best: pd.DataFrame  # table (a)
+    speed: pd.DataFrame  # from the sweep's own cells (timed while other workers ran)
+    task_errors: TaskErrors
+    speed_suite: pd.DataFrame = field(default_factory=pd.DataFrame)  # OUT/speed.csv, if the speed suite ran
+    scope: dict = field(default_factory=dict)  # the (task, K) the per-algorithm figures show
+    figure_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best configuration per algorithm in scope
+    robust: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-task statistics of table (a)'s rows
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired comparisons
+
+
+def analyse(records: list[dict], artifacts: dict | None = None, speed_suite: pd.DataFrame | None = None) -> Analysis:
+    """Frames, selection and statistics of `records`; `artifacts`: cell_id -> per-task store entry
+    (`benchmarks.artifacts.load_task_errors`); `speed_suite`: the speed suite's `speed.csv`."""
+    cells = cell_frame(records)
+    final = final_evaluations(records)
+    pooled = pool_seeds(final)
+    scores = config_scores(cells, pooled)
+    best = best_configs(scores, GROUP_COLUMNS)
+    task_errors = TaskErrors(cells, artifacts)
+    analysis = Analysis(records, cells, curve_frame(records), final, pooled, scores, best, speed_frame(cells),
+                        task_errors, speed_suite if speed_suite is not None else pd.DataFrame())
+    analysis.robust = robust_frame(best, pooled, task_errors)
+    analysis.paired = paired_frame(scores, pooled, task_errors)
+    selectable = scores[scores["val_n_seeds"].notna()]
+    if selectable.empty:
+        return analysis
+    task = mode(selectable["task"], prefer="sine")  # Finn et al.'s task wins a tie
+    k_shot = mode(selectable[selectable["task"] == task]["k_shot"], prefer=10)  # and Finn's K = 10
+    analysis.scope = {"task": task, "k_shot": int(k_shot)}
+    analysis.figure_best = best_per_algorithm(scores, task, k_shot)
+    return analysis

@@ -1,0 +1,287 @@
+"""Robust statistics of per-task adaptation errors: blow-up rates, median and interquartile mean
+(IQM) with bootstrap intervals, and paired comparisons between two algorithms on shared tasks.
+
+Pure functions over numpy arrays; `benchmarks.analysis` feeds them from the per-task store.
+Errors are query MSEs (lower is better) as an array [n_seeds, n_tasks] for one configuration
+at one (split, eval K, adaptation step).
+
+Decisions (stated once, used everywhere):
+- **Non-finite errors are blow-ups and rank worst.** A NaN or inf MSE is treated as +inf: the
+  mean containing one is non-finite (never silently dropped), while the median and IQM stay
+  finite as long as fewer than half (a quarter) of the values blew up.
+- **Blow-up.** A task's adaptation blew up at a step when its MSE is non-finite or above
+  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over all its tasks, of
+  the query MSE of predicting 0, as the per-task store keeps it per split and eval K; about 4.2
+  for Finn's sine, so the threshold is about 42).
+  Adaptation that makes a task ten times worse than not predicting at all has diverged.
+- **IQM** is the mean of the middle 50% of all seed x task values (scipy's `trim_mean` with 25%
+  cut from each end, as rliable computes it).
+- **Bootstrap.** Seeds and tasks are crossed, not nested: every seed of every algorithm is
+  scored on the *same* test tasks. A resample therefore draws the seeds with replacement (within
+  the configuration, so stratified by configuration) and, independently, the tasks with
+  replacement once, shared by every seed (Owen's 2007 "pigeonhole" bootstrap for crossed
+  designs; slightly conservative). A paired comparison applies the same task draw to both
+  algorithms and draws each algorithm's seeds separately. N_RESAMPLES resamples from a numpy
+  Generator seeded with BOOTSTRAP_SEED afresh for every statistic, so a number does not depend
+  on what else was computed; the 95% interval is the percentile interval, taken conservatively
+  (the lower bound rounds down, the upper up, so an infinite resample never becomes NaN by
+  interpolation). `scipy.stats.bootstrap` resamples one axis of independent samples and has no
+  crossed two-way resampling, hence the code below.
+- **Paired difference** on task j: A's error minus B's, each averaged over its seeds (both
+  infinite: a tie, 0). The mean and median over tasks are reported; negative means A is better.
+- **Probability of improvement** P(A < B): per task, the share of seed pairs (a, b) in which A's
+  error is lower than B's (ties count 1/2), averaged over tasks (rliable's definition, with MSE
+  lower-is-better). With one seed each it is the share of tasks on which A beats B.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+BLOWUP_FACTOR = 10.0
+N_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+IQM_CUT = 0.25
+CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small enough to stay in cache
+
+METHOD_NOTE = (
+    f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "
+    "zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks). Median and IQM (mean of the middle "
+    "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are percentile "
+    f"intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) that draw the seeds "
+    "with replacement and, independently, the shared test tasks with replacement (a two-way bootstrap for "
+    "crossed seeds x tasks; every seed is scored on the same tasks).")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its bootstrap interval (NaN bounds: not bootstrapped)."""
+
+    value: float
+    low: float = np.nan
+    high: float = np.nan
+
+
+def as_errors(values) -> np.ndarray:
+    """float64 copy with every non-finite value (NaN, -inf, inf) as +inf: a blow-up ranks worst."""
+    array = np.array(values, dtype=np.float64)
+    array[~np.isfinite(array)] = np.inf
+    return array
+
+
+def blowup_threshold(zero_mse) -> float:
+    """BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (a scalar, or per-task values: their mean)."""
+    return BLOWUP_FACTOR * float(np.mean(zero_mse))
+
+
+def blown_up(errors, threshold) -> np.ndarray:
+    """Boolean array like `errors`: non-finite, or above `threshold` (a scalar, or per task on the last axis)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(errors) | (errors > np.asarray(threshold, dtype=np.float64))
+
+
+def blowup_rate(errors, threshold) -> float:
+    return float(blown_up(errors, threshold).mean())
+
+
+def iqm(values) -> float:
+    """Interquartile mean of all values (scipy `trim_mean`, 25% cut from each end)."""
+    return float(stats.trim_mean(as_errors(values).ravel(), IQM_CUT))
+
+
+def median(values) -> float:
+    return float(np.median(as_errors(values)))
+
+
+def mean(values) -> float:
+    return float(np.mean(as_errors(values)))
+
+
+# ----------------------------------------------------------------------------- resampling
+
+def resample_indices(n_seeds: int, n_tasks: int, n_resamples: int = N_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of bootstrap draws for one configuration: (seed indices [c, n_seeds], task indices
+    [c, n_tasks]). The same arguments always give the same draws."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, CHUNK):
+        size = min(CHUNK, n_resamples - start)
+        yield rng.integers(0, n_seeds, (size, n_seeds)), rng.integers(0, n_tasks, (size, n_tasks))
+
+
+def paired_resamples(n_seeds_a: int, n_seeds_b: int, n_tasks: int, n_resamples: int = N_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Chunks of bootstrap draws for a paired comparison: (A's seed indices [c, Sa], B's [c, Sb],
+    task indices [c, n_tasks], shared by A and B). All seed draws come first; resamples are then
+    grouped by the seed multiplicities they drew (every row of a chunk drew the same), so that
+    the per-task differences of a group are computed and sorted once. Deterministic."""
+    rng = np.random.default_rng(seed)
+    seeds_a = rng.integers(0, n_seeds_a, (n_resamples, n_seeds_a))
+    seeds_b = rng.integers(0, n_seeds_b, (n_resamples, n_seeds_b))
+    key = np.concatenate([_counts(seeds_a, n_seeds_a), _counts(seeds_b, n_seeds_b)], axis=1)
+    _, inverse = np.unique(key, axis=0, return_inverse=True)
+    for group in range(inverse.max() + 1 if n_resamples else 0):
+        rows = np.flatnonzero(inverse.ravel() == group)
+        for start in range(0, rows.size, CHUNK):
+            part = rows[start:start + CHUNK]
+            yield seeds_a[part], seeds_b[part], rng.integers(0, n_tasks, (part.size, n_tasks))
+
+
+def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """[c, draws] indices -> [c, n] multiplicities (row-wise bincount; int32: half the memory traffic)."""
+    rows = indices.shape[0]
+    flat = (indices + n * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.int32)
+
+
+def _weighted_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum(weights * values) along the last axis, where a zero weight ignores an infinite value
+    and +inf together with -inf gives NaN."""
+    total = (weights * np.where(np.isfinite(values), values, 0.0)).sum(axis=-1)
+    up = (weights * (values == np.inf)).sum(axis=-1) > 0
+    down = (weights * (values == -np.inf)).sum(axis=-1) > 0
+    total = np.where(up, np.inf, np.where(down, -np.inf, total))
+    return np.where(up & down, np.nan, total)
+
+
+def _order_stats(ordered: np.ndarray, weights: np.ndarray, n: int, with_iqm: bool = True) -> dict[str, np.ndarray]:
+    """Median (and IQM) of weighted samples without expanding them.
+
+    `ordered` [n_values] ascending; `weights` [c, n_values] integer multiplicities, each row
+    summing to `n`. Row r is the sample holding ordered[i] weights[r, i] times; the result is
+    exactly `np.median` and `scipy.stats.trim_mean(., 0.25)` of that sample (up to rounding)."""
+    rows = weights.shape[0]
+    upper = np.cumsum(weights, axis=1, dtype=np.int64)  # upper[r, i]: expanded positions covered by elements 0..i
+    offsets = (n + 1) * np.arange(rows)
+    flat = (upper + offsets[:, None]).ravel()  # rows laid end to end, still sorted: one searchsorted
+
+    def covering(positions: list[int]) -> np.ndarray:
+        """[rows, k]: how many elements lie wholly before each expanded position, i.e. the index of
+        the element holding it."""
+        queries = np.asarray(positions)[None, :] + offsets[:, None]
+        return np.searchsorted(flat, queries.ravel(), side="right").reshape(rows, -1) - (
+            upper.shape[1] * np.arange(rows))[:, None]
+
+    def value(index: np.ndarray) -> np.ndarray:
+        return ordered[np.minimum(index, ordered.size - 1)]
+
+    middle = covering([(n - 1) // 2, n // 2])
+    with np.errstate(invalid="ignore"):
+        result = {"median": (value(middle[:, 0]) + value(middle[:, 1])) / 2}
+    if not with_iqm:
+        return result
+    cut = int(IQM_CUT * n)
+    finite = np.where(np.isfinite(ordered), ordered, 0.0)
+    running = np.cumsum(weights * finite, axis=1)  # running[r, i]: sum of the copies of elements 0..i
+
+    def partial(position: int, index: np.ndarray) -> np.ndarray:
+        """Sum of the first `position` values of the expanded sorted sample."""
+        whole = np.where(index > 0, np.take_along_axis(running, np.maximum(index - 1, 0)[:, None], 1)[:, 0], 0.0)
+        before = np.where(index > 0, np.take_along_axis(upper, np.maximum(index - 1, 0)[:, None], 1)[:, 0], 0)
+        return whole + (position - before) * finite[np.minimum(index, ordered.size - 1)]
+
+    bounds = covering([cut, n - cut, n - cut - 1])
+    iqm_value = (partial(n - cut, bounds[:, 1]) - partial(cut, bounds[:, 0])) / (n - 2 * cut)
+    result["iqm"] = np.where(np.isinf(value(bounds[:, 2])), np.inf, iqm_value)  # a blow-up inside the middle half
+    return result
+
+
+def _interval(boot: np.ndarray) -> tuple[float, float]:
+    alpha = (1 - CONFIDENCE) / 2
+    if np.isnan(boot).any():
+        return np.nan, np.nan
+    return (float(np.quantile(boot, alpha, method="lower")), float(np.quantile(boot, 1 - alpha, method="higher")))
+
+
+# ----------------------------------------------------------------------------- one configuration
+
+def summarize(errors, threshold, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
+    """Mean, median, IQM and blow-up rate of one configuration's errors [n_seeds, n_tasks], each with
+    its two-way bootstrap interval (`n_resamples=0`: point estimates only)."""
+    values = as_errors(errors)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"errors must be a non-empty [n_seeds, n_tasks] array, got shape {values.shape}")
+    n_seeds, n_tasks = values.shape
+    n = values.size
+    blown = blown_up(values, threshold).astype(np.float64)
+    point = {"mean": mean(values), "median": median(values), "iqm": iqm(values), "blowup": float(blown.mean())}
+    if n_resamples <= 0:
+        return {name: Estimate(value) for name, value in point.items()}
+    order = np.argsort(values.ravel(), kind="stable")
+    ordered = values.ravel()[order]
+    seed_of, task_of = np.divmod(order, n_tasks)
+    finite = np.where(np.isfinite(values), values, 0.0)
+    infinite = np.isinf(values).astype(np.float64)
+    boot: dict[str, list[np.ndarray]] = {name: [] for name in point}
+    for seed_idx, task_idx in resample_indices(n_seeds, n_tasks, n_resamples, seed):
+        seeds, tasks = _counts(seed_idx, n_seeds), _counts(task_idx, n_tasks)
+        seed_weights, task_weights = seeds.astype(np.float64), tasks.astype(np.float64)  # BLAS
+
+        def total(matrix: np.ndarray) -> np.ndarray:  # sum over the resampled seed x task values
+            return np.einsum("ct,st,cs->c", task_weights, matrix, seed_weights)  # no BLAS threads: shared cores
+
+        boot["mean"].append(np.where(total(infinite) > 0, np.inf, total(finite) / n))
+        boot["blowup"].append(total(blown) / n)
+        robust = _order_stats(ordered, np.take(seeds, seed_of, axis=1) * np.take(tasks, task_of, axis=1), n)
+        boot["median"].append(robust["median"])
+        boot["iqm"].append(robust["iqm"])
+    return {name: Estimate(point[name], *_interval(np.concatenate(boot[name]))) for name in point}
+
+
+# ----------------------------------------------------------------------------- paired comparison
+
+def _seed_mean(values: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over seeds: [S] weights x [S, T] errors -> [T] (any weighted inf: inf)."""
+    finite = np.where(np.isfinite(values), values, 0.0)
+    infinite = seed_weights @ np.isinf(values).astype(np.float64) > 0
+    return np.where(infinite, np.inf, seed_weights @ finite / seed_weights.sum())
+
+
+def _differences(a_mean: np.ndarray, b_mean: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(a_mean) & np.isinf(b_mean), 0.0, a_mean - b_mean)
+
+
+def paired_differences(errors_a, errors_b) -> np.ndarray:
+    """Per-task difference [n_tasks]: A's seed-mean error minus B's (both infinite: 0)."""
+    a, b = as_errors(errors_a), as_errors(errors_b)
+    return _differences(_seed_mean(a, np.ones(a.shape[0])), _seed_mean(b, np.ones(b.shape[0])))
+
+
+def compare(errors_a, errors_b, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
+    """A against B on the same tasks: mean and median of the per-task differences (A - B; negative:
+    A better) and the probability of improvement P(A < B), each with its bootstrap interval.
+    `errors_a` [Sa, T] and `errors_b` [Sb, T]: task j must be the same task in both."""
+    a, b = as_errors(errors_a), as_errors(errors_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.size == 0 or b.size == 0:
+        raise ValueError(f"paired errors need the same tasks: shapes {a.shape} and {b.shape}")
+    (sa, n_tasks), sb = a.shape, b.shape[0]
+    wins = (a[:, None, :] < b[None, :, :]) + 0.5 * (a[:, None, :] == b[None, :, :])  # [Sa, Sb, T], ties 1/2
+    diff = paired_differences(a, b)
+    point = {"mean_difference": float(_weighted_sum(diff, np.ones(n_tasks)) / n_tasks),
+             "median_difference": float(np.median(diff)),
+             "p_improvement": float(wins.mean())}
+    if n_resamples <= 0:
+        return {name: Estimate(value) for name, value in point.items()}
+    boot: dict[str, list[np.ndarray]] = {name: [] for name in point}
+    cached = None  # (seed multiplicities, sorted differences, their order, per-task P) of the current group
+    for seed_a, seed_b, task_idx in paired_resamples(sa, sb, n_tasks, n_resamples, seed):
+        weights_a, weights_b = _counts(seed_a[:1], sa)[0], _counts(seed_b[:1], sb)[0]
+        key = (tuple(weights_a), tuple(weights_b))
+        if cached is None or cached[0] != key:
+            d = _differences(_seed_mean(a, weights_a), _seed_mean(b, weights_b))
+            order = np.argsort(d, kind="stable")
+            per_task = np.einsum("a,abt,b->t", weights_a, wins, weights_b) / (sa * sb)
+            cached = (key, d[order], order, per_task[order])
+        _, ordered, order, per_task = cached
+        tasks = np.take(_counts(task_idx, n_tasks), order, axis=1)
+        boot["mean_difference"].append(_weighted_sum(ordered, tasks) / n_tasks)
+        boot["median_difference"].append(_order_stats(ordered, tasks, n_tasks, with_iqm=False)["median"])
+        boot["p_improvement"].append(tasks @ per_task / n_tasks)
+    boot = {name: np.concatenate(values) for name, values in boot.items()}
+    return {name: Estimate(point[name], *_interval(boot[name])) for name in point}

@@ -1,0 +1,350 @@
+"""The report's tables: frames from `benchmarks.analysis` -> Markdown (`tables.md`).
+
+Every mean is printed with its interval and n; where per-task errors are stored, beside it
+the blow-up rate, and the median and IQM with bootstrap intervals (`benchmarks.statistics`).
+A number that could not be computed is "–", never a silent blank.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import statistics
+from benchmarks.analysis import (CI_NOTE, CONFIG_COLUMNS, GROUP_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS,
+                                 SPEED_REFERENCE, TABLE_STEPS, Analysis, matching, ranked)
+
+DASH = "–"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs `tabulate`, not a dependency here)."""
+    def cell(value) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).replace(
+            "|", "\\|").replace("\n", " ")
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+# ----------------------------------------------------------------------------- number formats
+
+def fmt_mse(mse, ci, n_tasks=None, n_seeds=None) -> str:
+    """`mean ± CI (n=tasks×seeds)`; non-finite values stay visible as inf/nan; None: not evaluated."""
+    if mse is None:
+        return DASH
+    text = f"{mse:.4g}" if not math.isfinite(mse) else f"{mse:.4g} ± {ci:.2g}"
+    if n_tasks is not None and not pd.isna(n_tasks):
+        seeds = f"×{int(n_seeds)}" if n_seeds is not None and not pd.isna(n_seeds) else ""
+        text += f" (n={int(n_tasks)}{seeds})"
+    return text
+
+
+def fmt_pooled(row, with_n: bool = False) -> str:
+    """A seed-pooled MSE (a row of `analysis.pool_seeds`); with a non-finite seed the mean of the
+    finite ones follows as `[f/S seeds finite: mean ± CI]`."""
+    if row is None or pd.isna(row["n_seeds"]):
+        return DASH
+    text = fmt_mse(row["mse"], row["mse_ci95"], row["n_tasks"] if with_n else None, row["n_seeds"] if with_n else None)
+    n_finite, n_seeds = int(row["n_finite"]), int(row["n_seeds"])
+    if 0 < n_finite < n_seeds:
+        text += f" [{n_finite}/{n_seeds} seeds finite: {row['mse_finite']:.4g} ± {row['mse_finite_ci95']:.2g}]"
+    return text
+
+
+def fmt_estimate(estimate, digits: int = 4) -> str:
+    """`value [low, high]` (a `statistics.Estimate`); the value alone where there is no interval."""
+    if estimate is None:
+        return DASH
+    text = f"{estimate.value:.{digits}g}"
+    if not (math.isnan(estimate.low) and math.isnan(estimate.high)):
+        text += f" [{estimate.low:.{digits - 1}g}, {estimate.high:.{digits - 1}g}]"
+    return text
+
+
+def fmt_rate(estimate) -> str:
+    """A blow-up rate in percent, with its interval if bootstrapped; exactly none: `0`."""
+    if estimate is None:
+        return DASH
+    if estimate.value == 0 and not estimate.high > 0:
+        return "0"
+    text = f"{100 * estimate.value:.2g}%"
+    if not math.isnan(estimate.high):
+        text += f" [{100 * estimate.low:.2g}, {100 * estimate.high:.2g}]"
+    return text
+
+
+def _fmt_seconds(value) -> str:
+    return DASH if value is None or pd.isna(value) else f"{value * 1e3:.3g} ms"
+
+
+def _lookup(pooled: pd.DataFrame, config, split: str, eval_k: int, steps: int):
+    rows = matching(pooled, config)
+    rows = rows[(rows["split"] == split) & (rows["eval_k_shot"] == eval_k) & (rows["eval_steps"] == steps)]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _blowup(a: Analysis, config, split: str, eval_k: int, steps: int) -> str:
+    found = a.task_errors.summary(config, split, eval_k, steps, bootstrap=False)
+    return DASH if found is None else fmt_rate(statistics.Estimate(found["blowup"].value))
+
+
+# ----------------------------------------------------------------------------- (a) accuracy
+
+def best_table(a: Analysis) -> pd.DataFrame:
+    """Table (a): the chosen configuration per (task, algorithm, backend, K), its test MSE after
+    1, 5, 10 steps at the trained K with the blow-up rate beside each, then one row per other
+    evaluated K."""
+    rows = []
+    evaluated = a.pooled[a.pooled["split"] == "test"]
+    for _, config in a.best.iterrows():
+        eval_ks = sorted(matching(evaluated, config)["eval_k_shot"].unique(), key=lambda k: (k != config["k_shot"], k))
+        for eval_k in eval_ks or [config["k_shot"]]:
+            test = _lookup(a.pooled, config, "test", eval_k, TABLE_STEPS[0])
+            val = _lookup(a.pooled, config, "validation", eval_k, SELECT_STEPS)
+            row = {
+                "task": config["task"], "algorithm": config["algorithm"], "backend": config["backend"],
+                "K": int(config["k_shot"]),
+                "eval K": int(eval_k) if eval_k == config["k_shot"] else f"**{int(eval_k)}**",
+                "S": int(config["inner_steps"]), "LR_base": f"{config['lr_base']:g}",
+                "LR_meta": f"{config['lr_meta']:g}",
+                "B": int(config["meta_batch"]), "iters": int(config["iterations"]),
+                "cells ok": f"{int(config['n_ok'])}/{int(config['n_cells'])}",
+                f"val MSE@{SELECT_STEPS}": fmt_pooled(val),
+                f"val blow-up@{SELECT_STEPS}": _blowup(a, config, "validation", eval_k, SELECT_STEPS),
+                "val n": DASH if val is None else int(val["n_tasks"]),
+            }
+            for steps in TABLE_STEPS:
+                row[f"test MSE@{steps}"] = fmt_pooled(_lookup(a.pooled, config, "test", eval_k, steps))
+                row[f"blow-up@{steps}"] = _blowup(a, config, "test", eval_k, steps)
+            row["test n"] = DASH if test is None else int(test["n_tasks"])
+            row["seeds"] = DASH if test is None else int(test["n_seeds"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
+    """Table (a2): per chosen configuration and test eval K, median and IQM with bootstrap intervals
+    and the blow-up rate after 1, 5, 10 steps."""
+    rows = []
+    keys = GROUP_COLUMNS + [c for c in CONFIG_COLUMNS if c not in GROUP_COLUMNS] + ["eval_k_shot"]
+    for _, group in robust.groupby(keys, sort=False):
+        first = group.iloc[0]
+        row = {"algorithm": first["algorithm"], "backend": first["backend"], "K": int(first["k_shot"]),
+               "eval K": int(first["eval_k_shot"]) if first["eval_k_shot"] == first["k_shot"]
+               else f"**{int(first['eval_k_shot'])}**",
+               "S": int(first["inner_steps"]), "seeds×tasks": f"{int(first['n_seeds'])}×{int(first['n_tasks'])}"}
+        for _, step in group.iterrows():
+            s = int(step["eval_steps"])
+            row[f"median@{s}"] = fmt_estimate(_estimate(step, "median"), 3)
+            row[f"IQM@{s}"] = fmt_estimate(_estimate(step, "iqm"), 3)
+            row[f"blow-up@{s}"] = fmt_rate(_estimate(step, "blowup"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _estimate(row, name: str) -> statistics.Estimate:
+    return statistics.Estimate(row[name], row[f"{name}_low"], row[f"{name}_high"])
+
+
+def all_configs_table(a: Analysis) -> pd.DataFrame:
+    chosen = {tuple(row[c] for c in CONFIG_COLUMNS) for _, row in a.best.iterrows()}
+    rows = []
+    for _, row in ranked(a.scores).sort_values(GROUP_COLUMNS, kind="stable").iterrows():
+        entry = {
+            "task": row["task"], "algorithm": row["algorithm"], "backend": row["backend"], "K": int(row["k_shot"]),
+            "S": int(row["inner_steps"]), "LR_base": f"{row['lr_base']:g}", "LR_meta": f"{row['lr_meta']:g}",
+            "B": int(row["meta_batch"]), "iters": int(row["iterations"]),
+            "cells ok": f"{int(row['n_ok'])}/{int(row['n_cells'])}"}
+        for name, prefix, split in (("val", "val", "validation"), ("test", "test", "test")):
+            pooled = row[[f"{prefix}_{c}" for c in ("mse", "mse_ci95", "n_tasks", "n_seeds", "n_finite", "mse_finite",
+                                                     "mse_finite_ci95")]]
+            pooled.index = [c[len(prefix) + 1:] for c in pooled.index]
+            entry[f"{name} MSE@{SELECT_STEPS}"] = fmt_pooled(pooled, with_n=True)
+            entry[f"{name} blow-up@{SELECT_STEPS}"] = _blowup(a, row, split, row["k_shot"], SELECT_STEPS)
+        entry["chosen"] = "✓" if tuple(row[c] for c in CONFIG_COLUMNS) in chosen else ""
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+
+def paired_table(paired: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """One row per (trained K, eval K, algorithm) against `reference`: per step the mean and median
+    paired difference (negative: the algorithm is better) and P(algorithm better), with intervals."""
+    rows = []
+    part = paired[paired["reference"] == reference]
+    for _, group in part.groupby(["task", "k_shot", "eval_k_shot", "algorithm"], sort=False):
+        first = group.iloc[0]
+        row = {"task": first["task"], "K": int(first["k_shot"]), "eval K": int(first["eval_k_shot"]),
+               "algorithm": first["algorithm"], "tasks": int(first["n_tasks"]),
+               "seeds": f"{int(first['n_seeds'])} vs {int(first['n_seeds_reference'])}"}
+        for _, step in group.iterrows():
+            s = int(step["eval_steps"])
+            row[f"Δmean@{s}"] = fmt_estimate(_estimate(step, "mean_difference"), 3)
+            row[f"Δmedian@{s}"] = fmt_estimate(_estimate(step, "median_difference"), 3)
+            row[f"P(better)@{s}"] = fmt_estimate(_estimate(step, "p_improvement"), 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PAIRED_NOTE = (
+    "Each algorithm's best configuration (any backend, chosen by validation as in (a)) against the reference's, "
+    "on the same test tasks (identical for every algorithm and seed). Δ: the algorithm's test MSE minus the "
+    "reference's, per task, each averaged over its seeds; the mean and median over tasks are shown (negative: "
+    "the algorithm is better; a blow-up on one side makes Δmean non-finite). P(better): the probability of "
+    "improvement, the share of tasks (and seed pairs) on which the algorithm's MSE is lower, ties counting ½ "
+    "(0.5: no difference). A difference is real at 95% when its interval excludes 0 (P: excludes 0.5). "
+    "Intervals: the same two-way bootstrap as in (a2), the tasks drawn once for both algorithms.")
+
+
+# ----------------------------------------------------------------------------- (b) speed, (c) problems
+
+def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
+    def ratio(value):
+        return DASH if pd.isna(value) else f"{value:.3g}×"
+
+    def ensemble(row):
+        low, high = row["ensemble_min"], row["ensemble_max"]
+        return DASH if pd.isna(low) else (f"{int(low)}" if low == high else f"{int(low)}–{int(high)}")
+
+    return pd.DataFrame([{
+        "device": row["device"], "algorithm": row["algorithm"], "backend": row["backend"],
+        "S": int(row["inner_steps"]), "B": int(row["meta_batch"]), "cells": int(row["n_cells"]),
+        "ensemble": ensemble(row), "s/iter (program)": _fmt_seconds(row["sec_per_iter"]),
+        "s/iter (per member)": _fmt_seconds(row["sec_per_iter_member"]),
+        "program / l2l MAML": ratio(row["ratio"]), "per member / l2l MAML": ratio(row["ratio_member"]),
+    } for _, row in speed.iterrows()])
+
+
+def problems_table(cells: pd.DataFrame) -> pd.DataFrame:
+    bad = cells[cells["status"] != "ok"].sort_values("cell_id")
+    return pd.DataFrame([{"cell": row["cell_id"], "status": row["status"],
+                          "reason": str(row["error"] or "(no reason recorded)").strip().splitlines()[-1][:300]}
+                         for _, row in bad.iterrows()], columns=["cell", "status", "reason"])
+
+
+def nonfinite_table(final: pd.DataFrame) -> pd.DataFrame:
+    """`ok` cells whose final evaluation has a non-finite MSE (e.g. 10 steps of a learned rate)."""
+    if final.empty:
+        return pd.DataFrame(columns=["cell", "non-finite MSE at the final iteration"])
+    bad = final[~np.isfinite(final["mse"].astype(float))]
+    rows = []
+    for cell_id, group in bad.groupby("cell_id"):
+        parts = [f"{split} K={int(k)} from step {int(g['eval_steps'].min())}"
+                 for (split, k), g in group.groupby(["split", "eval_k_shot"])]
+        rows.append({"cell": cell_id, "non-finite MSE at the final iteration": "; ".join(parts)})
+    return pd.DataFrame(rows, columns=["cell", "non-finite MSE at the final iteration"])
+
+
+# ----------------------------------------------------------------------------- the whole file
+
+def scope_text(a: Analysis) -> str:
+    return f"task {a.scope['task']}, trained at K={a.scope['k_shot']}"
+
+
+def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: dict[str, str],
+                    paper_section: str | None = None) -> str:
+    """tables.md: sections (a) accuracy, (a2) robust statistics, (b) speed, (c) problems,
+    (d) the paper comparison (if given), (e) paired comparisons, and the figure list."""
+    status = a.cells["status"].value_counts()
+    sections = [f"# Report: {Path(out).name}",
+                f"Regenerated from {len(a.records)} run records in `runs/` without training "
+                f"({', '.join(f'{n} {s}' for s, n in status.items())}). "
+                "Every MSE is `mean ± 95% CI (n=tasks×seeds)`; where the table has n columns, the MSE cells leave n "
+                "out. " + ("Per-task errors are stored: blow-up rates, medians, IQMs and paired comparisons below."
+                           if a.task_errors else
+                           "These records have no per-task errors (made before the per-task store), so blow-up "
+                           "rates, medians, IQMs and paired comparisons are shown as –.")]
+
+    sections.append("## (a) Best configuration per (algorithm, backend, K)")
+    if a.best.empty:
+        sections.append("No `ok` cell has a validation MSE at its trained K, so no configuration can be chosen.")
+    else:
+        sections.append(markdown_table(best_table(a)))
+        sections.append(
+            f"Chosen per (task, algorithm, backend, K) by the lowest mean **validation** MSE after {SELECT_STEPS} "
+            "adaptation step at the trained K and the final iteration, averaged over seeds; configurations whose "
+            "every seed finished `ok` rank before those with a diverged or failed seed, and a non-finite "
+            "validation MSE ranks last. Test MSE after 1, 5 and 10 steps is reported for the chosen configuration "
+            "only. Rows with a **bold** eval K are the same models evaluated at another K (their validation "
+            "column is at that K too). `val n`/`test n`: tasks per seed; `seeds`: seeds pooled. `blow-up@s`: the "
+            "share of test tasks × seeds whose adaptation blew up by step s (definition under (a2)).")
+        sections.append(CI_NOTE)
+    has_val = a.scores.groupby(GROUP_COLUMNS)["val_n_seeds"].apply(lambda v: v.notna().any()) \
+        if not a.scores.empty else {}
+    missing = [" ".join(str(v) for v in key) for key, ok in dict(has_val).items() if not ok]
+    if missing:
+        sections.append(f"No validation MSE (every cell diverged or failed), nothing chosen for: {', '.join(missing)}.")
+
+    sections.append("## (a2) Robust statistics of the chosen configurations (test)")
+    if a.robust.empty:
+        sections.append("None: these records have no per-task errors (made before the per-task store)."
+                        if not a.task_errors else "None: no chosen configuration has stored per-task test errors.")
+    else:
+        sections.append(markdown_table(robust_table(a.robust)))
+        sections.append(
+            "The models of (a), scored task by task: median and interquartile mean (IQM) of the test MSE over "
+            "every seed × task, with 95% bootstrap intervals, and the blow-up rate. Read the mean when no task "
+            "blew up; once some did, the mean measures how large the rare blow-ups are, and the median and IQM "
+            "the typical task. " + statistics.METHOD_NOTE)
+    if not a.scores.empty:
+        sections.append("### All configurations (in selection order within each group)")
+        sections.append(markdown_table(all_configs_table(a)))
+
+    sections.append("## (b) Speed")
+    if a.speed.empty:
+        sections.append("No cell recorded its seconds per iteration.")
+    else:
+        sections.append(markdown_table(speed_table(a.speed)))
+        sections.append(
+            "**Measured under contention**: these are the quality sweep's own timings, taken while other workers "
+            "trained beside each job, so they rank backends only roughly" +
+            ("; the clean numbers are the speed suite's (`speed.md`, figures 5a/5b). " if not a.speed_suite.empty
+             else " (run `make speed` for clean ones). ") +
+            "Median over cells of the wall seconds per meta-training iteration. `program`: the program that ran "
+            "(on the `func` backend an ensemble of `ensemble` cells trained at once); `per member`: program time / "
+            f"ensemble size. Ratios divide by learn2learn MAML (`{SPEED_REFERENCE[0]}`/`{SPEED_REFERENCE[1]}`) on "
+            "the same device, S and meta-batch (– where it was not run); below 1 is faster.")
+
+    sections.append("## (c) Diverged and failed cells")
+    problems = problems_table(a.cells)
+    sections.append(markdown_table(problems) if not problems.empty else "None: every cell finished `ok`.")
+    nonfinite = nonfinite_table(a.final)
+    if not nonfinite.empty:
+        sections.append("`ok` cells (finite training loss) with non-finite evaluation MSEs, kept visible:")
+        sections.append(markdown_table(nonfinite))
+
+    if paper_section:
+        sections.append("## (d) Finn et al. 2017, Table 2 (also `paper_comparison.csv`)")
+        sections.append(paper_section)
+
+    sections.append("## (e) Paired comparisons on the shared test tasks (also `paired.csv`)")
+    if a.paired.empty:
+        sections.append("None: " + ("no per-task errors stored for these records." if not a.task_errors else
+                                    f"no reference algorithm ({', '.join(PAIRED_REFERENCES)}) with a chosen "
+                                    "configuration beside another algorithm."))
+    else:
+        for reference in PAIRED_REFERENCES:
+            table = paired_table(a.paired, reference)
+            if not table.empty:
+                sections.append(f"### Against {reference}")
+                sections.append(markdown_table(table))
+        sections.append(PAIRED_NOTE)
+
+    sections.append("## Figures (`figures/`, PNG and SVG)")
+    if a.scope:
+        text = ("Figures 1, 2, 3, 6, 7 and 8 show the best configuration per algorithm (any backend, chosen as in "
+                f"(a)) at the most common task and K among selectable cells: {scope_text(a)}; figure 4 the same "
+                "task and K.")
+        others = a.scores[(a.scores["task"] != a.scope["task"]) | (a.scores["k_shot"] != a.scope["k_shot"])]
+        if not others.empty:
+            rest = sorted({f"{t} K={int(k)}" for t, k in zip(others["task"], others["k_shot"])})
+            text += f" Not in those figures (see the tables): {', '.join(rest)}."
+        sections.append(text)
+    sections.append("\n".join(f"- `{name}`: **skipped**: {skipped[name]}" if name in skipped else
+                              f"- `{name}`: {description}" for name, description in figures.items()))
+    return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"
