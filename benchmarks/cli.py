@@ -13,6 +13,7 @@ Exit status, one meaning each:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -34,7 +35,7 @@ from tasks import list_tasks  # noqa: E402
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ENVIRONMENT = 0, 1, 2, 3
 #: What a report writes into OUT: checked before training, so a folder named summary.csv does not
 #: cost the sweep. (The report module owns the list; a name missing here is still written safely.)
-REPORT_FILES = ("summary.csv", "curves.csv", "tables.md", "paper_comparison.csv")
+REPORT_FILES = ("summary.csv", "curves.csv", "tables.md", "paper_comparison.csv", "robust.csv", "paired.csv")
 REPORT_FOLDERS = ("figures",)
 #: Free space asked for before training: the records and report of a sweep, generously.
 MIN_FREE_BYTES, FREE_BYTES_PER_CELL = 16 * 2 ** 20, 512 * 2 ** 10
@@ -170,14 +171,26 @@ def cmd_report(args) -> int:
 
 
 def cmd_reevaluate(args) -> int:
+    """Into a new folder (or one without records): the checks and the lock of `run`."""
+    from benchmarks.records import scan_records, sweep_stale
     from benchmarks.reevaluate import evaluation_overrides, reevaluate
-
-    overrides = evaluation_overrides(list(args.set or []))
-    out = Path(args.out)
-    reevaluate(Path(args.dir), out, overrides, prepare=_check_writable)
     from benchmarks.report import write_report
 
-    write_report(out)
+    overrides = evaluation_overrides(list(args.set or []))
+    if "device" in overrides:
+        check_device_available(overrides["device"])
+    out = Path(args.out)
+    check_output_path(out)
+    if runs_dir(out).is_dir() and scan_records(out):
+        raise ConfigError(f"re-evaluate writes a new folder, but {out} already holds records; choose another --out")
+    with contextlib.ExitStack() as held:
+        def prepare(dst: Path) -> None:
+            prepare_output(dst, len(list(runs_dir(args.dir).glob("*.json"))))
+            held.enter_context(folder_lock(dst))
+            sweep_stale(dst)
+
+        reevaluate(Path(args.dir), out, overrides, prepare=prepare)
+        write_report(out)
     print(f"re-evaluated records and report written to {out}")
     return 0
 

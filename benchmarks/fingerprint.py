@@ -8,8 +8,9 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
   (it decides which curve points are stored), `msl_anneal_iters`, and any setting added later);
 - the task's resolved parameters (`task.noise`, `task.x_range`, ...: `task_params = {}` and
   `{noise = 0.0}` are the same tasks, and a changed task default is a change);
-- the device type, the torch version, and `NUMERICS_VERSION` (the version of the numerical code,
-  bumped by whoever changes a number on purpose).
+- the device type, the torch version, the version of the library a backend runs on
+  (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
+  version of this suite's numerical code, bumped by whoever changes a number on purpose).
 
 Left out, on purpose (recorded in the record's `environment`, not compared):
 - `ensemble`: an ensemble member computes bitwise what the run alone computes (tested);
@@ -27,6 +28,8 @@ are never reused by a sweep of this version (the numbers may have changed since)
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -41,6 +44,7 @@ from tasks import get_task
 NOT_RECORDED = "(not recorded)"
 EXCLUDED_SETTINGS = ("ensemble", "device")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
+LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
 
 
 class FingerprintError(ConfigError):
@@ -61,6 +65,14 @@ def _task_params(cell: Cell, settings: Settings) -> dict:
     return {f"task.{k}": v for k, v in asdict(family).items() if k not in ("k_shot", "n_query")}
 
 
+@functools.cache
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None,
                 numerics_version=NUMERICS_VERSION) -> dict:
     """The flat, JSON-ready table of everything `cell`'s numbers depend on (see the module doc)."""
@@ -75,6 +87,8 @@ def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None
     if "eval_k_shot" in values:  # the K actually evaluated: () and (K,) are the same evaluation
         values["eval_k_shot"] = sorted(set(settings.eval_k_shot) | {cell.k_shot})
     values.update(_task_params(cell, settings))
+    if numerics_version != NOT_RECORDED:  # a record from before fingerprints did not record them
+        values.update({f"lib.{package}": _version(package) for package in LIBRARIES.get(cell.backend, ())})
     return _jsonable(values)
 
 
