@@ -2,17 +2,19 @@
 
 `get_algorithm(name, backend, hp, generator, device)` builds a learner; an unknown name or
 backend raises an error listing the known ones. Backends: `l2l` (learn2learn), `higher`,
-`torch` (a plain per-task autograd loop) and `func` (the vectorised engine).
+`torch` (a plain per-task autograd loop), `func` (the vectorised engine) and `jax` (jit + vmap +
+optax, maml and fomaml only).
 """
 from __future__ import annotations
 
 from algorithms import func_engine as fe
+from algorithms import jax_engine as je
 from algorithms import loop_backends as lb
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 
 ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {
-    "maml": {"l2l": lb.L2LMAML, "higher": lb.HigherMAML, "func": fe.FuncMAML},
-    "fomaml": {"l2l": lb.L2LFOMAML, "func": fe.FuncFOMAML},
+    "maml": {"l2l": lb.L2LMAML, "higher": lb.HigherMAML, "func": fe.FuncMAML, "jax": je.JaxMAML},
+    "fomaml": {"l2l": lb.L2LFOMAML, "func": fe.FuncFOMAML, "jax": je.JaxFOMAML},
     "msl": {"l2l": lb.L2LMSL, "func": fe.FuncMSL},
     "metasgd": {"l2l": lb.L2LMetaSGD, "func": fe.FuncMetaSGD},
     "anil": {"l2l": lb.L2LANIL, "func": fe.FuncANIL},

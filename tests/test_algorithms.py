@@ -31,7 +31,7 @@ from tasks import TaskBatch, evaluation_set, get_task
 
 FAMILY = get_task("sine")
 PAIRS = [(name, backend) for name, backends in ALGORITHMS.items() for backend in backends]
-SECOND_ORDER_MAML = [b for b in ("l2l", "higher", "func") if b in ALGORITHMS["maml"]]
+SECOND_ORDER_MAML = [b for b in ("l2l", "higher", "func", "jax") if b in ALGORITHMS["maml"]]
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +195,8 @@ def test_conformance(name, backend):
 
 def _float64(learner):
     """The same learner in float64 (the backends build float32 networks; the maths is dtype-free)."""
+    if hasattr(learner, "double"):  # the jax backend: JAX arrays, no module to convert
+        return learner.double()
     if not learner.stacked_batches:  # a module: .double() converts its Parameters in place
         learner.net.double()
         return learner

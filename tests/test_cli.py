@@ -78,7 +78,7 @@ def test_list_prints_every_task_and_algorithm_with_its_backends(capsys):
 
 @pytest.mark.parametrize("change, expected", [
     (('"maml"', '"mamal"'), ["'mamal'", "maml", "reptile"]),
-    (('"func"', '"jax"'), ["'jax'", "l2l", "func"]),
+    (('"func"', '"tensorflow"'), ["'tensorflow'", "l2l", "func", "jax"]),
     (("seed = 0", 'seed = 0\ntask = "cosine"'), ["'cosine'", "sine", "sine-half"]),
     (("seed = 0", "seed = 0\nlr_base = 0"), ["lr_base", "> 0"]),
     (("seed = 0", "seed = 0\nlr_meta = -0.001"), ["lr_meta", "-0.001"]),

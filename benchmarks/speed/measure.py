@@ -11,6 +11,7 @@ import torch
 def machine_info(device: str | torch.device = "cpu") -> dict:
     """torch and library versions, threads, CPU model and count, accelerator."""
     info = {"torch": torch.__version__, "learn2learn": _version("learn2learn"), "higher": _version("higher"),
+            "jax": _version("jax"),
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "cpu": _cpu_model(), "machine": platform.machine(),
             "device": str(device)}

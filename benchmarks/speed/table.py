@@ -7,18 +7,29 @@ meta-iteration is compared with learn2learn's MAML at the same S and meta-batch 
 same algorithm's reference loop backend); the ensemble with its 27 members stepped one by one.
 Times are medians over rounds (the minimum is in the CSV): on a shared machine the median is
 the fairer typical value, the minimum the least disturbed one.
+
+The peers (`test_peers`: func, JAX, torch.compile, learn2learn, higher on one batch, in
+interleaved rounds) get their own tables and peers.csv (one row per cell and peer).
+
+Contention: a benchmark whose process CPU time over wall time is below MIN_CPU_WALL (CPU runs:
+it waited for a core), or whose spread (IQR / median) exceeds MAX_SPREAD, is flagged; speed.md
+then opens with a warning naming every flagged measurement, and `--strict` refuses to write
+anything (exit 2). Timings from a shared, busy machine are not results.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.speed.peers import MAX_SPREAD, MIN_CPU_WALL
+
 REFERENCE = "l2l"  # the loop library every ratio is taken against
 REFERENCE_BY_ALGORITHM = {"reptile": "torch", "pretrain": "torch"}  # no learn2learn version of these
-MACHINE_KEYS = ["torch", "learn2learn", "higher", "python", "threads", "cpu_count", "cpu", "machine", "device", "gpu",
+MACHINE_KEYS = ["torch", "learn2learn", "higher", "jax", "python", "threads", "cpu_count", "cpu", "machine", "device", "gpu",
                 "malloc_tuned"]
 
 
@@ -28,13 +39,88 @@ def load(path: str | Path) -> tuple[pd.DataFrame, dict]:
     rows = []
     for bench in data["benchmarks"]:
         info, stats = dict(bench.get("extra_info", {})), bench["stats"]
+        if info.get("kind") == "peers":  # its timings are in extra_info (peers_frame), not in stats
+            continue
         rows.append({"name": bench["name"], **{k: v for k, v in info.items() if k not in MACHINE_KEYS},
                      "ms_median": stats["median"] * 1e3, "ms_min": stats["min"] * 1e3, "ms_iqr": stats["iqr"] * 1e3,
                      "rounds": stats["rounds"]})
     machine = next((dict((k, b["extra_info"][k]) for k in MACHINE_KEYS if k in b.get("extra_info", {}))
                     for b in data["benchmarks"]), {})
     machine["datetime"] = data.get("datetime", "")
-    return pd.DataFrame(rows), machine
+    columns = ["name", "kind", "ms_median", "ms_min", "ms_iqr", "rounds"]
+    return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)), machine
+
+
+def peers_frame(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (cell, peer) of `test_peers`, and each cell's contention flags and skipped peers."""
+    data = json.loads(Path(path).read_text())
+    rows, notes = [], []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") != "peers":
+            continue
+        cell = {k: info[k] for k in ("order", "algorithm", "inner_steps", "meta_batch")}
+        where = f"{cell['order']} order S={cell['inner_steps']} meta-batch={cell['meta_batch']}"
+        flags = info.get("contention", [])
+        rows += [{**cell, **row, "contended": bool(flags)} for row in info.get("peers", [])]
+        notes += [f"peers, {where}: {flag}" for flag in flags]
+    return pd.DataFrame(rows), notes
+
+
+def contention(frame: pd.DataFrame, device: str = "cpu") -> list[str]:
+    """The pytest-benchmark measurements that look disturbed (see the module docstring)."""
+    notes = []
+    if frame.empty:
+        return notes
+    for row in frame.itertuples():
+        spread = row.ms_iqr / row.ms_median if row.ms_median else 0.0
+        if spread > MAX_SPREAD:
+            notes.append(f"{row.name}: spread (IQR/median) {spread:.2f} > {MAX_SPREAD}")
+        cpu_wall = getattr(row, "cpu_wall", float("nan"))
+        if device.startswith("cpu") and cpu_wall == cpu_wall and cpu_wall < MIN_CPU_WALL:
+            notes.append(f"{row.name}: CPU/wall {cpu_wall:.2f} < {MIN_CPU_WALL}")
+    return notes
+
+
+PEER_ORDER = ["func", "func-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher"]
+
+
+def _peer_pivot(peers: pd.DataFrame, value) -> pd.DataFrame:
+    """Rows (order, S, meta-batch), one column per peer; `value` a column name or a row -> str function."""
+    frame = peers.copy()
+    frame["value"] = frame[value] if isinstance(value, str) else frame.apply(value, axis=1)
+    table = frame.pivot_table(index=["order", "inner_steps", "meta_batch"], columns="peer", values="value",
+                              aggfunc="first", dropna=False)
+    table = table[[p for p in PEER_ORDER if p in table.columns]]
+    contended = frame.groupby(["order", "inner_steps", "meta_batch"])["contended"].any()
+    table["contended"] = contended.reindex(table.index).map({True: "yes", False: ""})
+    return table.sort_index(ascending=[False, True, True]).reset_index()
+
+
+def _ratio(row) -> str:
+    if row["peer"] == "func" or row.get("ratio_vs_func") != row.get("ratio_vs_func"):
+        return ""
+    return f"{row['ratio_vs_func']:.2f} [{row['ratio_q25']:.2f}, {row['ratio_q75']:.2f}]"
+
+
+def targets(peers: pd.DataFrame, peer: str = "jax", target: float = 1.2) -> pd.DataFrame:
+    """func's speed-up over `peer` (median of per-round ratios [quartiles]) per cell, eager and
+    compiled (where measured), against the target."""
+    cells = peers[peers.peer == peer]
+    if cells.empty:
+        return cells
+    out = cells[["order", "inner_steps", "meta_batch"]].copy()
+    variants = [("func", "ratio_vs_func", "ratio_q25", "ratio_q75"),
+                ("func-compiled", "ratio_vs_func_compiled", "compiled_ratio_q25", "compiled_ratio_q75")]
+    for name, median, q25, q75 in variants:
+        if median not in cells.columns:
+            continue
+        out[f"{name} x"] = [f"{m:.2f} [{a:.2f}, {b:.2f}]" if m == m else "" for m, a, b in
+                            zip(cells[median], cells[q25], cells[q75])]
+        out[f"{name} met"] = [("yes" if m >= target else "no") if m == m else "" for m in cells[median]]
+    out["target"] = target
+    out["contended"] = cells["contended"].map({True: "yes", False: ""})
+    return out.sort_values(["order", "inner_steps", "meta_batch"], ascending=[False, True, True]).reset_index(drop=True)
 
 
 def meta_iteration_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +142,8 @@ def meta_iteration_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def ensemble_table(frame: pd.DataFrame) -> pd.DataFrame:
     cells = frame[frame["kind"] == "ensemble"]
+    if cells.empty:
+        return pd.DataFrame()
     rows = []
     for steps, group in cells.groupby("inner_steps"):
         by_mode = group.set_index("mode")
@@ -104,18 +192,34 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write(json_path: str | Path, out: str | Path) -> tuple[Path, Path]:
+class Contended(RuntimeError):
+    """Raised by `write(strict=True)` when a measurement looks disturbed (nothing is written)."""
+
+
+def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[Path]:
     frame, machine = load(json_path)
+    peers, peer_notes = peers_frame(json_path)
+    notes = contention(frame, str(machine.get("device", "cpu"))) + peer_notes
+    if strict and notes:
+        raise Contended(f"{len(notes)} measurements look disturbed (contention); nothing written:\n  "
+                        + "\n  ".join(notes))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "speed.csv", out / "speed.md"
+    csv_path, md_path, peers_path = out / "speed.csv", out / "speed.md", out / "peers.csv"
     frame.to_csv(csv_path, index=False)
+    if not peers.empty:
+        peers.to_csv(peers_path, index=False)
     iterations = meta_iteration_table(frame)
+    warning = ([f"> **CONTENDED: not for publication.** {len(notes)} measurements look disturbed (process CPU/wall "
+                f"below {MIN_CPU_WALL} on the CPU, or spread IQR/median above {MAX_SPREAD}); rerun on a quiet "
+                "machine:", ">"] + [f"> - {n}" for n in notes] + [""]) if notes else []
     sections = [
         "# Speed: seconds per meta-iteration on a fixed batch",
         "",
+        *warning,
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
+        *_peer_sections(peers),
         "Times in ms (median over rounds; min and IQR in speed.csv). `x_vs_l2l_maml`: learn2learn MAML's median "
         "at the same S and meta-batch divided by this one (higher is faster). Peak memory: torch allocations "
         "during one step.",
@@ -145,15 +249,59 @@ def write(json_path: str | Path, out: str | Path) -> tuple[Path, Path]:
         "",
     ]
     md_path.write_text("\n".join(sections))
-    return csv_path, md_path
+    for note in notes:
+        print(f"contention: {note}", file=sys.stderr)
+    return [csv_path, md_path] + ([peers_path] if not peers.empty else [])
+
+
+def _peer_sections(peers: pd.DataFrame) -> list[str]:
+    if peers.empty:
+        return []
+    memory = "peak_memory_mb" in peers.columns
+    return [
+        "## Peers side by side: one meta-iteration, same batch and initial weights, interleaved rounds",
+        "",
+        "ms per meta-iteration (median over rounds; quartiles, minimum, CPU/wall in peers.csv). `jax`: the "
+        "jitted step (jit + vmap + optax) on JAX arrays; `compile`: torch.compile of a torch.func MAML step; "
+        "first order: FOMAML. `contended`: a flag in that cell (see the warning above).",
+        "",
+        _markdown(_peer_pivot(peers, "ms_median")),
+        "",
+        "### func's speed-up over each peer: peer time / func time, per round (median [quartiles])",
+        "",
+        _markdown(_peer_pivot(peers, _ratio)),
+        "",
+        "### Target: func >= 1.2x faster than JAX at every (S, meta-batch, order): JAX time / func time per round",
+        "",
+        _markdown(targets(peers)),
+        "",
+        "### Compile time (s: first call minus the median call; cold caches)",
+        "",
+        _markdown(_peer_pivot(peers[peers.peer.isin(["func-compiled", "jax", "compile", "compile-cudagraphs"])],
+                              "compile_s")),
+        "",
+        *(["### Peak memory of one meta-iteration (MB; torch: allocations during the call; JAX: XLA's "
+           "buffer plan, temporaries + outputs)", "", _markdown(_peer_pivot(peers, "peak_memory_mb")), ""]
+          if memory else []),
+    ]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
     parser.add_argument("out", nargs="?", default=None, help="output folder (default: the JSON's folder)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse to write tables (exit 2) when any measurement looks disturbed")
     args = parser.parse_args(argv)
-    for path in write(args.json, args.out or Path(args.json).parent):
+    if not Path(args.json).is_file():
+        print(f"error: no such file: {args.json}", file=sys.stderr)
+        return 2
+    try:
+        paths = write(args.json, args.out or Path(args.json).parent, strict=args.strict)
+    except Contended as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

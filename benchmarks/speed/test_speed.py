@@ -11,28 +11,42 @@ Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 
 - `test_finn_end_to_end`: Finn's setting including task sampling, as `meta_train` runs it,
   projected to 70,000 iterations.
 - `test_checkpoint_inner`: second-order MAML at S = 100 with and without checkpointing.
+- `test_peers`: MAML and FOMAML at S in {1, 5, 10}, meta-batch in {25, 100}: func (eager, and its
+  meta-gradient under torch.compile), JAX (jit), torch.compile of a torch.func step (CUDA graphs
+  too on a GPU), learn2learn and higher on the same batch and weights, timed in interleaved
+  rounds (`benchmarks.speed.peers`).
 
 Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
 S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
-(default 1.0) is the time aimed at per benchmark. Threads: SPEED_THREADS (default 2).
-Device: SPEED_DEVICE (default cpu). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
+(default 1.0) is the time aimed at per benchmark (per peer in `test_peers`). Threads:
+SPEED_THREADS (default 1: one thread per process, as the sweeps run; JAX's CPU pool is sized
+to match). Device: SPEED_DEVICE (default cpu). SPEED_COMPILE picks the cells where the
+torch.compile peers run (`func-compiled`, `compile`: a cold compile takes ~30-60 s each on one CPU thread): `finn`
+(default: S = 1, meta-batch 25, both orders), `all`, or `none`. SPEED_PEERS (comma-separated)
+narrows the peers. Every benchmark records its process CPU time over wall time (`cpu_wall`),
+the contention check of `benchmarks.speed.table`. SPEED_PARTIAL=FILE.jsonl appends each
+finished benchmark's record to FILE as it ends (pytest-benchmark writes its JSON only when the
+whole session ends: a run cut off by a time limit keeps what it measured). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
 (default: `tune_malloc`, which keeps freed memory in the process; ensembles are ~1.5x
 faster with it, single runs unchanged); extra_info records which.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import tempfile
 import time
 
 import pytest
 import torch
 
 from algorithms import HyperParams, get_learner_class, list_algorithms
+from benchmarks.speed import peers
 from benchmarks.speed.measure import machine_info, peak_memory_bytes, tune_malloc
 from tasks import TaskBatch, get_task
 
-THREADS = int(os.environ.get("SPEED_THREADS", "2"))
+THREADS = int(os.environ.get("SPEED_THREADS", "1"))
 DEVICE = os.environ.get("SPEED_DEVICE", "cpu")
 SECONDS = float(os.environ.get("SPEED_SECONDS", "1.0"))
 MALLOC_TUNED = os.environ.get("SPEED_TUNE_MALLOC", "1") != "0" and tune_malloc()
@@ -41,6 +55,10 @@ INNER_STEPS = [1, 5, 10]
 META_BATCHES = [25, 100]
 PAIRS = [(a, b) for a, backends in list_algorithms().items() for b in backends]
 FAMILY = get_task("sine")  # Finn et al.: K = 10 support and 10 query points per task
+COMPILE_CELLS = os.environ.get("SPEED_COMPILE", "finn")
+PEER_NAMES = [p.strip() for p in os.environ.get("SPEED_PEERS", ",".join(peers.PEERS)).split(",") if p.strip()]
+# Cold compilation, every run: the compile times reported are what a first run pays.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="speed-inductor-"))
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +84,26 @@ def _learner(algorithm, backend, inner_steps, meta_batch, seed=0, **hp):
     return get_learner_class(algorithm, backend)(hp, torch.Generator().manual_seed(seed), device=DEVICE)
 
 
+def _skip_if_missing(backend: str, algorithm: str = "maml"):
+    """A library that is not installed (e.g. learn2learn on a GPU machine) skips its cells, saying so."""
+    if backend in ("l2l", "higher", "jax"):
+        reason = peers.missing(backend, "maml" if backend == "higher" else algorithm, torch.device(DEVICE))
+        if reason:
+            pytest.skip(reason)
+
+
+def _save_partial(benchmark, name: str) -> None:
+    """Append this benchmark's record (pytest-benchmark's JSON layout) to SPEED_PARTIAL, if set."""
+    path = os.environ.get("SPEED_PARTIAL")
+    if not path:
+        return
+    stats = benchmark.stats.stats
+    record = {"name": name, "stats": {"median": stats.median, "min": stats.min, "iqr": stats.iqr, "rounds": stats.rounds},
+              "extra_info": dict(benchmark.extra_info)}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
     """Time `fn` with rounds sized from a warm-up call; record the cell, machine and memory.
 
@@ -81,20 +119,27 @@ def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
                 for p, v in zip(learner.meta_parameters, values):
                     p.copy_(v)
 
+    clocks = {"wall": 0.0, "cpu": 0.0}
+
     def call():
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
         _sync()
+        clocks["wall"] += time.perf_counter() - wall
+        clocks["cpu"] += time.process_time() - cpu
 
     started = time.perf_counter()
     call()  # warm-up: lazy optimiser state, allocator caches
     first = time.perf_counter() - started
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS / max(first, 1e-6))))
+    clocks.update(wall=0.0, cpu=0.0)
     benchmark.pedantic(call, setup=restore, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
     restore()
     benchmark.extra_info.update(info)
-    benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED)
+    benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED, cpu_wall=clocks["cpu"] / clocks["wall"])
     if memory:
         benchmark.extra_info["peak_memory_mb"] = peak_memory_bytes(call, DEVICE) / 2 ** 20
+    _save_partial(benchmark, os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].split("::")[-1])
 
 
 @pytest.mark.parametrize("meta_batch", META_BATCHES, ids=lambda b: f"B{b}")
@@ -102,10 +147,12 @@ def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
 @pytest.mark.parametrize("algorithm,backend", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_meta_iteration(benchmark, algorithm, backend, inner_steps, meta_batch):
     benchmark.group = f"S={inner_steps} meta-batch={meta_batch}"
+    _skip_if_missing(backend, algorithm)
     learner = _learner(algorithm, backend, inner_steps, meta_batch)
     batch = _batch(learner, meta_batch)
-    _run(benchmark, lambda: learner.step(batch, 0), learners=[learner], kind="meta_iteration", algorithm=algorithm,
-         backend=backend, inner_steps=inner_steps, meta_batch=meta_batch, members=1)
+    # JAX allocates outside torch: the profiler would see only the copies (its memory is in test_peers)
+    _run(benchmark, lambda: learner.step(batch, 0), memory=backend != "jax", learners=[learner], kind="meta_iteration",
+         algorithm=algorithm, backend=backend, inner_steps=inner_steps, meta_batch=meta_batch, members=1)
     assert all(torch.isfinite(p).all() for p in learner.meta_parameters)
 
 
@@ -136,6 +183,7 @@ def test_ensemble(benchmark, mode, inner_steps):
 def test_finn_end_to_end(benchmark, backend):
     """Finn's MAML (S = 1, 25 tasks, K = 10) as `meta_train` runs it: sample, stack, move, step."""
     benchmark.group = "Finn end-to-end (with task sampling)"
+    _skip_if_missing(backend)
     learner = _learner("maml", backend, 1, 25)
     generator = torch.Generator().manual_seed(0)
 
@@ -159,3 +207,42 @@ def test_checkpoint_inner(benchmark, checkpoint_inner):
     _run(benchmark, lambda: learner.step(batch, 0), learners=[learner], kind="checkpoint", algorithm="maml",
          backend="func", inner_steps=100, meta_batch=25, members=1, checkpoint_inner=checkpoint_inner,
          segment=learner.segment or None)
+
+
+def _compile_here(inner_steps: int, meta_batch: int) -> bool:
+    if COMPILE_CELLS not in ("finn", "all", "none"):
+        raise ValueError(f"SPEED_COMPILE must be finn, all or none, got {COMPILE_CELLS!r}")
+    return COMPILE_CELLS == "all" or (COMPILE_CELLS == "finn" and (inner_steps, meta_batch) == (1, 25))
+
+
+@pytest.mark.parametrize("meta_batch", META_BATCHES, ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("inner_steps", INNER_STEPS, ids=lambda s: f"S{s}")
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"], ids=["second-order", "first-order"])
+def test_peers(benchmark, algorithm, inner_steps, meta_batch):
+    """func against its peers on one batch and one set of initial weights, interleaved rounds."""
+    benchmark.group = f"peers {algorithm} S={inner_steps} meta-batch={meta_batch}"
+    unknown = sorted(set(PEER_NAMES) - set(peers.PEERS))
+    assert not unknown, f"unknown peers {unknown} in SPEED_PEERS; known peers: {', '.join(peers.PEERS)}"
+    hp = HyperParams(inner_steps=inner_steps, meta_batch=meta_batch)
+    batch = FAMILY.sample(meta_batch, torch.Generator().manual_seed(0))
+    skipped = {}
+    for name in PEER_NAMES:
+        reason = peers.missing(name, algorithm, torch.device(DEVICE))
+        if reason is None and name in peers.COMPILED and not _compile_here(inner_steps, meta_batch):
+            reason = f"SPEED_COMPILE={COMPILE_CELLS}"
+        if reason is not None:
+            skipped[name] = reason
+    built = [peers.build(name, algorithm, hp, batch, DEVICE) for name in PEER_NAMES if name not in skipped]
+    result = {}
+
+    def compare():
+        peers.interleave(built, SECONDS * len(built), MIN_ROUNDS, MAX_ROUNDS)
+        result["rows"], result["flags"] = peers.summarize(built, DEVICE, THREADS)
+
+    benchmark.pedantic(compare, rounds=1, iterations=1)
+    benchmark.extra_info.update(kind="peers", algorithm=algorithm, order="first" if algorithm == "fomaml" else "second",
+                                inner_steps=inner_steps, meta_batch=meta_batch, peers=result["rows"],
+                                contention=result["flags"], skipped=skipped)
+    benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED)
+    _save_partial(benchmark, os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].split("::")[-1])
+    assert all(r["ms_median"] > 0 for r in result["rows"])
