@@ -22,6 +22,8 @@ ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {
     "pretrain": {"torch": lb.TorchPretrain, "func": fe.FuncPretrain},
 }
 
+NUMERICS_VERSION = 1  # bump with any change that moves a number: records made under another version are never reused
+
 #: algorithms that learn to adapt (compared against the `pretrain` baseline)
 META_LEARNERS = [name for name in ALGORITHMS if name != "pretrain"]
 

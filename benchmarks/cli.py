@@ -1,34 +1,94 @@
 """Command line: `python -m benchmarks {list,run,report,re-evaluate,regress}`.
 
-Every bad input ends in one clear message on stderr and exit status 2, before anything is
-written; failures inside cells are recorded and make the sweep exit 1 at the end.
+Exit status, one meaning each:
+  0    success
+  1    cells failed (recorded; the sweep went on) / regress found a regression
+  2    bad input: a bad config, value, option or tolerances file, a size above its limit, an
+       unusable device, records made under other settings, an output folder in use; nothing written
+  3    environment: disk full, no permission, OUT/runs or a report file of the wrong kind, an
+       unreachable or dead Ray cluster, out of memory; finished cells are kept
+  130  interrupted by SIGINT (Ctrl-C): one line says what finished and the command that resumes
+  143  interrupted by SIGTERM: the same
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from algorithms import list_algorithms
-from benchmarks.config import ConfigError, load_sweep
-from benchmarks.records import RecordError
-from tasks import list_tasks
+from benchmarks.executors import ClusterError, quiet_dependencies
+
+quiet_dependencies()  # before algorithms/ imports learn2learn (and with it gym's banner)
+
+from algorithms import list_algorithms  # noqa: E402
+from benchmarks.config import LIMITS, ConfigError, check_device_available, load_sweep, parse_limit  # noqa: E402
+from benchmarks.lock import LockHeld, folder_lock  # noqa: E402
+from benchmarks.records import RecordError, runs_dir  # noqa: E402
+from benchmarks.signals import Interrupted, interruptible  # noqa: E402
+from tasks import list_tasks  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ENVIRONMENT = 0, 1, 2, 3
+#: What a report writes into OUT: checked before training, so a folder named summary.csv does not
+#: cost the sweep. (The report module owns the list; a name missing here is still written safely.)
+REPORT_FILES = ("summary.csv", "curves.csv", "tables.md", "paper_comparison.csv", "robust.csv", "paired.csv")
+REPORT_FOLDERS = ("figures",)
+#: Free space asked for before training: the records and report of a sweep, generously.
+MIN_FREE_BYTES, FREE_BYTES_PER_CELL = 16 * 2 ** 20, 512 * 2 ** 10
 
 
-def _check_writable(out: Path) -> None:
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+class EnvironmentProblem(RuntimeError):
+    """The machine, not the input: disk, permissions, what already sits in the output folder."""
+
+
+def check_output_path(out: Path) -> None:
+    """Bad input (exit 2), found without writing: --out names a file or a path under a file."""
+    too_long = [part for part in out.parts if len(part.encode()) > 255]
+    if too_long:
+        raise ConfigError(f"output folder {str(out)!r} has a name longer than 255 bytes: {too_long[0][:40]}...")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {str(out)!r} exists and is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {str(out)!r} is not writable")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output folder {str(out)!r} is not writable: {str(parent)!r} is a file")
+            break
+
+
+def prepare_output(out: Path, n_cells: int) -> None:
+    """Create OUT and OUT/runs and prove they can be written, before any training (exit 3 if not):
+    permissions, a read-only or full disk, OUT/runs a file, a report file that is a folder."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
     except OSError as error:
-        raise ConfigError(f"output folder {str(out)!r} is not writable: {error.strerror or error}") from None
+        raise EnvironmentProblem(f"cannot create output folder {str(out)!r}: {error.strerror or error}") from None
+    runs = runs_dir(out)
+    if runs.exists() and not runs.is_dir():
+        raise EnvironmentProblem(f"{runs} is a file, but records go into a folder there; move it away")
+    for name in REPORT_FILES:
+        if (out / name).is_dir():
+            raise EnvironmentProblem(f"{out / name} is a folder, but the report writes a file there; move it away")
+    for name in REPORT_FOLDERS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise EnvironmentProblem(f"{out / name} is a file, but the report writes a folder there; move it away")
+    for folder in (out, runs):
+        try:
+            folder.mkdir(exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder) as probe:
+                probe.write(b"x" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as error:
+            raise EnvironmentProblem(f"output folder {str(folder)!r} is not writable: {error.strerror or error}") from None
+    needed = MIN_FREE_BYTES + FREE_BYTES_PER_CELL * n_cells
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise EnvironmentProblem(f"only {free / 2 ** 20:.1f} MiB free under {out}; this sweep needs about "
+                                 f"{needed / 2 ** 20:.0f} MiB for its records and report")
 
 
 def cmd_list(args) -> int:
@@ -41,44 +101,96 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _print_skipped(skipped, show_all: bool) -> None:
+    if not skipped:
+        return
+    if show_all or len(skipped) == 1:
+        for _, reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
+        return
+    print(f"skipped {len(skipped)} combinations an algorithm cannot run, e.g. {skipped[0][1]} "
+          f"(--show-skipped lists them all)", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     from benchmarks.report import write_report
-    from benchmarks.sweep import run_sweep
+    from benchmarks.sweep import pending_cells, run_sweep
 
+    limits = {**LIMITS, **dict(parse_limit(text) for text in args.limit or [])}
+    for name in ("threads", "workers"):
+        value = getattr(args, name)
+        if not 1 <= value <= limits[name]:
+            raise ConfigError(f"--{name} must be between 1 and {limits[name]}, got {value}"
+                              + (f" (if meant, raise the limit with --limit {name}=N)" if value > 1 else ""))
+    if not args.out.strip():
+        raise ConfigError("--out is empty: name an output folder")
+    if args.address is not None and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if args.address:
+        from benchmarks.executors import parse_address
+
+        parse_address(args.address)
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f'device="{args.device}"')
-    sweep = load_sweep(args.config, overrides)
-    for values, reason in sweep.skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
+    sweep = load_sweep(args.config, overrides, limits)
+    if not (args.executor == "ray" and args.address):  # a remote cluster's devices are its own business
+        check_device_available(sweep.settings.device)
+    _print_skipped(sweep.skipped, args.show_skipped)
     out = Path(args.out)
-    _check_writable(out)
-    records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                        threads=args.threads)
-    write_report(out)
+    check_output_path(out)
+    if runs_dir(out).is_dir():  # read-only: records made under other settings refuse here, before anything is written
+        pending_cells(sweep, out)
+    if args.executor == "ray":  # the cluster answers (or not) before anything is written
+        from benchmarks.executors import start_ray
+
+        start_ray(args.address, args.workers)
+    prepare_output(out, len(sweep.cells))
+    with folder_lock(out):
+        from benchmarks.records import sweep_stale
+
+        sweep_stale(out)
+        records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
+                            threads=args.threads)
+        write_report(out)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"FAILED {r['cell_id']}: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_report(args) -> int:
+    from benchmarks.fingerprint import check_poolable
+    from benchmarks.records import load_records
     from benchmarks.report import write_report
 
+    check_poolable(load_records(Path(args.dir)))  # seeds made under other settings are never pooled
     write_report(Path(args.dir))
     print(f"report written to {args.dir}")
     return 0
 
 
 def cmd_reevaluate(args) -> int:
+    """Into a new folder (or one without records): the checks and the lock of `run`."""
+    from benchmarks.records import scan_records, sweep_stale
     from benchmarks.reevaluate import evaluation_overrides, reevaluate
-
-    overrides = evaluation_overrides(list(args.set or []))
-    out = Path(args.out)
-    reevaluate(Path(args.dir), out, overrides, prepare=_check_writable)
     from benchmarks.report import write_report
 
-    write_report(out)
+    overrides = evaluation_overrides(list(args.set or []))
+    if "device" in overrides:
+        check_device_available(overrides["device"])
+    out = Path(args.out)
+    check_output_path(out)
+    if runs_dir(out).is_dir() and scan_records(out):
+        raise ConfigError(f"re-evaluate writes a new folder, but {out} already holds records; choose another --out")
+    with contextlib.ExitStack() as held:
+        def prepare(dst: Path) -> None:
+            prepare_output(dst, len(list(runs_dir(args.dir).glob("*.json"))))
+            held.enter_context(folder_lock(dst))
+            sweep_stale(dst)
+
+        reevaluate(Path(args.dir), out, overrides, prepare=prepare)
+        write_report(out)
     print(f"re-evaluated records and report written to {out}")
     return 0
 
@@ -92,18 +204,28 @@ def cmd_regress(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                     epilog="exit status:\n" + __doc__.split("Exit status, one meaning each:\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered tasks and algorithms/backends").set_defaults(func=cmd_list)
-    run = sub.add_parser("run", help="train every cell of a sweep (resumes: finished cells are skipped)")
+    run = sub.add_parser("run", help="train every cell of a sweep (resumes: finished cells are skipped)",
+                         epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", required=True, help="sweep TOML file")
-    run.add_argument("--out", required=True, help="output folder (records under OUT/runs/)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (TOML value)")
+    run.add_argument("--out", required=True, help="output folder (records under OUT/runs/; one sweep at a time)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config key (TOML value), in every [[grid]] table too")
+    run.add_argument("--limit", action="append", metavar="KEY=N",
+                     help="raise a size limit for this run, e.g. cells=50000 or iterations=5000000 "
+                          "(limits: benchmarks/config.py LIMITS)")
     run.add_argument("--executor", choices=["local", "ray"], default="local")
     run.add_argument("--workers", type=int, default=1, help="parallel jobs (processes or Ray tasks)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="overrides the config's device")
-    run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
+    run.add_argument("--threads", type=int, default=1,
+                     help="torch threads per job process (default 1: on these small problems two 1-thread "
+                          "workers do more than one 2-thread process, and one thread does not stall under load)")
+    run.add_argument("--show-skipped", action="store_true", help="list every skipped combination")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/")
     report.add_argument("dir")
@@ -124,14 +246,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: list[str]) -> str:
+    return f"{shlex.quote(sys.executable)} -m benchmarks {shlex.join(argv)}"
+
+
+def _error(message) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 1) < 1:
-        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except (ConfigError, RecordError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    with interruptible():
+        try:
+            return args.func(args)
+        except Interrupted as interrupt:
+            if args.command == "run" and hasattr(interrupt, "total"):
+                print(f"interrupted by {interrupt.name}: {interrupt.finished} of {interrupt.total} cells finished "
+                      f"and stored; resume with: {_resume_command(argv)}", file=sys.stderr)
+            elif args.command == "run":
+                print(f"interrupted by {interrupt.name}; every stored record is whole; resume with: "
+                      f"{_resume_command(argv)}", file=sys.stderr)
+            else:
+                print(f"interrupted by {interrupt.name}; nothing half-written is left", file=sys.stderr)
+            return interrupt.exit_code
+        except (ConfigError, RecordError, LockHeld) as error:
+            _error(error)
+            return EXIT_BAD_INPUT
+        except KeyError as error:
+            _error(error.args[0] if error.args else error)
+            return EXIT_BAD_INPUT
+        except (EnvironmentProblem, ClusterError) as error:
+            _error(error)
+            return EXIT_ENVIRONMENT
+        except MemoryError:
+            _error("out of memory (lower a size, e.g. meta_batch, n_test_tasks or the ensemble, or use --workers 1)")
+            return EXIT_ENVIRONMENT
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            hint = " (finished cells are kept; fix this and rerun the same command to resume)" if args.command == "run" else ""
+            _error(f"{error.strerror or error}{where}{hint}")
+            return EXIT_ENVIRONMENT

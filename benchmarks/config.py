@@ -4,11 +4,14 @@ Every key holds a value or, for the keys in SWEEP_KEYS, a list of values; lists 
 a cartesian product of cells. A single run is a sweep whose lists have one element.
 Unknown keys, wrong types and invalid values fail here, before any training, naming the key.
 Combinations that cannot run (an algorithm without that backend) are skipped with a reason.
+Sizes beyond `LIMITS` (a typo like 10**7 iterations, a grid of millions of cells) fail fast too:
+they would hang or exhaust memory, so the user raises a limit explicitly (`--limit KEY=N`).
 """
 from __future__ import annotations
 
 import itertools
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -38,15 +41,46 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        """Readable and collision-free: every value enters exactly (see `exact_number`)."""
         return (f"{self.algorithm}-{self.backend}-{self.task}-K{self.k_shot}-S{self.inner_steps}"
-                f"-lrb{self.lr_base:g}-lrm{self.lr_meta:g}-B{self.meta_batch}-it{self.iterations}-seed{self.seed}")
+                f"-lrb{exact_number(self.lr_base)}-lrm{exact_number(self.lr_meta)}-B{self.meta_batch}"
+                f"-it{self.iterations}-seed{self.seed}")
 
     def hyperparams(self, msl_anneal_iters: int | None = None) -> HyperParams:
         return HyperParams(inner_steps=self.inner_steps, lr_base=self.lr_base, lr_meta=self.lr_meta,
                            meta_batch=self.meta_batch, iterations=self.iterations, msl_anneal_iters=msl_anneal_iters)
 
 
+def exact_number(value: float) -> str:
+    """The short `%g` spelling when it reads back as the same float (0.01, 0.0003, 1e-05: the ids of
+    committed results keep their names), else `repr`, the shortest string that reads back exactly.
+    Either way the text parses to exactly `value`, so distinct rates never share an id."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 SWEEP_KEYS = [f.name for f in fields(Cell)]
+
+#: Largest accepted sizes. Beyond them a value is almost surely a typo and would hang or exhaust
+#: memory (10**7 iterations, K = 2**62, a grid of millions of cells); each is raised per run with
+#: `--limit KEY=N` when meant. "cells" counts the cells of one sweep.
+LIMITS = {
+    "cells": 10_000,
+    "iterations": 1_000_000,  # 14x Finn's 70,000
+    "inner_steps": 1_000,
+    "eval_steps": 1_000,
+    "k_shot": 1_000,
+    "eval_k_shot": 1_000,
+    "meta_batch": 1_000,
+    "n_query": 1_000,
+    "n_test_tasks": 10_000,  # Finn: 600
+    "n_validation_tasks": 10_000,
+    "n_test_sets": 100,
+    "msl_anneal_iters": 1_000_000,
+    "threads": 256,  # torch threads per job (torch crashes at 10**5)
+    "workers": 256,  # parallel jobs (each local worker holds ~0.5 GB)
+}
+MAX_CONFIG_BYTES = 1 << 20  # a sweep file is a few hundred bytes; /dev/zero must not be read forever
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,12 @@ def _check_type(key: str, value, expected: str):
     return float(value) if expected == "float" else value
 
 
+def _check_limit(key: str, value, limits: dict) -> None:
+    if key in limits and value > limits[key]:
+        raise ConfigError(f"{key} = {value!r} is above the limit of {limits[key]:,} (a typo? "
+                          f"if meant, raise it with --limit {key}=N)")
+
+
 def _validate_cell_values(key: str, value):
     if key == "algorithm" and value not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {value!r}; valid choices: {', '.join(sorted(ALGORITHMS))}")
@@ -103,7 +143,10 @@ def _validate_cell_values(key: str, value):
         raise ConfigError(f"seed must be in [0, {MAX_TRAIN_SEED}) (higher seeds are reserved for evaluation sets), got {value!r}")
 
 
-def _settings(raw: dict) -> Settings:
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _settings(raw: dict, limits: dict) -> Settings:
     defaults = Settings()
     values = {}
     for f in fields(Settings):
@@ -131,12 +174,49 @@ def _settings(raw: dict) -> Settings:
     for name in ("n_test_tasks", "n_test_sets", "n_validation_tasks", "n_query", "log_every"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)!r}")
-    if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda', got {settings.device!r}")
+    for name in limits:
+        value = getattr(settings, name, None)
+        for v in value if isinstance(value, tuple) else [value]:
+            if isinstance(v, int):
+                _check_limit(name, v, limits)
+    if not _DEVICE.fullmatch(settings.device):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N a device index), got {settings.device!r}")
     return settings
 
 
-def _expand_grid(raw: dict, where: str) -> dict[str, list]:
+def check_device_available(device: str) -> None:
+    """A CUDA device this machine cannot use is bad input, found before anything is written."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but torch sees no CUDA device on this machine "
+                          f"(torch {torch.__version__}); use device = \"cpu\"")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
+def _values(key: str, value, where: str, limits: dict) -> list:
+    """One key's validated values (a list expands the grid)."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"{key} is an empty list{where}: the grid would be empty")
+    if len(values) > limits["cells"]:
+        raise ConfigError(f"{key} lists {len(values):,} values{where}, more than the limit of {limits['cells']:,} "
+                          f"cells per sweep (if meant, raise it with --limit cells=N)")
+    checked = []
+    for v in values:
+        v = _check_type(key, v, _TYPES[key])
+        _validate_cell_values(key, v)
+        _check_limit(key, v, limits)
+        checked.append(v)
+    return list(dict.fromkeys(checked))
+
+
+def _expand_grid(raw: dict, where: str, limits: dict) -> dict[str, list]:
     """Validated value lists for every Cell key of one grid table."""
     for key in ("algorithm", "backend"):
         if key not in raw:
@@ -144,26 +224,23 @@ def _expand_grid(raw: dict, where: str) -> dict[str, list]:
     grid = {}
     defaults = {f.name: f.default for f in fields(Cell) if f.name not in ("algorithm", "backend")}
     for key in SWEEP_KEYS:
-        values = raw.get(key, defaults.get(key))
-        values = values if isinstance(values, list) else [values]
-        if not values:
-            raise ConfigError(f"{key} is an empty list{where}: the grid would be empty")
-        checked = []
-        for v in values:
-            v = _check_type(key, v, _TYPES[key])
-            _validate_cell_values(key, v)
-            checked.append(v)
-        grid[key] = list(dict.fromkeys(checked))
+        grid[key] = _values(key, raw.get(key, defaults.get(key)), where, limits)
+    size = math.prod(len(v) for v in grid.values())
+    if size > limits["cells"]:
+        raise ConfigError(f"the grid{where} has {size:,} cells, more than the limit of {limits['cells']:,} "
+                          f"per sweep (if meant, raise it with --limit cells=N)")
     return grid
 
 
-def parse_sweep(raw: dict) -> Sweep:
+def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     """Validate a raw TOML table and expand it into cells.
 
     Cell keys may sit at the top level (one grid) or in `[[grid]]` tables (the union of
     several grids; top-level cell keys are their defaults) — e.g. a cheap cross-backend
-    grid beside a wide single-backend one.
+    grid beside a wide single-backend one. A top-level value is validated even where every
+    table overrides it: a bad value in the file is bad input wherever it sits.
     """
+    limits = {**LIMITS, **(limits or {})}
     known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)} | {"grid"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -177,9 +254,11 @@ def parse_sweep(raw: dict) -> Sweep:
             raise ConfigError(f"unknown key(s) {', '.join(map(repr, bad))} in [[grid]] #{i + 1}; "
                               f"valid keys there: {', '.join(SWEEP_KEYS)}")
     top = {k: v for k, v in raw.items() if k in SWEEP_KEYS}
-    grids = [_expand_grid({**top, **table}, f" in [[grid]] #{i + 1}" if "grid" in raw else "")
+    for key, value in top.items():
+        _values(key, value, "", limits)
+    grids = [_expand_grid({**top, **table}, f" in [[grid]] #{i + 1}" if "grid" in raw else "", limits)
              for i, table in enumerate(tables)]
-    settings = _settings(raw)
+    settings = _settings(raw, limits)
     for grid in grids:  # task parameters checked once per task, before any training
         for task, k in itertools.product(grid["task"], grid["k_shot"]):
             try:
@@ -196,6 +275,9 @@ def parse_sweep(raw: dict) -> Sweep:
                 continue
             cells.append(Cell(**values))
     cells = list(dict.fromkeys(cells))
+    if len(cells) > limits["cells"]:
+        raise ConfigError(f"the sweep has {len(cells):,} cells, more than the limit of {limits['cells']:,} "
+                          f"(if meant, raise it with --limit cells=N)")
     if not cells:
         raise ConfigError("the grid is empty: every combination was skipped"
                           + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
@@ -214,20 +296,61 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    path = Path(path)
+def parse_limit(text: str) -> tuple[str, int]:
+    """`--limit KEY=N`: raise (or lower) one of `LIMITS` for this run."""
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if key not in LIMITS:
+        raise ConfigError(f"--limit: unknown limit {key!r}; valid limits: {', '.join(LIMITS)}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        number = int(value.replace("_", ""))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"--limit expects {key}=N with N an integer >= 1, got {text!r}")
+    return key, number
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text, read at most MAX_CONFIG_BYTES + 1 bytes deep (a device or a huge file fails fast)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES // 2 ** 10} KiB: "
+                          f"not a sweep file")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark from some editors
+    except UnicodeDecodeError as error:
         raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from None
+
+
+def apply_override(raw: dict, key: str, value) -> None:
+    """`--set` wins everywhere: a cell key is removed from every `[[grid]]` table that sets it, so
+    the top-level value applies to all of them (`--set iterations=50` shortens every grid)."""
+    if key == "grid":
+        raise ConfigError("--set cannot replace the [[grid]] tables; edit the sweep file")
+    raw[key] = value
+    if key in SWEEP_KEYS and isinstance(raw.get("grid"), list):
+        for table in raw["grid"]:
+            if isinstance(table, dict):
+                table.pop(key, None)
+
+
+def load_sweep(path: str | Path, overrides: list[str] = (), limits: dict | None = None) -> Sweep:
+    """Read, override (`--set`), then validate everything: overridden values are checked like the file's."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(read_config_text(path))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"malformed TOML in {path}: {error}") from None
     for text in overrides:
-        key, value = parse_override(text)
-        raw[key] = value
-    return parse_sweep(raw)
+        apply_override(raw, *parse_override(text))
+    return parse_sweep(raw, limits)
 
 
 def cell_to_dict(cell: Cell) -> dict:

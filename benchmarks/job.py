@@ -20,6 +20,7 @@ from algorithms.functional import adapt, expand_per_task
 from algorithms.network import forward
 from benchmarks import artifacts as store
 from benchmarks.config import Cell, Settings
+from benchmarks.fingerprint import fingerprint
 from benchmarks.training import meta_train
 from tasks import TaskBatch, evaluation_set, get_task
 
@@ -115,6 +116,7 @@ def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, o
 
 def _record(cell: Cell, settings: Settings, **fields) -> dict:
     return {"cell_id": cell.cell_id, "cell": asdict(cell), "settings": asdict(settings),
+            "fingerprint": fingerprint(cell, settings),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "processor": platform.processor(),
                             "threads": torch.get_num_threads()},

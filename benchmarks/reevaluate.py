@@ -18,6 +18,7 @@ import torch
 
 from benchmarks import artifacts as store
 from benchmarks.config import Cell, ConfigError, Settings, parse_override
+from benchmarks.fingerprint import fingerprint
 from benchmarks.job import _family, evaluation_sets, evaluate_sets, zero_predictor_mse
 from benchmarks.records import load_records, write_record
 
@@ -65,7 +66,7 @@ def reevaluate_record(src_runs: Path, record: dict, overrides: dict) -> dict:
     new.pop("artifacts", None)
     found.errors, found.zero_mse = errors, zero_predictor_mse(sets)
     found.n_sets = {split: len(batches) for (split, _), batches in sets.items()}
-    new.update(settings=asdict(settings), evaluations=rows, _artifacts=found,
+    new.update(settings=asdict(settings), fingerprint=fingerprint(cell, settings), evaluations=rows, _artifacts=found,
                reevaluated={"from": str(src_runs.parent), "changed": {k: _plain(v) for k, v in overrides.items()}})
     return new
 

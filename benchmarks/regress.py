@@ -3,9 +3,16 @@
 Compares metric by metric with the tolerances in benchmarks/configs/tolerances.toml, prints
 what moved, and checks the invariants a reader relies on. Speed is not compared here
 (machine-dependent); it lives in the speed benchmarks.
+
+Inputs are validated first (exit 2): the tolerances file must give `rtol` and `atol` for every
+compared metric (`METRICS`) and nothing unknown; both sides must be made under the same settings
+(their fingerprints may differ only in torch, numerics version and device: that is what a
+regression check is for). A candidate without a single finished cell is a regression (exit 1):
+every cell it should have produced is missing.
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -13,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from algorithms import META_LEARNERS
-from benchmarks.records import load_records
+from benchmarks.config import Cell, ConfigError, read_config_text
+from benchmarks.fingerprint import check_poolable, differences, record_fingerprint
+from benchmarks.records import identity, load_records
 from benchmarks.report import summary_frame
 
 DEFAULT_TOLERANCES = Path(__file__).parent / "configs" / "tolerances.toml"
@@ -22,8 +31,65 @@ KEYS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_
         "seed", "iteration", "split", "eval_k_shot", "eval_steps"]
 
 
+METRICS = ("mse", "mse_ci95")  # every number compared; each needs a tolerance
+INVARIANTS = {"diverged_above": 0.0, "beats_pretrain_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
+EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device")  # what a regression check compares across
+
+
 def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:
-    return tomllib.loads(Path(path).read_text())
+    """The tolerances file, validated (ConfigError naming the file and the problem)."""
+    try:
+        tolerances = tomllib.loads(read_config_text(Path(path)))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"malformed TOML in tolerances file {path}: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("config file", "tolerances file")) from None
+    if not tolerances:
+        raise ConfigError(f"tolerances file {path} is empty; it needs [{'], ['.join(METRICS)}] with rtol and atol")
+    unknown = sorted(set(tolerances) - set(METRICS) - {"invariants"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in tolerances file {path}; "
+                          f"valid: {', '.join(METRICS)}, invariants")
+    for metric in METRICS:
+        table = tolerances.get(metric)
+        if not isinstance(table, dict):
+            raise ConfigError(f"tolerances file {path} lacks [{metric}] (rtol, atol): every compared metric "
+                              f"({', '.join(METRICS)}) needs a tolerance")
+        if set(table) != {"rtol", "atol"}:
+            raise ConfigError(f"[{metric}] in tolerances file {path} must have exactly rtol and atol, "
+                              f"got {', '.join(sorted(table)) or 'nothing'}")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{metric}.{key} in tolerances file {path} must be a finite number >= 0, got {value!r}")
+    invariants = tolerances.get("invariants", {})
+    if not isinstance(invariants, dict):
+        raise ConfigError(f"invariants in tolerances file {path} must be a table, got {invariants!r}")
+    for key, value in invariants.items():
+        if key not in INVARIANTS:
+            raise ConfigError(f"unknown invariant {key!r} in tolerances file {path}; valid: {', '.join(INVARIANTS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < INVARIANTS[key]:
+            raise ConfigError(f"invariants.{key} in tolerances file {path} must be a number >= {INVARIANTS[key]}, "
+                              f"got {value!r}")
+    return tolerances
+
+
+def check_comparable(base_records: list[dict], cand_records: list[dict]) -> None:
+    """Same cell on both sides must mean the same settings (ConfigError naming them otherwise)."""
+    base = {identity(r): r for r in base_records}
+    changed: dict[str, int] = {}
+    for record in cand_records:
+        other = base.get(identity(record))
+        if other is None:
+            continue
+        names = {f for f in Cell.__dataclass_fields__}
+        cell = Cell(**{k: v for k, v in record["cell"].items() if k in names})
+        old = {k: v for k, v in record_fingerprint(other).items() if k not in EXPECTED_TO_DIFFER}
+        new = {k: v for k, v in record_fingerprint(record).items() if k not in EXPECTED_TO_DIFFER}
+        for line in differences(old, new, cell):
+            changed[line] = changed.get(line, 0) + 1
+    if changed:
+        raise ConfigError("baseline and candidate were made under different settings, their numbers are not "
+                          "comparable:\n" + "\n".join(f"  {line}  ({n} cells)" for line, n in changed.items()))
 
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, tolerances: dict) -> pd.DataFrame:
@@ -32,7 +98,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame, tolerances: dict) -
     rows = []
     blown_up = tolerances.get("invariants", {}).get("diverged_above", np.inf)
     diverged = {side: ~(merged[f"mse_{side}"].astype(float).abs() <= blown_up) for side in ("baseline", "candidate")}
-    for metric, tol in ((m, t) for m, t in tolerances.items() if m != "invariants"):
+    for metric, tol in ((m, tolerances[m]) for m in METRICS):
         base = merged[f"{metric}_baseline"].astype(float)
         cand = merged[f"{metric}_candidate"].astype(float)
         allowed = tol["atol"] + tol["rtol"] * base.abs()
@@ -83,14 +149,33 @@ def invariants(frame: pd.DataFrame, tolerances: dict) -> list[str]:
     return problems
 
 
+def _bitwise_equal(table: pd.DataFrame) -> bool:
+    same = (table.baseline == table.candidate) | (table.baseline.isna() & table.candidate.isna())
+    return len(table) > 0 and bool((table.verdict == "ok").all() and same.all())
+
+
 def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEFAULT_TOLERANCES) -> tuple[int, str]:
-    """Return (exit code, printed report)."""
+    """Return (exit code, printed report); raises ConfigError/RecordError on bad input."""
     tolerances = load_tolerances(tolerances_path)
     base_records, cand_records = load_records(baseline_dir), load_records(candidate_dir)
+    for records in (base_records, cand_records):
+        check_poolable(records)
+    check_comparable(base_records, cand_records)
+    if not any(r.get("evaluations") for r in base_records):
+        raise ConfigError(f"baseline {baseline_dir} has no finished cell with evaluations: nothing to compare against")
+    if not any(r.get("evaluations") for r in cand_records):
+        statuses = pd.Series([r["status"] for r in cand_records]).value_counts().to_dict()
+        first = next((r for r in cand_records if r.get("error")), None)
+        lines = [f"candidate {candidate_dir} has no finished cell with evaluations "
+                 f"({', '.join(f'{n} {s}' for s, n in statuses.items())}): nothing to compare"]
+        if first:
+            lines.append(f"first error: {first['cell_id']}: {str(first['error']).splitlines()[-1]}")
+        lines.append("REGRESSION")
+        return 1, "\n".join(lines)
     base, cand = summary_frame(base_records), summary_frame(cand_records)
     table = compare(base, cand, tolerances)
     bad = table[table.verdict != "ok"]
-    lines = [f"compared {len(table)} numbers ({', '.join(m for m in tolerances if m != 'invariants')}) "
+    lines = [f"compared {len(table)} numbers ({', '.join(METRICS)}) "
              f"of {len(cand_records)} cells against {baseline_dir}"]
     shown = ["algorithm", "backend", "inner_steps", "seed", "split", "eval_k_shot", "eval_steps", "metric",
              "baseline", "candidate", "delta", "tolerance", "verdict"]
@@ -102,7 +187,7 @@ def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEF
         closest = within.assign(used=within.delta.abs() / within.tolerance).nlargest(TOP_WITHIN, "used")
         lines.append(f"moved within tolerance: {len(within)} numbers; the {len(closest)} closest to their tolerance:")
         lines.append(closest[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-    else:
+    if _bitwise_equal(table):
         lines.append("no number moved at all (bitwise equal)")
     problems = status_changes(base_records, cand_records) + invariants(cand, tolerances)
     lines += [f"invariant broken: {p}" for p in problems]

@@ -1,22 +1,32 @@
 """Runs a sweep: groups cells into jobs, runs them (in-process, in a process pool, or as Ray
 tasks) and writes one record per cell as each job ends.
 
-A job is one program: a single cell on a loop backend, or on the `func` backend every cell
-that differs only in seed, LR_base and LR_meta (an ensemble trained in one batched program).
+A job is one program: a single cell on a loop backend, or on the `func` backend up to
+`MAX_ENSEMBLE` cells that differ only in seed, LR_base and LR_meta (an ensemble trained in one
+batched program). An ensemble member computes bitwise what the cell alone computes, so how cells
+are grouped (which other cells share the sweep, a resume that retrains only the missing members,
+the split into chunks) never changes a number.
+
+Resume: cells whose finished record exists are skipped, provided that record was made under the
+same fingerprint (`benchmarks.fingerprint`); otherwise the sweep refuses before training.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from tqdm.auto import tqdm
 
 from benchmarks.config import Cell, Settings, Sweep
-from benchmarks.job import run_job
-from benchmarks.records import is_finished, write_record
+from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
+from benchmarks.records import FINISHED, identity, scan_records, write_record
+from benchmarks.signals import Interrupted, deferred
+
+#: Members per ensemble job: bounds a job's memory (a 700k-rate list is not one 700k-member
+#: program) while keeping the batching gain (bench.toml's ensembles have 27 members).
+MAX_ENSEMBLE = 128
 
 
-def group_jobs(cells: list[Cell], settings: Settings) -> list[list[Cell]]:
+def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_ENSEMBLE) -> list[list[Cell]]:
     """Ensemble func cells that share everything but seed/LR_base/LR_meta; others run alone."""
     jobs: dict = {}
     for cell in cells:
@@ -25,7 +35,7 @@ def group_jobs(cells: list[Cell], settings: Settings) -> list[list[Cell]]:
         else:
             key = cell
         jobs.setdefault(key, []).append(cell)
-    return list(jobs.values())
+    return [job[i:i + max_ensemble] for job in jobs.values() for i in range(0, len(job), max_ensemble)]
 
 
 def _summary_line(record: dict) -> str:
@@ -40,32 +50,67 @@ def _summary_line(record: dict) -> str:
             f"  {record['sec_per_iter'] * 1e3:.2f} ms/iter")
 
 
+def pending_cells(sweep: Sweep, out) -> tuple[list[Cell], int]:
+    """The cells still to train and how many are finished.
+
+    Raises FingerprintError when a finished record of one of these cells was made under other
+    settings, RecordError on a corrupt or conflicting record, or when the new cells would be pooled
+    (other seeds of one configuration) with records of the folder made under other settings, since
+    the report would then refuse: better before training than after.
+    """
+    existing = scan_records(out)
+    check_resumable(existing, sweep.cells, sweep.settings, out)
+    planned = {identity({"cell": asdict(c)}): {"cell_id": c.cell_id, "cell": asdict(c), "status": "ok",
+                                                 "fingerprint": fingerprint(c, sweep.settings)} for c in sweep.cells}
+    check_poolable([record for key, (_, record) in existing.items() if key not in planned] + list(planned.values()))
+
+    def finished(cell):
+        found = existing.get(identity({"cell": asdict(cell)}))
+        return found is not None and found[1]["status"] in FINISHED
+
+    todo = [c for c in sweep.cells if not finished(c)]
+    return todo, len(sweep.cells) - len(todo)
+
+
 def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, address: str | None = None,
-              threads: int | None = None, progress: bool = True) -> list[dict]:
-    """Run every unfinished cell of `sweep`, writing records under out/runs/; return new records."""
-    todo = [c for c in sweep.cells if not is_finished(out, c.cell_id)]
+              threads: int = 1, progress: bool = True) -> list[dict]:
+    """Run every unfinished cell of `sweep`, writing records under out/runs/; return new records.
+
+    An `Interrupted` (SIGINT/SIGTERM) leaves every written record whole (a job's records are
+    written as a unit) and carries `finished` (cells of the sweep with a finished record) and
+    `total` for the message.
+    """
+    todo, finished_before = pending_cells(sweep, out)
     jobs = group_jobs(todo, sweep.settings)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress)
     done = []
 
     def finish(records):
-        for record in records:
-            write_record(out, record)
-            done.append(record)
-            bar.update(1)
-            bar.write(_summary_line(record))
+        with deferred():
+            for record in records:
+                write_record(out, record)
+                done.append(record)
+                bar.update(1)
+                bar.write(_summary_line(record))
 
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-    if executor == "ray":
-        from benchmarks.executors import run_ray
+    try:
+        if executor == "ray":
+            from benchmarks.executors import run_ray
 
-        run_ray(jobs, sweep.settings, finish, workers, address, threads)
-    elif workers <= 1:
-        for job in jobs:
-            finish(run_job(job, sweep.settings, threads))
-    else:
-        from benchmarks.executors import run_pool
+            run_ray(jobs, sweep.settings, finish, workers, address, threads)
+        elif workers <= 1 or len(jobs) <= 1:
+            from benchmarks.job import run_job
 
-        run_pool(jobs, sweep.settings, finish, workers, threads)
-    bar.close()
+            for job in jobs:
+                finish(run_job(job, sweep.settings, threads))
+        else:
+            from benchmarks.executors import run_pool
+
+            run_pool(jobs, sweep.settings, finish, workers, threads)
+    except Interrupted as interrupt:
+        interrupt.finished = finished_before + sum(r["status"] in FINISHED for r in done)
+        interrupt.total = len(sweep.cells)
+        raise
+    finally:
+        bar.close()
     return done

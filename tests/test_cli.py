@@ -127,6 +127,112 @@ def test_bad_set_override_exits_2(tmp_path, capsys, override, expected):
     assert not out.exists(), f"--out created: {sorted(p.name for p in out.rglob('*'))}"
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("iterations=10000000", ["iterations", "10000000", "--limit iterations=N"]),
+    ("inner_steps=100000", ["inner_steps", "--limit inner_steps=N"]),
+    ("eval_steps=1000000", ["eval_steps", "--limit eval_steps=N"]),
+    ("k_shot=4611686018427387904", ["k_shot", "4611686018427387904"]),
+    ("meta_batch=1000000", ["meta_batch", "--limit meta_batch=N"]),
+    ("n_test_tasks=10000000", ["n_test_tasks", "--limit n_test_tasks=N"]),
+    ("eval_k_shot=[5, 4611686018427387904]", ["eval_k_shot"]),
+    ("seed=[" + ", ".join(map(str, range(10001))) + "]", ["10,001", "--limit cells=N"]),
+    ('device="cuda:abc"', ["device", "'cuda:abc'", "cuda:N"]),
+], ids=["iterations", "inner_steps", "eval_steps", "k_shot", "meta_batch", "n_test_tasks", "eval_k_shot",
+        "cells", "device"])
+def test_absurd_sizes_exit_2_naming_the_limit(tmp_path, capsys, override, expected):
+    out = tmp_path / "out"
+    code = run(write_config(tmp_path, TINY), out, "--set", override)
+    err = capsys.readouterr().err
+    assert code == 2, f"--set {override[:40]}: exit {code}, stderr: {err}"
+    for piece in expected:
+        assert piece in err, f"{piece!r} not in stderr: {err}"
+    assert not out.exists()
+
+
+def test_a_grid_product_above_the_cell_limit_fails_before_expanding(tmp_path, capsys):
+    rates = ", ".join(repr(0.001 * (1 + i / 1000)) for i in range(1000))
+    config = write_config(tmp_path, TINY + f"lr_base = [{rates}]\nlr_meta = [{rates}]\n".replace("seed = 0", ""))
+    assert run(config, tmp_path / "out") == 2
+    assert "1,000,000 cells" in capsys.readouterr().err
+
+
+def test_a_limit_can_be_raised(tmp_path):
+    config = write_config(tmp_path, TINY)
+    sweep = load_sweep(config, ["iterations=20000000"], limits={"iterations": 50_000_000})
+    assert {c.iterations for c in sweep.cells} == {20_000_000}
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--threads", "-5"], "--threads"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "100000"], "--limit threads=N"),
+    (["--limit", "iterations=ten"], "--limit"),
+    (["--limit", "speed=5"], "'speed'"),
+    (["--executor", "ray", "--address", "nohost"], "HOST:PORT"),
+], ids=["threads<0", "threads=0", "threads-huge", "limit-value", "limit-key", "address"])
+def test_bad_options_exit_2(tmp_path, capsys, option, expected):
+    out = tmp_path / "out"
+    code = main(["run", "--config", str(write_config(tmp_path, TINY)), "--out", str(out), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, (code, err)
+    assert not out.exists()
+
+
+def test_config_that_never_ends_fails_fast(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(Path("/dev/zero"), out) == 2
+    assert "/dev/zero" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("how", [["--device", "cuda"], ["--set", 'device="cuda:1"']], ids=["option", "config"])
+def test_cuda_without_a_gpu_is_bad_input_and_writes_nothing(tmp_path, capsys, how):
+    out = tmp_path / "out"
+    assert run(write_config(tmp_path, TINY), out, *how) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "cuda" in err, err
+    assert not out.exists()
+
+
+def test_set_applies_to_every_grid_table():
+    """ci.toml sets iterations and inner_steps in each [[grid]] table: --set overrides them there too."""
+    sweep = load_sweep(ROOT / "benchmarks" / "configs" / "ci.toml", ["iterations=50", "inner_steps=2"])
+    assert {(c.iterations, c.inner_steps) for c in sweep.cells} == {(50, 2)}, \
+        sorted({(c.iterations, c.inner_steps) for c in sweep.cells})
+
+
+def test_invalid_set_of_a_key_a_grid_table_sets_exits_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--config", str(ROOT / "benchmarks" / "configs" / "ci.toml"), "--out", str(out),
+                 "--set", "inner_steps=-7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "inner_steps" in err and "-7" in err, (code, err)
+    assert not out.exists()
+
+
+def test_help_states_every_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "3 ", "130", "143"):
+        assert f"\n  {code}" in text, f"exit status {code!r} not documented:\n{text}"
+    assert "--threads" in text and "default 1" in text
+
+
+def test_threads_default_to_one_per_job():
+    from benchmarks.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--config", "c", "--out", "o"]).threads == 1
+
+
+def test_many_skipped_combinations_are_summarised_in_one_line(tmp_path, capsys):
+    config = write_config(tmp_path, TINY.replace('"maml"', '["maml", "reptile", "pretrain", "fomaml"]')
+                          .replace('"func"', '"l2l"').replace("iterations = 20", "iterations = 2"))
+    assert run(config, tmp_path / "out") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line and "figure" not in line]
+    assert len(lines) == 1 and "skipped 2 combinations" in lines[0] and "--show-skipped" in lines[0], lines
+
+
 def test_grid_where_every_combination_is_skipped_exits_2(tmp_path, capsys):
     config = write_config(tmp_path, TINY.replace('"maml"', '"reptile"').replace('"func"', '"l2l"'))
     out = tmp_path / "out"

@@ -1,0 +1,186 @@
+"""A record's fingerprint: everything its numbers depend on, so that none is reused or pooled
+under other settings.
+
+The fingerprint is a flat table stored in every record (`record["fingerprint"]`):
+- the cell (algorithm, backend, task, K, S, LR_base, LR_meta, meta-batch, iterations, seed);
+- every shared setting that changes training, evaluation or what is stored (`eval_every`,
+  `eval_steps`, the evaluated K, `n_test_tasks`, `n_validation_tasks`, `n_query`, `log_every`
+  (it decides which curve points are stored), `msl_anneal_iters`, and any setting added later);
+- the task's resolved parameters (`task.noise`, `task.x_range`, ...: `task_params = {}` and
+  `{noise = 0.0}` are the same tasks, and a changed task default is a change);
+- the device type, the torch version, the version of the library a backend runs on
+  (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
+  version of this suite's numerical code, bumped by whoever changes a number on purpose).
+
+Left out, on purpose (recorded in the record's `environment`, not compared):
+- `ensemble`: an ensemble member computes bitwise what the run alone computes (tested);
+- the device index (`cuda:1` vs `cuda:0`): only its type;
+- `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
+- torch threads, the CPU model, the Python version: the `func` engine is bitwise the same at 1 and 2
+  threads (tested); the loop backends move by ~3e-4 relative between thread counts or CPUs, which
+  the regression tolerances cover. A resume with other `--threads` is therefore allowed.
+
+A setting added after a record was written is compared at its default (a new setting's default
+reproduces the behaviour from before it existed). Records written before fingerprints existed get
+one rebuilt from their stored cell, settings and torch version, with no numerics version: they
+are never reused by a sweep of this version (the numbers may have changed since).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from algorithms import NUMERICS_VERSION
+from benchmarks.config import Cell, ConfigError, Settings
+from benchmarks.records import RecordError, identity
+from tasks import get_task
+
+NOT_RECORDED = "(not recorded)"
+EXCLUDED_SETTINGS = ("ensemble", "device")  # device enters as its type
+ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
+LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
+
+
+class FingerprintError(ConfigError):
+    """Records made under other settings where the same numbers are expected; names the settings."""
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _task_params(cell: Cell, settings: Settings) -> dict:
+    try:
+        family = get_task(cell.task, k_shot=cell.k_shot, n_query=settings.n_query, **settings.task_params)
+    except (KeyError, ValueError, TypeError):
+        return {f"task.{k}": v for k, v in settings.task_params.items()}
+    if not dataclasses.is_dataclass(family):
+        return {f"task.{k}": v for k, v in settings.task_params.items()}
+    return {f"task.{k}": v for k, v in asdict(family).items() if k not in ("k_shot", "n_query")}
+
+
+@functools.cache
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None,
+                numerics_version=NUMERICS_VERSION) -> dict:
+    """The flat, JSON-ready table of everything `cell`'s numbers depend on (see the module doc)."""
+    values = {"numerics_version": numerics_version, "torch": torch_version or torch.__version__,
+              "device": torch.device(settings.device).type, **asdict(cell)}
+    for f in fields(Settings):
+        if f.name in EXCLUDED_SETTINGS or f.name == "task_params":
+            continue
+        if f.name in ONLY_FOR and cell.algorithm not in ONLY_FOR[f.name]:
+            continue
+        values[f.name] = getattr(settings, f.name)
+    if "eval_k_shot" in values:  # the K actually evaluated: () and (K,) are the same evaluation
+        values["eval_k_shot"] = sorted(set(settings.eval_k_shot) | {cell.k_shot})
+    values.update(_task_params(cell, settings))
+    if numerics_version != NOT_RECORDED:  # a record from before fingerprints did not record them
+        values.update({f"lib.{package}": _version(package) for package in LIBRARIES.get(cell.backend, ())})
+    return _jsonable(values)
+
+
+def _stored_settings(record: dict) -> Settings:
+    stored = record.get("settings") or {}
+    known = {f.name for f in fields(Settings)}
+    values = {k: v for k, v in stored.items() if k in known}
+    if isinstance(values.get("eval_k_shot"), list):
+        values["eval_k_shot"] = tuple(values["eval_k_shot"])
+    return dataclasses.replace(Settings(), **values)
+
+
+def _cell(record: dict) -> Cell:
+    names = {f.name for f in fields(Cell)}
+    return Cell(**{k: v for k, v in record["cell"].items() if k in names})
+
+
+def record_fingerprint(record: dict) -> dict:
+    """The stored fingerprint, or for a record written before fingerprints one rebuilt from it."""
+    if isinstance(record.get("fingerprint"), dict):
+        return record["fingerprint"]
+    try:
+        return fingerprint(_cell(record), _stored_settings(record),
+                           torch_version=(record.get("environment") or {}).get("torch") or NOT_RECORDED,
+                           numerics_version=NOT_RECORDED)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise RecordError(f"run record {record.get('cell_id')}: cannot read its cell and settings: {error}") from None
+
+
+def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
+    """`key: old -> new` for every key whose value differs; a key absent on one side is taken at
+    its default (for `cell`), else shown as not recorded."""
+    default = fingerprint(cell, Settings()) if cell is not None else {}
+    lines = []
+    for key in list(new) + [k for k in old if k not in new]:
+        before = old.get(key, default.get(key, NOT_RECORDED))
+        after = new.get(key, default.get(key, NOT_RECORDED))
+        if before != after:
+            lines.append(f"{key}: {before!r} -> {after!r}".replace(repr(NOT_RECORDED), NOT_RECORDED))
+    return lines
+
+
+def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], settings: Settings, out) -> None:
+    """Refuse (FingerprintError) when a finished record of one of `cells` was made under another
+    fingerprint: its numbers are not this configuration's, and reusing them would be silent.
+
+    `existing` is `records.scan_records(out)`. Failed records are retrained anyway and do not count.
+    """
+    changed: dict[str, list[str]] = {}  # difference -> cell ids
+    examples: list[Path] = []
+    for cell in cells:
+        found = existing.get(identity({"cell": asdict(cell)}))
+        if found is None or found[1]["status"] not in ("ok", "diverged"):
+            continue
+        path, record = found
+        lines = differences(record_fingerprint(record), fingerprint(cell, settings), cell)
+        for line in lines:
+            changed.setdefault(line, []).append(cell.cell_id)
+        if lines:
+            examples.append(path)
+    if changed:
+        listed = "\n".join(f"  {line}  ({len(ids)} cell{'s' if len(ids) > 1 else ''})" for line, ids in changed.items())
+        raise FingerprintError(
+            f"{out} already holds records of {len(examples)} of these cells made under other settings "
+            f"(e.g. {examples[0]}):\n{listed}\n"
+            f"their numbers are not this configuration's: run into another --out, or delete those records "
+            f"to retrain them there")
+
+
+def check_poolable(records: list[dict], pooled_over: tuple[str, ...] = ("seed",)) -> None:
+    """Raise RecordError when records that would be pooled into one number (same cell except
+    `pooled_over`; `()` for copies of one cell) were made under different fingerprints.
+
+    The message names the records and the differing settings. The report calls this before
+    pooling seeds; `regress` calls it on each side. Failed records carry no numbers and are ignored.
+    """
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("status") == "failed":
+            continue
+        key = json.dumps({k: v for k, v in record["cell"].items() if k not in pooled_over}, sort_keys=True)
+        groups.setdefault(key, []).append(record)
+    problems = []
+    for group in groups.values():
+        first = group[0]
+        base = {k: v for k, v in record_fingerprint(first).items() if k not in pooled_over}
+        for other in group[1:]:
+            theirs = {k: v for k, v in record_fingerprint(other).items() if k not in pooled_over}
+            lines = differences(base, theirs)
+            if lines:
+                problems.append(f"  {first['cell_id']} and {other['cell_id']}: {'; '.join(lines)}")
+    if problems:
+        over = f" over {', '.join(pooled_over)}" if pooled_over else ""
+        raise RecordError(f"cannot pool{over} records made under different settings:\n" + "\n".join(problems[:10])
+                          + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""))
