@@ -23,6 +23,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from queue import Empty
 
 PR_SET_PDEATHSIG = 1
 CONNECT_TIMEOUT_S = 10.0  # an unreachable --address fails after this, not after Ray's minutes of retries
@@ -65,10 +66,30 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _worker_init(parent_pid: int) -> None:
+_progress_queue = None  # in a worker: where its jobs report their iterations (set by _worker_init)
+
+
+def _worker_init(parent_pid: int, progress_queue=None) -> None:
+    global _progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     quiet_dependencies()
+    _progress_queue = progress_queue
+
+
+def _to_progress_queue(message) -> None:
+    """A Reporter's sink inside a pool worker (a module function: it pickles by name)."""
+    if _progress_queue is not None:
+        _progress_queue.put(message)
+
+
+def _drain(queue, report) -> None:
+    """Hand every queued (job index, iterations) to `report`."""
+    while True:
+        try:
+            report(*queue.get_nowait())
+        except Empty:
+            return
 
 
 def _kill_children() -> None:
@@ -78,23 +99,31 @@ def _kill_children() -> None:
         child.join(timeout=5)
 
 
-def run_pool(jobs, settings, finish, workers: int, threads: int) -> None:
-    """Local processes ('spawn': safe with CUDA and threads); records are written as jobs end.
+def run_pool(jobs, settings, finish, workers: int, threads: int, report=None) -> None:
+    """Local processes ('spawn': safe with CUDA and threads); records are written as jobs end:
+    `finish(job index, records)`. Jobs report their iterations through a queue, handed to
+    `report(job index, iterations)` whenever the parent wakes.
 
     On any exit other than success (an interrupt, a full disk while writing) the workers are
     killed at once instead of being waited for.
     """
     from benchmarks.job import run_job
+    from benchmarks.progress import Reporter
 
     context = multiprocessing.get_context("spawn")
+    queue = context.Queue() if report is not None else None
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)) or 1, mp_context=context,
-                               initializer=_worker_init, initargs=(os.getpid(),))
+                               initializer=_worker_init, initargs=(os.getpid(), queue))
     try:
-        pending = {pool.submit(run_job, job, settings, threads) for job in jobs}
+        index = {pool.submit(run_job, job, settings, threads, Reporter(_to_progress_queue, i) if queue else None): i
+                 for i, job in enumerate(jobs)}
+        pending = set(index)
         while pending:
             done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            if queue is not None:
+                _drain(queue, report)
             for future in done:
-                finish(future.result())
+                finish(index[future], future.result())
     except BrokenProcessPool:
         pool.shutdown(wait=False, cancel_futures=True)
         _kill_children()
@@ -176,21 +205,30 @@ def start_ray(address: str | None, workers: int):
     return ray
 
 
-def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: int) -> None:
-    """Each job is a Ray task; `address` joins a cluster, default a local Ray instance."""
+def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: int, report=None) -> None:
+    """Each job is a Ray task; `address` joins a cluster, default a local Ray instance.
+    `finish` and `report` as in `run_pool` (progress travels through a Ray queue actor)."""
     ray = start_ray(address, workers)
     import ray.exceptions
 
     try:
+        queue = None
+        if report is not None:
+            from ray.util.queue import Queue
+
+            queue = Queue()
         remote = ray.remote(num_cpus=1)(_ray_job)
-        pending = [remote.remote(job, settings, threads) for job in jobs]
+        index = {remote.remote(job, settings, threads, queue, i): i for i, job in enumerate(jobs)}
+        pending = list(index)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+            if queue is not None:
+                _drain(queue, report)
             if not ready:
                 if not _alive_nodes(ray):
                     raise ClusterError("every Ray node died (a dead raylet?); finished cells are kept, rerun to resume")
                 continue
-            finish(ray.get(ready[0]))
+            finish(index[ready[0]], ray.get(ready[0]))
     except ray.exceptions.RayError as error:
         raise ClusterError(f"the Ray cluster failed: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     finally:
@@ -198,8 +236,9 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
             ray.shutdown()
 
 
-def _ray_job(job, settings, threads):
+def _ray_job(job, settings, threads, queue=None, index=0):
     quiet_dependencies()
     from benchmarks.job import run_job
+    from benchmarks.progress import Reporter
 
-    return run_job(job, settings, threads)
+    return run_job(job, settings, threads, None if queue is None else Reporter(queue.put, index, interval=1.0))

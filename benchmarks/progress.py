@@ -91,6 +91,8 @@ class SweepProgress:
 
     def fraction(self) -> float:
         """Share of the estimated work done (units of finished iterations over all units)."""
+        if not self.state:
+            return 1.0
         return sum(j.cost * j.done / j.iterations for j in self.state) / self.total
 
     def _seconds_per_unit(self) -> dict:
@@ -106,6 +108,8 @@ class SweepProgress:
 
     def eta(self) -> float | None:
         """Seconds until the last job ends: remaining work scheduled on the workers in order."""
+        if all(j.finished for j in self.state):
+            return 0.0
         rates = self._seconds_per_unit()
         if not rates:
             return None
@@ -131,7 +135,7 @@ class ProgressBar:
         self.cells = sum(len(j) for j in jobs)
         self.cells_done = 0
         self.bar = tqdm(total=100.0, unit="%", disable=not enabled, dynamic_ncols=True,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, {postfix}")
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}")
         self._shown = 0.0
         self._refresh()
 

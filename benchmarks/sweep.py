@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from tqdm.auto import tqdm
-
 from benchmarks.config import Cell, Settings, Sweep
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
+from benchmarks.progress import ProgressBar, Reporter, longest_first
 from benchmarks.records import FINISHED, identity, scan_records, write_record
 from benchmarks.signals import Interrupted, deferred
 
@@ -81,32 +80,33 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
     `total` for the message.
     """
     todo, finished_before = pending_cells(sweep, out)
-    jobs = group_jobs(todo, sweep.settings)
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress)
+    jobs = longest_first(group_jobs(todo, sweep.settings))  # order changes no number, only the makespan
+    in_process = executor != "ray" and (workers <= 1 or len(jobs) <= 1)
+    bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress)
     done = []
 
-    def finish(records):
+    def finish(index, records):
         with deferred():
             for record in records:
                 write_record(out, record)
                 done.append(record)
-                bar.update(1)
                 bar.write(_summary_line(record))
+        bar.job_done(index, len(records))
 
     try:
         if executor == "ray":
             from benchmarks.executors import run_ray
 
-            run_ray(jobs, sweep.settings, finish, workers, address, threads)
-        elif workers <= 1 or len(jobs) <= 1:
+            run_ray(jobs, sweep.settings, finish, workers, address, threads, bar.update)
+        elif in_process:
             from benchmarks.job import run_job
 
-            for job in jobs:
-                finish(run_job(job, sweep.settings, threads))
+            for i, job in enumerate(jobs):
+                finish(i, run_job(job, sweep.settings, threads, Reporter(lambda m: bar.update(*m), i)))
         else:
             from benchmarks.executors import run_pool
 
-            run_pool(jobs, sweep.settings, finish, workers, threads)
+            run_pool(jobs, sweep.settings, finish, workers, threads, bar.update)
     except Interrupted as interrupt:
         interrupt.finished = finished_before + sum(r["status"] in FINISHED for r in done)
         interrupt.total = len(sweep.cells)
