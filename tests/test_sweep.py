@@ -86,7 +86,7 @@ def test_diverging_cell_is_recorded_and_sweep_goes_on(tmp_path):
 def test_failed_cells_are_recorded_and_exit_nonzero(tmp_path, capsys, monkeypatch):
     import benchmarks.job
 
-    def broken(cells, settings):
+    def broken(cells, settings, *rest):
         raise RuntimeError("the engine broke")
 
     monkeypatch.setattr(benchmarks.job, "_run_job", broken)
