@@ -1,4 +1,4 @@
-"""Algorithm registry: name -> backend -> learner class (STYLE.md, 2).
+"""Algorithm registry: name -> backend -> learner class.
 
 `get_algorithm(name, backend, hp, generator, device)` builds a learner; an unknown name or
 backend raises an error listing the known ones. Backends: `l2l` (learn2learn), `higher`,

@@ -2,7 +2,7 @@
 
 A learner owns its meta-parameters and outer optimiser. The shared training loop only
 calls `step(batch, iteration)`; the shared evaluation only reads `adaptation()`. Nothing
-outside a learner branches on its name (STYLE.md, 1 and 5).
+outside a learner branches on its name.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one evaluation every algorithm gets (STYLE.md, 5 and 7).
+"""The one evaluation every algorithm gets.
 
 On each meta-test task: start from the learned initialisation, take 0..N SGD steps with
 the algorithm's inner rates on the support set (all tasks at once), record the query MSE

@@ -1,4 +1,4 @@
-"""Sweep configuration: a TOML file is data (STYLE.md, 8).
+"""Sweep configuration: a TOML file is data.
 
 Every key holds a value or, for the keys in SWEEP_KEYS, a list of values; lists expand to
 a cartesian product of cells. A single run is a sweep whose lists have one element.

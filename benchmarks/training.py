@@ -1,4 +1,4 @@
-"""The one meta-training loop for every algorithm: it yields metric dicts (STYLE.md, 5).
+"""The one meta-training loop for every algorithm: it yields metric dicts.
 
 Logging, evaluation and storage live in the caller; the loop only samples meta-batches
 from each member's own generator, steps the learner, and reports at log points.

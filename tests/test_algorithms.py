@@ -1,10 +1,10 @@
 """Every registered algorithm against the same checks and against independent computations.
 
-- one conformance test over the whole registry (STYLE.md, 9): builds, trains through the
+- one conformance test over the whole registry: builds, trains through the
   shared loop, finite loss, deterministic under a seed, rejects bad hyperparameters, and
   its `adaptation()` is shaped like the network;
 - second-order MAML from learn2learn, higher and the func engine against a meta-gradient
-  written here with plain `torch.autograd.grad(create_graph=True)` (STYLE.md, 10);
+  written here with plain `torch.autograd.grad(create_graph=True)`;
 - the same meta-gradients in float64 against central finite differences of the meta-loss;
 - FOMAML against the plain query gradient at the adapted weights;
 - MSL with last-step loss weights against MAML, and the MAML++ weight schedule itself;

@@ -1,4 +1,4 @@
-"""The command line, in-process through `benchmarks.cli.main([...])` (STYLE.md, 11).
+"""The command line, in-process through `benchmarks.cli.main([...])`.
 
 Bad input: exit status 2, one message on stderr naming the problem, nothing written.
 Good input: tiny sweeps (tens of iterations, tens of tasks) with `--threads 1`; one slow

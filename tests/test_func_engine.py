@@ -1,4 +1,4 @@
-"""The vectorised `func` engine against independent computations (STYLE.md, 10).
+"""The vectorised `func` engine against independent computations.
 
 - its hand-written gradients and reverse pass against autograd, and its meta-gradients
   against learn2learn's (number for number, same seed and batch);

@@ -1,4 +1,4 @@
-"""Seconds per meta-iteration of every (algorithm, backend), on a fixed batch (STYLE.md, 12).
+"""Seconds per meta-iteration of every (algorithm, backend), on a fixed batch.
 
 Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 4 min on
 2 CPU cores), then `python -m benchmarks.speed.table` for the CSV/Markdown tables.
