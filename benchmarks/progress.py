@@ -4,13 +4,13 @@ Cells finish in jobs (an ensemble of 27 cells is one program), and jobs differ i
 two orders of magnitude (a 27-member S = 5 ensemble against a learn2learn run), so neither
 "cells done" nor "iterations done" predicts the remaining time. Instead:
 
-* every job has a prior cost in *work units* (`job_cost`: iterations x inner-loop length x
-  ensemble size^0.8 x a backend factor, from the speed suite's measured ratios);
+* every job has a prior cost (`job_cost`: a model of milliseconds per iteration by backend,
+  S, ensemble size and meta-batch, fitted to the speed suite's measurements);
 * jobs report their iterations from inside (also from worker processes and Ray tasks,
   through a queue), so the bar moves within a job;
-* each job's observed seconds per unit corrects the prior for the jobs of its kind (same
-  backend and algorithm), and the ETA is the makespan of the remaining work on the
-  sweep's workers, scheduled in submission order as the executors do.
+* each job's observed seconds per unit corrects the prior: for the jobs of its kind (same
+  backend, algorithm and S), else of its backend and S, else of its backend, else for all; the ETA is the makespan of
+  the remaining work on the sweep's workers, scheduled in submission order as the executors do.
 
 The bar shows percent of estimated work; the ETA is our own (tqdm's assumes uniform units).
 """
@@ -22,19 +22,28 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-#: seconds per member-iteration relative to `func` at S = 1 (speed suite, meta-batch 25)
-BACKEND_FACTOR = {"func": 1.0, "jax": 1.0, "l2l": 36.0, "higher": 53.0, "torch": 20.0}
-ENSEMBLE_EXPONENT = 0.8  # a 27-member ensemble costs ~27^0.8 = 14 single runs (measured 9-18)
+#: milliseconds per iteration of one run at S inner steps, 25 tasks, on one CPU thread (speed suite):
+#: a loop backend costs BACKEND_MS x (S + 0.7) per run; the vectorised engines pay a dispatch
+#: part once per program plus a compute part per member that grows faster than S (per-task
+#: weight copies): func 0.75 / 2.51 ms alone and 7.0 / 44 ms for 27 members at S = 1 / 5.
+BACKEND_MS = {"l2l": 16.0, "higher": 23.6, "torch": 12.0}
+DISPATCH_MS, MEMBER_MS, MEMBER_EXPONENT = 0.30, 0.105, 1.56
+#: relative cost of an algorithm's step (first-order and head-only inner loops are cheaper)
+ALGORITHM_FACTOR = {"fomaml": 0.5, "anil": 0.4, "reptile": 0.35}
 
 
 def job_cost(cells) -> float:
-    """Prior work units of a job (its cells share algorithm, backend, S, meta-batch, iterations)."""
+    """Prior cost of a job in milliseconds on a reference CPU thread (its cells share algorithm,
+    backend, S, meta-batch and iterations); only ratios between jobs matter."""
     cell = cells[0]
-    factor = BACKEND_FACTOR.get(cell.backend, 20.0)
-    if cell.algorithm == "pretrain":
-        factor *= 0.5
-    per_iteration = factor * (cell.inner_steps + 1) / 2 * (cell.meta_batch / 25) * len(cells) ** ENSEMBLE_EXPONENT
-    return max(per_iteration * cell.iterations, 1e-9)
+    steps = 0.0 if cell.algorithm == "pretrain" else cell.inner_steps  # no inner loop in training
+    tasks = cell.meta_batch / 25
+    factor = ALGORITHM_FACTOR.get(cell.algorithm, 1.0)
+    if cell.backend in BACKEND_MS:
+        per_iteration = BACKEND_MS[cell.backend] * (steps + 0.7) * tasks * len(cells)
+    else:  # func, jax: one program for the ensemble
+        per_iteration = DISPATCH_MS * (steps + 0.7) + MEMBER_MS * len(cells) * tasks * (steps + 0.7) ** MEMBER_EXPONENT
+    return max(factor * per_iteration * cell.iterations, 1e-9)
 
 
 def longest_first(jobs: list) -> list:
@@ -44,7 +53,7 @@ def longest_first(jobs: list) -> list:
 
 
 def job_kind(cells) -> tuple:
-    return cells[0].backend, cells[0].algorithm
+    return cells[0].backend, cells[0].algorithm, cells[0].inner_steps
 
 
 @dataclass
@@ -96,13 +105,13 @@ class SweepProgress:
         return sum(j.cost * j.done / j.iterations for j in self.state) / self.total
 
     def _seconds_per_unit(self) -> dict:
-        """Observed seconds per work unit from jobs far enough along: per job kind, per backend
-        (a kind not yet seen takes its backend's rate) and over all jobs ('*')."""
+        """Observed seconds per work unit from jobs far enough along: per job kind, per (backend,
+        S), per backend (a kind not yet seen takes the nearest) and over all jobs ('*')."""
         seen: dict = {}
         for j in self.state:
             if j.done >= max(1, 0.02 * j.iterations) and j.seconds > 0:
                 units = j.cost * j.done / j.iterations
-                for key in (j.kind, j.kind[0], "*"):
+                for key in (j.kind, (j.kind[0], j.kind[2]), j.kind[0], "*"):
                     seen.setdefault(key, []).append((j.seconds, units))
         return {key: sum(s for s, _ in v) / sum(u for _, u in v) for key, v in seen.items()}
 
@@ -115,7 +124,10 @@ class SweepProgress:
             return None
 
         def seconds(j, units):
-            return units * rates.get(j.kind, rates.get(j.kind[0], rates["*"]))
+            for key in (j.kind, (j.kind[0], j.kind[2]), j.kind[0]):
+                if key in rates:
+                    return units * rates[key]
+            return units * rates["*"]
 
         running = [seconds(j, j.cost * (1 - j.done / j.iterations)) for j in self.state
                    if j.started is not None and not j.finished]
