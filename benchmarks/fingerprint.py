@@ -106,9 +106,28 @@ def _cell(record: dict) -> Cell:
     return Cell(**{k: v for k, v in record["cell"].items() if k in names})
 
 
+def _check_agrees_with_settings(record: dict) -> None:
+    """A stored fingerprint must say what the record's own cell and settings say: a record edited
+    by hand (or written by a buggy tool) in one place only is not trusted in either."""
+    stored = record["fingerprint"]
+    try:
+        rebuilt = fingerprint(_cell(record), _stored_settings(record),
+                              numerics_version=stored.get("numerics_version", NOT_RECORDED))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise RecordError(f"run record {record.get('cell_id')}: cannot read its cell and settings: {error}") from None
+    written = set(record["cell"]) | set(record.get("settings") or {}) | {"eval_k_shot", "device"}
+    lines = [f"{key}: fingerprint {stored[key]!r}, {'cell' if key in record['cell'] else 'settings'} {rebuilt[key]!r}"
+             for key in sorted(written & set(stored) & set(rebuilt)) if stored[key] != rebuilt[key]]
+    if lines:
+        raise RecordError(f"inconsistent run record {record.get('cell_id')}: its fingerprint disagrees with its own "
+                          f"cell and settings ({'; '.join(lines)}); it was edited or written by another tool, "
+                          f"delete it to retrain the cell")
+
+
 def record_fingerprint(record: dict) -> dict:
     """The stored fingerprint, or for a record written before fingerprints one rebuilt from it."""
     if isinstance(record.get("fingerprint"), dict):
+        _check_agrees_with_settings(record)
         return record["fingerprint"]
     try:
         return fingerprint(_cell(record), _stored_settings(record),

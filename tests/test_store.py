@@ -388,9 +388,24 @@ def test_regress_refuses_sides_made_under_other_settings(tmp_path, capsys):
     for path in (candidate / "runs").glob("*.json"):
         record = json.loads(path.read_text())
         record["settings"]["n_test_tasks"] = 20
+        record["fingerprint"]["n_test_tasks"] = 20
         path.write_text(json.dumps(record))
     assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 2
     assert "n_test_tasks: 600 -> 20  (16 cells)" in capsys.readouterr().err
+
+
+@needs_baseline
+def test_a_record_whose_fingerprint_disagrees_with_its_settings_is_refused(tmp_path, capsys):
+    """Editing a record's settings but not its fingerprint (or the reverse) must not slip through."""
+    candidate = tmp_path / "candidate"
+    shutil.copytree(BASELINE / "runs", candidate / "runs")
+    path = next((candidate / "runs").glob("*.json"))
+    record = json.loads(path.read_text())
+    record["settings"]["n_test_tasks"] = 20
+    path.write_text(json.dumps(record))
+    assert main(["regress", "--baseline", str(BASELINE), "--candidate", str(candidate)]) == 2
+    err = capsys.readouterr().err
+    assert "fingerprint disagrees" in err and "n_test_tasks: fingerprint 600, settings 20" in err, err
 
 
 # ----------------------------------------------------------------------------- quiet output (issue 12)
