@@ -12,6 +12,8 @@ PAPER_OUT ?= runs/paper
 # Sweeps run WORKERS processes of one torch thread each: at these tiny sizes ops, not flops,
 # bound the time, so two 1-thread processes do ~2x the work of one 2-thread process.
 WORKERS ?= 2
+# What the speed tables compare every meta-iteration with (ALGORITHM:BACKEND; column x_vs_<backend>_<algorithm>).
+YARDSTICK ?= maml:l2l
 
 .PHONY: setup test bench bench-results speed figures paper paper-results regress baseline clean
 
@@ -44,7 +46,7 @@ bench-results:
 speed: setup
 	mkdir -p $(OUT)
 	$(PY) -m pytest -q benchmarks/speed --benchmark-json=$(OUT)/speed.json
-	$(PY) -m benchmarks.speed.table $(OUT)/speed.json $(OUT)
+	$(PY) -m benchmarks.speed.table $(OUT)/speed.json $(OUT) --yardstick $(YARDSTICK)
 
 # Tables and figures regenerated from every stored result folder (no training).
 figures: setup

@@ -9,6 +9,16 @@ compared metric (`METRICS`) and nothing unknown; both sides must be made under t
 (their fingerprints may differ only in torch, numerics version and device: that is what a
 regression check is for). A candidate without a single finished cell is a regression (exit 1):
 every cell it should have produced is missing.
+
+The baseline the "beats the baseline" invariant compares against is configuration:
+`[invariants] baseline_algorithm` (default `pretrain`; any name in `algorithms.ALGORITHMS`, an
+unknown one is bad input) and `beats_baseline_margin` (default 0; `beats_pretrain_margin` is its
+old name, still accepted while the baseline is `pretrain`). Every meta-learner other than the
+baseline itself must reach a lower 1-step test MSE than the baseline's mean in the same task, K,
+S, meta-batch and iterations. Decision: when the candidate has no record of the baseline
+algorithm at all, the invariant is skipped with a printed note (not a regression: a baseline
+cell that disappeared is already reported as a status change); meta-learner settings without
+a baseline run in the same setting are counted in a note, not checked.
 """
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from algorithms import META_LEARNERS
+from algorithms import ALGORITHMS, META_LEARNERS
 from benchmarks.config import Cell, ConfigError, read_config_text
 from benchmarks.fingerprint import check_poolable, differences, record_fingerprint
 from benchmarks.records import identity, load_records
@@ -32,7 +42,9 @@ KEYS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_
 
 
 METRICS = ("mse", "mse_ci95")  # every number compared; each needs a tolerance
-INVARIANTS = {"diverged_above": 0.0, "beats_pretrain_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
+INVARIANTS = {"diverged_above": 0.0, "beats_baseline_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
+INVARIANT_ALIASES = {"beats_pretrain_margin": "beats_baseline_margin"}  # old name -> name (valid with baseline pretrain)
+DEFAULT_BASELINE_ALGORITHM = "pretrain"  # `[invariants] baseline_algorithm`: what every meta-learner must beat
 EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device")  # what a regression check compares across
 
 
@@ -64,12 +76,31 @@ def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:
     invariants = tolerances.get("invariants", {})
     if not isinstance(invariants, dict):
         raise ConfigError(f"invariants in tolerances file {path} must be a table, got {invariants!r}")
+    baseline = invariants.get("baseline_algorithm", DEFAULT_BASELINE_ALGORITHM)
+    if not isinstance(baseline, str) or baseline not in ALGORITHMS:
+        raise ConfigError(f"invariants.baseline_algorithm in tolerances file {path} must be an algorithm name, got "
+                          f"{baseline!r}; valid: {', '.join(ALGORITHMS)}")
     for key, value in invariants.items():
+        if key == "baseline_algorithm":
+            continue
+        if key in INVARIANT_ALIASES:
+            name = INVARIANT_ALIASES[key]
+            if name in invariants:
+                raise ConfigError(f"invariants.{key} in tolerances file {path} is the old name of {name}; "
+                                  f"give only {name}")
+            if baseline != "pretrain":
+                raise ConfigError(f"invariants.{key} in tolerances file {path} is the old name of {name}, valid only "
+                                  f"with baseline_algorithm = \"pretrain\" (got {baseline!r}); write {name}")
+            key = name
         if key not in INVARIANTS:
-            raise ConfigError(f"unknown invariant {key!r} in tolerances file {path}; valid: {', '.join(INVARIANTS)}")
+            raise ConfigError(f"unknown invariant {key!r} in tolerances file {path}; "
+                              f"valid: baseline_algorithm, {', '.join(INVARIANTS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < INVARIANTS[key]:
             raise ConfigError(f"invariants.{key} in tolerances file {path} must be a number >= {INVARIANTS[key]}, "
                               f"got {value!r}")
+    # normalised: the aliases under their names, the baseline always present
+    tolerances["invariants"] = {INVARIANT_ALIASES.get(k, k): v for k, v in invariants.items()}
+    tolerances["invariants"]["baseline_algorithm"] = baseline
     return tolerances
 
 
@@ -124,21 +155,36 @@ def status_changes(baseline: list[dict], candidate: list[dict]) -> list[str]:
     return [f"{cid}: status {base[cid]} -> {cand.get(cid, 'missing')}" for cid in sorted(base) if base[cid] != cand.get(cid)]
 
 
-def invariants(frame: pd.DataFrame, tolerances: dict) -> list[str]:
-    """Broken invariants, as messages (empty when all hold)."""
+def invariants(frame: pd.DataFrame, tolerances: dict, notes: list[str] | None = None) -> list[str]:
+    """Broken invariants, as messages (empty when all hold); what was not checked goes to `notes`."""
     inv = tolerances.get("invariants", {})
+    notes = [] if notes is None else notes
     final = frame[(frame.split == "test") & (frame.iteration == frame.iterations) & (frame.eval_k_shot == frame.k_shot)]
     problems = []
     one = final[final.eval_steps == 1]
+    baseline = inv.get("baseline_algorithm", DEFAULT_BASELINE_ALGORITHM)
+    margin = inv.get("beats_baseline_margin", inv.get("beats_pretrain_margin", 0.0))
     group = ["task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations", "backend"]
-    pre = one[one.algorithm == "pretrain"].groupby(["task", "k_shot", "inner_steps", "meta_batch", "iterations"]).mse.mean()
-    for keys, sub in one[one.algorithm.isin(META_LEARNERS)].groupby(["algorithm"] + group):
+    setting = ["task", "k_shot", "inner_steps", "meta_batch", "iterations"]
+    base = one[one.algorithm == baseline].groupby(setting).mse.mean()
+    learners = one[one.algorithm.isin([a for a in META_LEARNERS if a != baseline])]
+    if base.empty:
+        notes.append(f"invariant 'every meta-learner beats {baseline}' skipped: the candidate has no finished "
+                     f"{baseline} cell (baseline_algorithm = {baseline!r} in the tolerances file)")
+        learners = learners.iloc[0:0]
+    unmatched = 0
+    for keys, sub in learners.groupby(["algorithm"] + group):
         pkey = (keys[1], keys[2], keys[3], keys[6], keys[7])
-        if pkey not in pre.index:
+        if pkey not in base.index:
+            unmatched += 1
             continue
         mse = sub.mse.mean()
-        if not mse < pre[pkey] - inv.get("beats_pretrain_margin", 0.0):
-            problems.append(f"{keys[0]} ({keys[-1]}) does not beat pretrain after 1 step: MSE {mse:.4f} vs {pre[pkey]:.4f}")
+        if not mse < base[pkey] - margin:
+            problems.append(f"{keys[0]} ({keys[-1]}) does not beat {baseline} after 1 step at S = {keys[3]}, "
+                            f"LR_base = {keys[4]}: MSE {mse:.4f} vs {base[pkey]:.4f}")
+    if unmatched:
+        notes.append(f"invariant 'every meta-learner beats {baseline}': {unmatched} (algorithm, backend, setting) "
+                     f"groups have no {baseline} run with the same task, K, S, meta-batch and iterations; not checked")
     rtol = inv.get("backend_agreement_rtol", 1e-3)
     cell = [k for k in KEYS if k != "backend"]
     for keys, sub in final.groupby(cell):  # every algorithm run on several backends, MAML first of all
@@ -189,7 +235,9 @@ def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEF
         lines.append(closest[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     if _bitwise_equal(table):
         lines.append("no number moved at all (bitwise equal)")
-    problems = status_changes(base_records, cand_records) + invariants(cand, tolerances)
+    notes: list[str] = []
+    problems = status_changes(base_records, cand_records) + invariants(cand, tolerances, notes)
+    lines += [f"note: {n}" for n in notes]
     lines += [f"invariant broken: {p}" for p in problems]
     failed = len(bad) > 0 or len(problems) > 0
     lines.append("REGRESSION" if failed else "no regression: every number within tolerance, all invariants hold")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from benchmarks.speed import peers as peer_timing
-from benchmarks.speed.table import main, peers_frame, targets
+from benchmarks.speed.table import (end_to_end_table, load, main, meta_iteration_table, parse_yardstick, peers_frame,
+                                      targets)
 
 
 def _bench(name, kind, median_ms, iqr_ms, cpu_wall=1.0, **info):
@@ -78,3 +79,73 @@ def test_interleaved_rounds_pair_the_ratios():
     assert rows[1]["ratio_vs_func"] == pytest.approx(2.0) and rows[1]["ratio_q25"] == pytest.approx(2.0)
     assert any("jax: CPU/wall 0.50" in f for f in flags)  # it waited half the time
     assert any("spread" in f for f in flags)  # the load swings the times themselves
+
+
+# ----------------------------------------------------------------------------- the yardstick is configuration (issue 11)
+
+def _iterations_json(tmp_path):
+    """Meta-iterations at S = 1, meta-batch 25: maml on l2l 20 ms, higher 40, func 1; fomaml l2l 10,
+    func 0.5; reptile torch 4, func 2; and Finn's end-to-end run on l2l (30 ms) and func (1.5 ms)."""
+    times = {("maml", "l2l"): 20.0, ("maml", "higher"): 40.0, ("maml", "func"): 1.0, ("fomaml", "l2l"): 10.0,
+             ("fomaml", "func"): 0.5, ("reptile", "torch"): 4.0, ("reptile", "func"): 2.0}
+    benchmarks = [_bench(f"test_meta_iteration[{a}-{b}-S1-B25]", "meta_iteration", ms, 0.01, algorithm=a, backend=b,
+                         inner_steps=1, meta_batch=25, peak_memory_mb=1.0) for (a, b), ms in times.items()]
+    benchmarks += [_bench(f"test_finn_end_to_end[{b}]", "end_to_end", ms, 0.01, algorithm="maml", backend=b,
+                          inner_steps=1, meta_batch=25, members=1) for b, ms in (("l2l", 30.0), ("func", 1.5))]
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"benchmarks": benchmarks, "datetime": "now"}))
+    return path
+
+
+def _ratios(frame, column):
+    return {(r.algorithm, r.backend): getattr(r, column) for r in frame.itertuples()}
+
+
+def test_default_yardstick_is_learn2learn_maml(tmp_path):
+    path = _iterations_json(tmp_path)
+    assert main([str(path), str(tmp_path / "out")]) == 0
+    frame, _ = load(path)
+    table = meta_iteration_table(frame)
+    assert "x_vs_l2l_maml" in table.columns  # the committed tables' column name
+    ratios = _ratios(table, "x_vs_l2l_maml")
+    assert ratios[("maml", "func")] == pytest.approx(20.0) and ratios[("fomaml", "l2l")] == pytest.approx(2.0)
+    own = _ratios(table, "x_vs_own_loop_backend")  # l2l where the algorithm has it, else torch (from the registry)
+    assert own[("fomaml", "func")] == pytest.approx(20.0) and own[("reptile", "func")] == pytest.approx(2.0)
+    assert end_to_end_table(frame).set_index("backend")["x_vs_l2l"]["func"] == pytest.approx(20.0)
+    text = (tmp_path / "out" / "speed.md").read_text()
+    assert "`x_vs_l2l_maml`: learn2learn MAML's median" in text and "## func vs learn2learn, second-order MAML" in text
+
+
+def test_another_yardstick_derives_its_columns_and_ratios(tmp_path, capsys):
+    path = _iterations_json(tmp_path)
+    assert main([str(path), str(tmp_path / "out"), "--yardstick", "maml:higher"]) == 0
+    frame, _ = load(path)
+    table = meta_iteration_table(frame, parse_yardstick("maml:higher"))
+    assert "x_vs_higher_maml" in table.columns and "x_vs_l2l_maml" not in table.columns
+    ratios = _ratios(table, "x_vs_higher_maml")  # higher's MAML (40 ms) over each
+    assert ratios[("maml", "func")] == pytest.approx(40.0) and ratios[("maml", "l2l")] == pytest.approx(2.0)
+    assert ratios[("reptile", "torch")] == pytest.approx(10.0) and ratios[("maml", "higher")] == pytest.approx(1.0)
+    text = (tmp_path / "out" / "speed.md").read_text()
+    assert "| x_vs_higher_maml |" in text and "x_vs_l2l_maml" not in text and "func vs higher" in text, text
+    # first-order MAML on func as the yardstick: fomaml-func (0.5 ms) over each
+    table = meta_iteration_table(frame, parse_yardstick("fomaml:func"))
+    assert _ratios(table, "x_vs_func_fomaml")[("maml", "l2l")] == pytest.approx(0.025)
+    end = end_to_end_table(frame, parse_yardstick("fomaml:func")).set_index("backend")["x_vs_func"]
+    assert end["l2l"] == pytest.approx(0.05) and end["func"] == pytest.approx(1.0)
+
+
+def test_a_yardstick_not_measured_says_so(tmp_path, capsys):
+    path = _iterations_json(tmp_path)
+    assert main([str(path), str(tmp_path / "out"), "--yardstick", "maml:jax"]) == 0
+    err = capsys.readouterr().err
+    assert "yardstick maml:jax has no meta-iteration measurement" in err and "x_vs_jax_maml" in err, err
+    assert "> Note: yardstick maml:jax has no meta-iteration measurement" in (tmp_path / "out" / "speed.md").read_text()
+
+
+@pytest.mark.parametrize("value", ["maml", "mmal:l2l", "reptile:l2l", "maml:l2l:x", ""])
+def test_bad_yardstick_exits_2_naming_the_choices(tmp_path, capsys, value):
+    path = _iterations_json(tmp_path)
+    assert main([str(path), str(tmp_path / "out"), "--yardstick", value]) == 2
+    err = capsys.readouterr().err
+    assert f"got {value!r}; valid: maml:l2l, maml:higher" in err and "reptile:torch" in err, err
+    assert not (tmp_path / "out").exists(), "a bad yardstick must write nothing"

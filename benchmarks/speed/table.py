@@ -1,10 +1,15 @@
 """pytest-benchmark JSON -> speed.csv (one row per benchmark) and speed.md (readable tables).
 
-Usage: python -m benchmarks.speed.table results/bench/speed.json results/bench
+Usage: python -m benchmarks.speed.table results/bench/speed.json results/bench [--yardstick maml:l2l]
 
 Ratios are taken within the one JSON file, i.e. within one run on one machine: each
-meta-iteration is compared with learn2learn's MAML at the same S and meta-batch (and with the
-same algorithm's reference loop backend); the ensemble with its 27 members stepped one by one.
+meta-iteration is compared with the yardstick (`--yardstick ALGORITHM:BACKEND`, default
+learn2learn's MAML, `maml:l2l`; column `x_vs_<backend>_<algorithm>`, by default
+`x_vs_l2l_maml`) at the same S and meta-batch, and with the same algorithm's own loop backend
+(the first of LOOP_BACKENDS it has in the registry: l2l, else higher, else torch); Finn's
+end-to-end run with the yardstick's backend (`x_vs_<backend>`); the ensemble with its 27
+members stepped one by one. A yardstick that is not in the JSON leaves its columns empty and
+says so (stderr and speed.md).
 Times are medians over rounds (the minimum is in the CSV): on a shared machine the median is
 the fairer typical value, the minimum the least disturbed one.
 
@@ -22,13 +27,49 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
+from algorithms import ALGORITHMS
 from benchmarks.speed.peers import MAX_SPREAD, MIN_CPU_WALL
 
-REFERENCE = "l2l"  # the loop library every ratio is taken against
-REFERENCE_BY_ALGORITHM = {"reptile": "torch", "pretrain": "torch"}  # no learn2learn version of these
+
+class Yardstick(NamedTuple):
+    """The (algorithm, backend) every meta-iteration is compared with (`--yardstick ALGORITHM:BACKEND`)."""
+    algorithm: str
+    backend: str
+
+    @property
+    def column(self) -> str:
+        return f"x_vs_{self.backend}_{self.algorithm}"
+
+    @property
+    def end_to_end_column(self) -> str:
+        return f"x_vs_{self.backend}"
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.backend}"
+
+
+DEFAULT_YARDSTICK = Yardstick("maml", "l2l")  # learn2learn's MAML, the library the paper-era code used
+LOOP_BACKENDS = ("l2l", "higher", "torch")  # the libraries' own per-task loops, in order of preference
+LABELS = {"l2l": "learn2learn", "maml": "second-order MAML", "fomaml": "first-order MAML"}
+
+
+def parse_yardstick(text: str) -> Yardstick:
+    """`ALGORITHM:BACKEND`, both in the algorithm registry (ValueError naming the valid choices)."""
+    choices = ", ".join(f"{a}:{b}" for a, backends in ALGORITHMS.items() for b in backends)
+    algorithm, colon, backend = str(text).partition(":")
+    if not colon or algorithm not in ALGORITHMS or backend not in ALGORITHMS[algorithm]:
+        raise ValueError(f"--yardstick must be ALGORITHM:BACKEND from the algorithm registry, got {text!r}; "
+                         f"valid: {choices}")
+    return Yardstick(algorithm, backend)
+
+
+def own_loop_backend(algorithm: str) -> str | None:
+    """The algorithm's reference loop backend: the first of LOOP_BACKENDS it has (None if none)."""
+    return next((b for b in LOOP_BACKENDS if b in ALGORITHMS.get(algorithm, {})), None)
 MACHINE_KEYS = ["torch", "learn2learn", "higher", "jax", "python", "threads", "cpu_count", "cpu", "machine", "device", "gpu",
                 "malloc_tuned"]
 
@@ -123,20 +164,21 @@ def targets(peers: pd.DataFrame, peer: str = "jax", target: float = 1.2) -> pd.D
     return out.sort_values(["order", "inner_steps", "meta_batch"], ascending=[False, True, True]).reset_index(drop=True)
 
 
-def meta_iteration_table(frame: pd.DataFrame) -> pd.DataFrame:
+def meta_iteration_table(frame: pd.DataFrame, yardstick: Yardstick = DEFAULT_YARDSTICK) -> pd.DataFrame:
     cells = frame[frame["kind"] == "meta_iteration"].copy()
     if cells.empty:
         return cells
     key = ["inner_steps", "meta_batch"]
-    l2l_maml = cells[(cells.algorithm == "maml") & (cells.backend == REFERENCE)].set_index(key)["ms_median"]
-    cells["x_vs_l2l_maml"] = [l2l_maml.get((s, b), float("nan")) / ms
-                              for s, b, ms in zip(cells.inner_steps, cells.meta_batch, cells.ms_median)]
-    reference = {(r.algorithm, r.inner_steps, r.meta_batch): r.ms_median for r in cells.itertuples()
-                 if r.backend == REFERENCE_BY_ALGORITHM.get(r.algorithm, REFERENCE)}
-    cells["x_vs_own_loop_backend"] = [reference.get((a, s, b), float("nan")) / ms for a, s, b, ms in
+    reference = cells[(cells.algorithm == yardstick.algorithm) & (cells.backend == yardstick.backend)]
+    reference = reference.set_index(key)["ms_median"]
+    cells[yardstick.column] = [reference.get((s, b), float("nan")) / ms
+                               for s, b, ms in zip(cells.inner_steps, cells.meta_batch, cells.ms_median)]
+    own = {(r.algorithm, r.inner_steps, r.meta_batch): r.ms_median for r in cells.itertuples()
+           if r.backend == own_loop_backend(r.algorithm)}
+    cells["x_vs_own_loop_backend"] = [own.get((a, s, b), float("nan")) / ms for a, s, b, ms in
                                       zip(cells.algorithm, cells.inner_steps, cells.meta_batch, cells.ms_median)]
     columns = ["algorithm", "backend", "inner_steps", "meta_batch", "ms_median", "ms_min", "ms_iqr", "rounds",
-               "peak_memory_mb", "x_vs_l2l_maml", "x_vs_own_loop_backend"]
+               "peak_memory_mb", yardstick.column, "x_vs_own_loop_backend"]
     return cells[columns].sort_values(["inner_steps", "meta_batch", "algorithm", "backend"]).reset_index(drop=True)
 
 
@@ -159,14 +201,27 @@ def ensemble_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def end_to_end_table(frame: pd.DataFrame) -> pd.DataFrame:
+def end_to_end_table(frame: pd.DataFrame, yardstick: Yardstick = DEFAULT_YARDSTICK) -> pd.DataFrame:
+    """Finn's MAML end to end on each backend, against the same run on the yardstick's backend."""
     cells = frame[frame["kind"] == "end_to_end"].copy()
     if cells.empty:
         return cells
     cells["projected_70k_minutes"] = cells["ms_median"] * 70_000 / 60e3
-    l2l = cells.loc[cells.backend == REFERENCE, "ms_median"]
-    cells["x_vs_l2l"] = (l2l.iloc[0] / cells["ms_median"]) if len(l2l) else float("nan")
-    return cells[["backend", "ms_median", "ms_min", "rounds", "projected_70k_minutes", "x_vs_l2l"]]
+    reference = cells.loc[cells.backend == yardstick.backend, "ms_median"]
+    column = yardstick.end_to_end_column
+    cells[column] = (reference.iloc[0] / cells["ms_median"]) if len(reference) else float("nan")
+    return cells[["backend", "ms_median", "ms_min", "rounds", "projected_70k_minutes", column]]
+
+
+def yardstick_notes(frame: pd.DataFrame, yardstick: Yardstick) -> list[str]:
+    """Where the yardstick was not measured, so that its ratios are empty."""
+    if frame.empty or "kind" not in frame.columns:
+        return []
+    cells = frame[frame["kind"] == "meta_iteration"]
+    if cells.empty or ((cells.algorithm == yardstick.algorithm) & (cells.backend == yardstick.backend)).any():
+        return []
+    return [f"yardstick {yardstick} has no meta-iteration measurement in this file: `{yardstick.column}` is empty "
+            f"(measured: {', '.join(sorted(set(cells.algorithm + ':' + cells.backend)))})"]
 
 
 def checkpoint_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +251,8 @@ class Contended(RuntimeError):
     """Raised by `write(strict=True)` when a measurement looks disturbed (nothing is written)."""
 
 
-def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[Path]:
+def write(json_path: str | Path, out: str | Path, strict: bool = False,
+          yardstick: Yardstick = DEFAULT_YARDSTICK) -> list[Path]:
     frame, machine = load(json_path)
     peers, peer_notes = peers_frame(json_path)
     notes = contention(frame, str(machine.get("device", "cpu"))) + peer_notes
@@ -209,7 +265,9 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[
     frame.to_csv(csv_path, index=False)
     if not peers.empty:
         peers.to_csv(peers_path, index=False)
-    iterations = meta_iteration_table(frame)
+    iterations = meta_iteration_table(frame, yardstick)
+    missing = yardstick_notes(frame, yardstick)
+    yb, ya = yardstick.backend, yardstick.algorithm
     warning = ([f"> **CONTENDED: not for publication.** {len(notes)} measurements look disturbed (process CPU/wall "
                 f"below {MIN_CPU_WALL} on the CPU, or spread IQR/median above {MAX_SPREAD}); rerun on a quiet "
                 "machine:", ">"] + [f"> - {n}" for n in notes] + [""]) if notes else []
@@ -220,19 +278,21 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
         *_peer_sections(peers),
-        "Times in ms (median over rounds; min and IQR in speed.csv). `x_vs_l2l_maml`: learn2learn MAML's median "
+        f"Times in ms (median over rounds; min and IQR in speed.csv). `{yardstick.column}`: "
+        f"{LABELS.get(yb, yb)} {ya.upper() if ya == 'maml' else ya}'s median "
         "at the same S and meta-batch divided by this one (higher is faster). Peak memory: torch allocations "
         "during one step.",
         "",
+        *[f"> Note: {n}" for n in missing], *([""] if missing else []),
         "## Every (algorithm, backend)",
         "",
         _markdown(iterations),
         "",
-        "## func vs learn2learn, second-order MAML",
+        f"## func vs {LABELS.get(yb, yb)}, {LABELS.get(ya, ya)}",
         "",
-        _markdown(iterations[(iterations.algorithm == "maml") & iterations.backend.isin(["func", REFERENCE])]
+        _markdown(iterations[(iterations.algorithm == ya) & iterations.backend.isin(["func", yb])]
                   .pivot_table(index=["inner_steps", "meta_batch"], columns="backend", values="ms_median")
-                  .assign(speedup=lambda t: t[REFERENCE] / t["func"] if {"func", REFERENCE} <= set(t.columns)
+                  .assign(speedup=lambda t: t[yb] / t["func"] if {"func", yb} <= set(t.columns) and yb != "func"
                           else float("nan")).reset_index()) if not iterations.empty else "(not run)",
         "",
         "## Ensemble: 27 runs (3 LR_base x 3 LR_meta x 3 seeds) in one program vs one by one",
@@ -241,7 +301,7 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[
         "",
         "## Finn's MAML end to end (task sampling included), projected to 70,000 iterations",
         "",
-        _markdown(end_to_end_table(frame)),
+        _markdown(end_to_end_table(frame, yardstick)),
         "",
         "## Second-order MAML at S = 100: gradient checkpointing",
         "",
@@ -251,6 +311,8 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False) -> list[
     md_path.write_text("\n".join(sections))
     for note in notes:
         print(f"contention: {note}", file=sys.stderr)
+    for note in missing:
+        print(f"note: {note}", file=sys.stderr)
     return [csv_path, md_path] + ([peers_path] if not peers.empty else [])
 
 
@@ -292,12 +354,20 @@ def main(argv=None) -> int:
     parser.add_argument("out", nargs="?", default=None, help="output folder (default: the JSON's folder)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse to write tables (exit 2) when any measurement looks disturbed")
+    parser.add_argument("--yardstick", default=str(DEFAULT_YARDSTICK), metavar="ALGORITHM:BACKEND",
+                        help=f"what every meta-iteration is compared with (default {DEFAULT_YARDSTICK}: "
+                             "column x_vs_l2l_maml); any registered algorithm:backend")
     args = parser.parse_args(argv)
+    try:
+        yardstick = parse_yardstick(args.yardstick)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not Path(args.json).is_file():
         print(f"error: no such file: {args.json}", file=sys.stderr)
         return 2
     try:
-        paths = write(args.json, args.out or Path(args.json).parent, strict=args.strict)
+        paths = write(args.json, args.out or Path(args.json).parent, strict=args.strict, yardstick=yardstick)
     except Contended as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
