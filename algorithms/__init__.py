@@ -1,48 +1,138 @@
-"""Algorithm registry: name -> backend -> learner class.
+"""Algorithm registry: name -> backend -> learner class, filled by `register_algorithm`.
 
-`get_algorithm(name, backend, hp, generator, device)` builds a learner; an unknown name or
-backend raises an error listing the known ones. Backends: `l2l` (learn2learn), `higher`,
-`torch` (a plain per-task autograd loop), `func` (the vectorised engine) and `jax` (jit + vmap +
-optax, maml and fomaml only).
+An algorithm is either an inner-update rule (`algorithms.rules.InnerRule`: MAML and its
+variants, and any researcher's rule), which runs on every backend that covers it:
+
+- `torch`: the plain per-task autograd loop (any rule, any network; the reference);
+- `generic`: the vectorised torch.func engine (any rule, any network);
+- `func`: the hand-written accelerated engine where it covers the rule and the network,
+  else the generic engine (the record's `engine` says which ran);
+- `l2l` (learn2learn) and `higher` where those libraries offer the rule;
+
+or a set of learner classes of its own (Reptile, pre-training, the `jax` backend). Plug-ins
+call `register_algorithm` from their own module (see `benchmarks.plugins`).
+
+`get_algorithm(name, backend, hp, generator, device, network=...)` builds a learner; an
+unknown name or backend raises KeyError listing the known ones.
 """
 from __future__ import annotations
+
+import functools
+import re
 
 from algorithms import func_engine as fe
 from algorithms import jax_engine as je
 from algorithms import loop_backends as lb
 from algorithms.base import Adaptation, HyperParams, MetaLearner
+from algorithms.generic_engine import GenericLearner
+from algorithms.network import NetworkSpec, as_spec
+from algorithms.rules import FirstOrder, InnerRule, LastLayerOnly, MultiStepLoss, PerEntryRates
 
-ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {
-    "maml": {"l2l": lb.L2LMAML, "higher": lb.HigherMAML, "func": fe.FuncMAML, "jax": je.JaxMAML},
-    "fomaml": {"l2l": lb.L2LFOMAML, "func": fe.FuncFOMAML, "jax": je.JaxFOMAML},
-    "msl": {"l2l": lb.L2LMSL, "func": fe.FuncMSL},
-    "metasgd": {"l2l": lb.L2LMetaSGD, "func": fe.FuncMetaSGD},
-    "anil": {"l2l": lb.L2LANIL, "func": fe.FuncANIL},
-    "reptile": {"torch": lb.TorchReptile, "func": fe.FuncReptile},
-    "pretrain": {"torch": lb.TorchPretrain, "func": fe.FuncPretrain},
+ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {}
+RULES: dict[str, InnerRule] = {}  # the algorithms that are inner-update rules
+RULE_BACKENDS: dict[str, type[MetaLearner]] = {
+    "torch": lb.TorchRuleLearner, "generic": GenericLearner, "func": fe.FuncLearner,
+    "l2l": lb.L2LLearner, "higher": lb.HigherLearner,
 }
+BUILTIN = ("maml", "fomaml", "msl", "metasgd", "anil", "reptile", "pretrain")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_+.-]*")
 
 NUMERICS_VERSION = 1  # bump with any change that moves a number: records made under another version are never reused
 
-#: algorithms that learn to adapt (compared against the `pretrain` baseline)
-META_LEARNERS = [name for name in ALGORITHMS if name != "pretrain"]
+
+@functools.cache
+def _bind(base: type[MetaLearner], rule: InnerRule, name: str) -> type[MetaLearner]:
+    """`base` running `rule`: a subclass whose only change is the declaration."""
+    return type(f"{base.__name__}[{name}]", (base,), {"rule": rule, "__doc__": f"{name} ({rule!r}) on {base.__name__}."})
+
+
+def register_algorithm(name: str, rule: InnerRule | None = None, *, learners: dict | None = None,
+                       backends: tuple[str, ...] | None = None, replace: bool = False) -> dict[str, type[MetaLearner]]:
+    """Register algorithm `name` and return its backend table.
+
+    `rule`: an `InnerRule` instance; it gets every backend of `RULE_BACKENDS` that covers it
+    (restricted to `backends` when given). `learners`: {backend: MetaLearner subclass} added
+    as they are (for algorithms that are not inner-update rules, or a library-specific version).
+    Registering a taken name raises ValueError unless `replace`.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"algorithm name must be lowercase letters, digits and _+.- (e.g. 'lslr'), got {name!r}")
+    if name in ALGORITHMS and not replace:
+        raise ValueError(f"algorithm {name!r} is already registered (pass replace=True to override it)")
+    if rule is None and not learners:
+        raise ValueError(f"algorithm {name!r}: give an InnerRule, learner classes, or both")
+    if rule is not None and not isinstance(rule, InnerRule):
+        raise TypeError(f"algorithm {name!r}: rule must be an algorithms.rules.InnerRule instance, got {rule!r}")
+    table: dict[str, type[MetaLearner]] = {}
+    if rule is not None:
+        unknown = sorted(set(backends or ()) - set(RULE_BACKENDS))
+        if unknown:
+            raise ValueError(f"algorithm {name!r}: unknown rule backends {unknown}; valid: {', '.join(RULE_BACKENDS)}")
+        for backend, base in RULE_BACKENDS.items():
+            if backends is not None and backend not in backends:
+                continue
+            if backend == "func" and not base.covers(rule):
+                base = GenericLearner  # the accelerated engine cannot run this rule
+            if base.covers(rule):
+                table[backend] = _bind(base, rule, name)
+    for backend, cls in (learners or {}).items():
+        if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
+            raise TypeError(f"algorithm {name!r}, backend {backend!r}: a MetaLearner subclass is needed, got {cls!r}")
+        table[backend] = cls
+    ALGORITHMS[name] = table
+    if rule is not None:
+        RULES[name] = rule
+    else:
+        RULES.pop(name, None)
+    return table
 
 
 def list_algorithms() -> dict[str, list[str]]:
     return {name: sorted(backends) for name, backends in sorted(ALGORITHMS.items())}
 
 
-def get_learner_class(name: str, backend: str) -> type[MetaLearner]:
+def meta_learners(baseline: str = "pretrain") -> list[str]:
+    """Every registered algorithm but the baseline (what is compared against it)."""
+    return [name for name in ALGORITHMS if name != baseline]
+
+
+def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None = None) -> type[MetaLearner]:
+    """The class that runs `name` on `backend` for `network` (default Finn's ReLU 40-40).
+
+    `func` falls back to the generic engine for a network the accelerated one does not cover;
+    another backend that cannot build the network raises KeyError saying so.
+    """
     if name not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {name!r}; known algorithms: {', '.join(sorted(ALGORITHMS))}")
     if backend not in ALGORITHMS[name]:
         raise KeyError(f"algorithm {name!r} has no backend {backend!r}; its backends: {', '.join(sorted(ALGORITHMS[name]))}")
-    return ALGORITHMS[name][backend]
+    cls = ALGORITHMS[name][backend]
+    spec = as_spec(network)
+    if cls.covers_network(spec):
+        return cls
+    if backend == "func" and name in RULES:
+        return _bind(GenericLearner, RULES[name], name)
+    raise KeyError(f"backend {backend!r} of {name!r} cannot run network {spec.name!r} "
+                   f"(it covers ReLU networks; use backend 'torch' or 'generic')")
 
 
-def get_algorithm(name: str, backend: str, hp: HyperParams, generator, device: str = "cpu", **options) -> MetaLearner:
-    return get_learner_class(name, backend)(hp, generator, device=device, **options)
+def get_algorithm(name: str, backend: str, hp: HyperParams, generator, device: str = "cpu", network=None,
+                  **options) -> MetaLearner:
+    cls = get_learner_class(name, backend, network)
+    return cls(hp, generator, device=device, network=network, **options)
 
 
-__all__ = ["ALGORITHMS", "META_LEARNERS", "Adaptation", "HyperParams", "MetaLearner", "list_algorithms",
-           "get_algorithm", "get_learner_class"]
+# -- the built-ins: five rules and two learners of their own ----------------------------------
+register_algorithm("maml", InnerRule(), learners={"jax": je.JaxMAML})
+register_algorithm("fomaml", FirstOrder(), learners={"jax": je.JaxFOMAML})
+register_algorithm("msl", MultiStepLoss())
+register_algorithm("metasgd", PerEntryRates())
+register_algorithm("anil", LastLayerOnly())
+register_algorithm("reptile", learners={"torch": lb.TorchReptile, "func": fe.FuncReptile})
+register_algorithm("pretrain", learners={"torch": lb.TorchPretrain, "func": fe.FuncPretrain})
+
+#: algorithms that learn to adapt (compared against the `pretrain` baseline)
+META_LEARNERS = meta_learners()
+
+__all__ = ["ALGORITHMS", "RULES", "META_LEARNERS", "Adaptation", "HyperParams", "InnerRule", "MetaLearner",
+           "NetworkSpec", "list_algorithms", "get_algorithm", "get_learner_class", "register_algorithm"]

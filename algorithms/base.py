@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
+
+from algorithms.network import DEFAULT_NETWORK, NetworkSpec
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,21 @@ class HyperParams:
 
 @dataclass
 class Adaptation:
-    """What evaluation needs: the learned initialisation and each parameter's inner rate.
+    """What evaluation needs: the learned initialisation and how a task adapts from it.
 
-    `params` are detached and in the network's order; a rate of None means "not adapted".
+    `params` are detached and in the network's order; `lrs` holds each parameter's inner rate
+    (None: not adapted). With `rule` None a task adapts by SGD with `lrs` (the built-ins);
+    otherwise by the algorithm's own `rule.update` with its learned `extra` meta-parameters
+    and `hp` (e.g. per-step rates), exactly as in training. `network` says which network
+    `params` belong to.
     """
 
     params: list[torch.Tensor]
     lrs: list
+    network: NetworkSpec = DEFAULT_NETWORK
+    rule: object | None = None  # an algorithms.rules.InnerRule
+    extra: list[torch.Tensor] = field(default_factory=list)
+    hp: HyperParams | None = None
 
 
 class MetaLearner(ABC):
@@ -80,6 +90,26 @@ class MetaLearner(ABC):
     @abstractmethod
     def adaptation(self) -> Adaptation:
         """The initialisation and inner learning rates the shared evaluation adapts from."""
+
+    #: whether cells differing only in seed/LR_base/LR_meta may train as one batched program
+    ensembles: bool = False
+
+    @classmethod
+    def covers(cls, rule) -> bool:
+        """Whether this backend can run the inner-update rule `rule` (see `algorithms.rules`)."""
+        return True
+
+    @classmethod
+    def covers_network(cls, network) -> bool:
+        """Whether this backend can build and differentiate `network` (a `NetworkSpec`)."""
+        return True
+
+    #: which engine computes the meta-gradient ("accelerated", "generic", a library name): recorded
+    engine: str = "reference"
+
+    def double(self) -> "MetaLearner":
+        """This learner in float64, in place (for float64 cross-checks between backends)."""
+        raise NotImplementedError(f"{type(self).__name__} has no float64 mode")
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.meta_parameters, lr=self.hp.lr_meta)

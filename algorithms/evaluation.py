@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from algorithms import generic_engine as generic
 from algorithms.base import Adaptation
 from algorithms.functional import adapt, expand_per_task, first_gradient_norm
 from algorithms.network import task_losses
@@ -17,8 +18,19 @@ from algorithms.network import task_losses
 CI_Z = 1.96  # 95% normal interval: 1.96·std/sqrt(n)
 
 
+def needs_generic(adaptation: Adaptation) -> bool:
+    """A rule of its own, or a network without the hand-written fast path (e.g. Tanh)."""
+    return adaptation.rule is not None or not adaptation.network.accelerated
+
+
 def adaptation_curve(adaptation: Adaptation, batch, steps: int = 10) -> torch.Tensor:
-    """Query MSE per step and task: [steps + 1, tasks]."""
+    """Query MSE per step and task: [steps + 1, tasks].
+
+    The learner says how a task adapts (`Adaptation`): SGD with its rates on the fast path,
+    or its own rule through the generic engine, so every algorithm is evaluated as trained.
+    """
+    if needs_generic(adaptation):
+        return generic.curve(adaptation, batch, steps)
     n_tasks = batch.x_support.shape[0]
     lrs = [lr if lr is None or not isinstance(lr, torch.Tensor) else lr.unsqueeze(0) for lr in adaptation.lrs]
     with torch.enable_grad():
@@ -47,4 +59,6 @@ def evaluate(adaptation: Adaptation, batch, steps: int = 10) -> pd.DataFrame:
 
 def initial_gradient_norm(adaptation: Adaptation, batch) -> float:
     """Mean over tasks of the Frobenius norm of the first adaptation gradient (issue: figures)."""
+    if needs_generic(adaptation):
+        return generic.first_gradient_norms(adaptation, batch.x_support, batch.y_support).mean().item()
     return first_gradient_norm(adaptation.params, batch.x_support, batch.y_support, adaptation.lrs).mean().item()

@@ -37,22 +37,42 @@ from torch.utils.checkpoint import checkpoint
 
 from algorithms.adam import StackedAdam
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import (make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
+from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
                                 mse_scale, scaled)
-from algorithms.schedules import last_step_weights, msl_weights
+from algorithms.rules import InnerRule
 
 
 class FuncLearner(MetaLearner):
-    """Second-order MAML and its variants, switched by class attributes, not copies."""
+    """Any rule the hand-written pass covers (`rule.fast_update` "sgd" or "per-entry", any number
+    of adapted last layers, first or second order, any loss weights) on a ReLU MLP.
+
+    `rule` is bound per algorithm by the registry; other rules and networks run on the generic
+    engine (`algorithms.generic_engine`), which the registry substitutes.
+    """
 
     stacked_batches = True
-    first_order = False
-    multi_step_loss = False
-    adapt_body = True  # False: ANIL (only the last layer adapts)
-    learned_rates = False  # True: Meta-SGD
+    ensembles = True  # a member computes bitwise what the run alone computes (tested)
+    engine = "accelerated"
+    rule: InnerRule = InnerRule()
+
+    @classmethod
+    def covers(cls, rule: InnerRule) -> bool:
+        return rule.fast_update in ("sgd", "per-entry")
+
+    @classmethod
+    def covers_network(cls, network) -> bool:
+        return as_spec(network).accelerated
+
+    @property
+    def first_order(self) -> bool:
+        return self.rule.first_order
+
+    @property
+    def learned_rates(self) -> bool:
+        return self.rule.fast_update == "per-entry"
 
     def __init__(self, hp: HyperParams | Sequence[HyperParams], generator: torch.Generator | Sequence[torch.Generator],
-                 device: str = "cpu", checkpoint_inner: bool | int = False):
+                 device: str = "cpu", checkpoint_inner: bool | int = False, network=None):
         hps = list(hp) if isinstance(hp, (list, tuple)) else [hp]
         generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         if len(hps) != len(generators):
@@ -72,8 +92,12 @@ class FuncLearner(MetaLearner):
         self.n_members = len(hps)
         self.checkpoint_inner = checkpoint_inner
         self.segment = segment
-        stacked = [torch.stack(ps).detach() for ps in zip(*(make_network(g, device=device).parameters()
-                                                             for g in generators))]
+        self.network = as_spec(network)
+        if not self.network.accelerated:
+            raise ValueError(f"the accelerated engine covers ReLU networks, not {self.network.name!r} "
+                             "(the registry runs those on the generic engine)")
+        stacked = [torch.stack(ps).detach() for ps in zip(*(make_network(g, device=device, network=self.network)
+                                                             .parameters() for g in generators))]
         # float64: cast to the parameters' dtype where used, so a float64 run gets the exact rate
         self.lr_base = torch.tensor([h.lr_base for h in hps], dtype=torch.float64, device=self.device)
         self.lr_meta = torch.tensor([h.lr_meta for h in hps], device=self.device)
@@ -82,7 +106,14 @@ class FuncLearner(MetaLearner):
         self.meta_parameters = _views_of_one_buffer(stacked + rates)
         self.params = self.meta_parameters[:len(stacked)]
         self.rates = self.meta_parameters[len(stacked):]
-        self.frozen_layers = 0 if self.adapt_body else len(self.params) // 2 - 1
+        adapted = self.rule.adapted_layers
+        self.frozen_layers = 0 if adapted is None else max(0, len(self.params) // 2 - adapted)
+
+    def double(self) -> "FuncLearner":
+        n = len(self.params)
+        self.meta_parameters = _views_of_one_buffer([p.detach().double() for p in self.meta_parameters])
+        self.params, self.rates = self.meta_parameters[:n], self.meta_parameters[n:]
+        return self
 
     def make_optimizer(self):
         return StackedAdam(self.meta_parameters, self.lr_meta)
@@ -103,10 +134,7 @@ class FuncLearner(MetaLearner):
         return [None] * frozen + rates[frozen:]
 
     def loss_weights(self, iteration: int) -> list[float]:
-        if self.multi_step_loss:
-            anneal = self.hp.msl_anneal_iters or max(1, self.hp.iterations // 10)
-            return msl_weights(self.hp.inner_steps, iteration, anneal)
-        return last_step_weights(self.hp.inner_steps)
+        return self.rule.loss_weights(self.hp, iteration)
 
     def _flat_batch(self, batch):
         """Support and query sets as [members·tasks, points, 1]; frozen leading layers applied once."""
@@ -315,7 +343,7 @@ class FuncLearner(MetaLearner):
         else:
             rates = [self.hps[member].lr_base] * len(params)  # the configured float, not its float32 copy
         frozen = 2 * self.frozen_layers
-        return Adaptation(params, [None] * frozen + rates[frozen:])
+        return Adaptation(params, [None] * frozen + rates[frozen:], network=self.network)
 
 
 def _add(a, b):
@@ -342,34 +370,6 @@ def _views_of_one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         views.append(buffer[:, offset:offset + size].view(t.shape).requires_grad_())
         offset += size
     return views
-
-
-class FuncMAML(FuncLearner):
-    """Second-order MAML (Finn et al. 2017)."""
-
-
-class FuncFOMAML(FuncLearner):
-    """First-order MAML: inner gradients are treated as constants."""
-
-    first_order = True
-
-
-class FuncMSL(FuncLearner):
-    """MAML++ multi-step loss (Antoniou et al. 2019)."""
-
-    multi_step_loss = True
-
-
-class FuncMetaSGD(FuncLearner):
-    """Meta-SGD (Li et al. 2017): per-entry inner rates learned with the initialisation."""
-
-    learned_rates = True
-
-
-class FuncANIL(FuncLearner):
-    """ANIL (Raghu et al. 2020): inner loop on the last layer only."""
-
-    adapt_body = False
 
 
 class FuncPretrain(FuncLearner):

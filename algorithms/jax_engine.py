@@ -37,7 +37,7 @@ from functools import lru_cache, partial
 import torch
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import make_network
+from algorithms.network import as_spec, make_network
 
 jax = jnp = optax = None  # imported by `load` on first use
 
@@ -164,14 +164,20 @@ class JaxLearner(MetaLearner):
     n_members = 1
     first_order = False
 
-    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu"):
+    engine = "jax"
+
+    @classmethod
+    def covers_network(cls, network) -> bool:
+        return as_spec(network).activation == "relu"
+
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None):
         if isinstance(hp, (list, tuple)) or isinstance(generator, (list, tuple)):
             raise ValueError("the jax backend trains one run per learner; ensembles are a 'func' feature")
         super().__init__(hp, generator, device)
         load()
         self.jax_device = jax_device(self.device)
         self.dtype = torch.float32
-        self.params = [to_jax(p, self.jax_device) for p in make_network(generator).parameters()]
+        self.params = [to_jax(p, self.jax_device) for p in make_network(generator, network=network).parameters()]
         self.jit_meta_gradient, self.jit_step, optimizer = programs(hp.inner_steps, self.first_order, hp.lr_base, hp.lr_meta)
         self.opt_state = optimizer.init(self.params)
 

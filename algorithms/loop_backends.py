@@ -9,23 +9,42 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import make_network
-from algorithms.schedules import last_step_weights, msl_weights
+from algorithms.network import as_spec, make_network
+from algorithms.rules import InnerRule
 
 
 class LoopLearner(MetaLearner):
-    """Shared scaffolding: one network, meta-gradients accumulated task by task."""
+    """Shared scaffolding: one network, meta-gradients accumulated task by task.
+
+    `rule` (a class attribute, bound per algorithm by the registry) is the algorithm's
+    declaration; the subclasses run it through a library's own machinery.
+    """
 
     stacked_batches = False
     n_members = 1
+    engine = "loop"
+    rule: InnerRule = InnerRule()
 
-    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu"):
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None):
         super().__init__(hp, generator, device)
-        self.net = make_network(generator, device=device)
+        self.network = as_spec(network)
+        self.net = make_network(generator, device=device, network=self.network)
         self.meta_parameters = list(self.net.parameters())
 
+    def double(self) -> "LoopLearner":
+        for module in (self.net, *self._modules()):
+            module.double()
+        self.meta_parameters = self._meta_parameters()
+        return self
+
+    def _modules(self) -> tuple:
+        return ()
+
+    def _meta_parameters(self) -> list[torch.Tensor]:
+        return list(self.net.parameters())
+
     def loss_weights(self, iteration: int) -> list[float]:
-        return last_step_weights(self.hp.inner_steps)
+        return self.rule.loss_weights(self.hp, iteration)
 
     def task_loss(self, batch, t: int, weights: list[float]) -> torch.Tensor:
         """Meta-loss of task t, differentiable with respect to the meta-parameters."""
@@ -46,7 +65,9 @@ class LoopLearner(MetaLearner):
         return total, grads
 
     def adaptation(self, member: int = 0) -> Adaptation:
-        return Adaptation([p.detach() for p in self.net.parameters()], [self.hp.lr_base] * len(self.meta_parameters))
+        adapted = self.rule.adapts(len(list(self.net.parameters())))
+        return Adaptation([p.detach() for p in self.net.parameters()],
+                          [self.hp.lr_base if a else None for a in adapted], network=self.network)
 
 
 def _weighted_query_losses(learner, adapt_step, xs, ys, xq, yq, weights):
@@ -59,42 +80,128 @@ def _weighted_query_losses(learner, adapt_step, xs, ys, xq, yq, weights):
     return loss
 
 
-class L2LMAML(LoopLearner):
-    """learn2learn's `MAML` wrapper: clone() per task, adapt(loss) per inner step."""
+class TorchRuleLearner(LoopLearner):
+    """Any declared rule with plain autograd, task by task: the reference every engine is held to.
 
-    first_order = False
+    Per task: S inner steps, each the support loss's gradient (`create_graph` unless the rule
+    is first-order) handed to the rule's `update` with its extra meta-parameters.
+    """
 
-    def __init__(self, hp, generator, device="cpu"):
-        super().__init__(hp, generator, device)
-        import learn2learn as l2l
+    engine = "loop"
 
-        self.maml = l2l.algorithms.MAML(self.net, lr=hp.lr_base, first_order=self.first_order)
+    def __init__(self, hp, generator, device="cpu", network=None):
+        super().__init__(hp, generator, device, network)
+        self.names = [name for name, _ in self.net.named_parameters()]
+        params = [p.detach() for p in self.net.parameters()]
+        self.extra = [e.detach().clone().requires_grad_() for e in self.rule.extra(params, hp)]
+        self.meta_parameters = self._meta_parameters()
+
+    def _meta_parameters(self):
+        return list(self.net.parameters()) + list(self.extra)
+
+    def double(self):
+        self.net.double()
+        self.extra = [e.detach().double().requires_grad_() for e in self.extra]
+        self.meta_parameters = self._meta_parameters()
+        return self
+
+    def _loss(self, params, x, y):
+        return F.mse_loss(torch.func.functional_call(self.net, dict(zip(self.names, params)), (x,)), y)
 
     def task_loss(self, batch, t, weights):
-        learner = self.maml.clone()
-        return _weighted_query_losses(learner, learner.adapt, batch.x_support[t], batch.y_support[t],
-                                      batch.x_query[t], batch.y_query[t], weights)
+        xs, ys, xq, yq = (v[t] for v in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
+        params = list(self.net.parameters())
+        adapted = [i for i, a in enumerate(self.rule.adapts(len(params))) if a]
+        loss = 0.0
+        for s, weight in enumerate(weights):
+            if s > 0:
+                found = torch.autograd.grad(self._loss(params, xs, ys), [params[i] for i in adapted],
+                                            create_graph=not self.rule.first_order)
+                grads: list = [None] * len(params)
+                for i, g in zip(adapted, found):
+                    grads[i] = g
+                params = self.rule.update(params, grads, list(self.extra), s - 1, self.hp)
+            if weight:
+                loss = loss + weight * self._loss(params, xq, yq)
+        return loss
+
+    def adaptation(self, member: int = 0) -> Adaptation:
+        params = [p.detach() for p in self.net.parameters()]
+        adapted = self.rule.adapts(len(params))
+        if self.rule.fast_update == "per-entry":
+            return Adaptation(params, [e.detach() if a else None for e, a in zip(self.extra, adapted)],
+                              network=self.network)
+        lrs = [self.hp.lr_base if a else None for a in adapted]
+        if self.rule.fast_update == "sgd":
+            return Adaptation(params, lrs, network=self.network)
+        return Adaptation(params, lrs, network=self.network, rule=self.rule,
+                          extra=[e.detach() for e in self.extra], hp=self.hp)
 
 
-class L2LFOMAML(L2LMAML):
-    """First-order MAML: learn2learn's `MAML(first_order=True)`."""
+class L2LLearner(LoopLearner):
+    """learn2learn, as its documentation uses it: `MAML` (clone() per task, adapt(loss) per
+    inner step; `first_order` from the rule), `MetaSGD` for learned per-entry rates, and `MAML`
+    on the head alone for ANIL (the body runs once per task, shared)."""
 
-    first_order = True
+    engine = "learn2learn"
+
+    @classmethod
+    def covers(cls, rule):
+        return (rule.fast_update == "sgd" and rule.adapted_layers in (None, 1)) or \
+            (rule.fast_update == "per-entry" and rule.adapted_layers is None)
+
+    def __init__(self, hp, generator, device="cpu", network=None):
+        super().__init__(hp, generator, device, network)
+        import learn2learn as l2l
+
+        rule = self.rule
+        if rule.fast_update == "per-entry":
+            self.wrapper = l2l.algorithms.MetaSGD(self.net, lr=hp.lr_base, first_order=rule.first_order)
+            self.body = None
+        elif rule.adapted_layers == 1:
+            self.body, head = self.net[:-1], self.net[-1]
+            self.wrapper = l2l.algorithms.MAML(head, lr=hp.lr_base, first_order=rule.first_order)
+        else:
+            self.wrapper = l2l.algorithms.MAML(self.net, lr=hp.lr_base, first_order=rule.first_order)
+            self.body = None
+        self.meta_parameters = self._meta_parameters()
+
+    def _modules(self):
+        return (self.wrapper,)
+
+    def _meta_parameters(self):
+        if self.rule.fast_update == "per-entry":
+            return list(self.wrapper.parameters())  # network weights, then rates
+        return list(self.net.parameters())
+
+    def task_loss(self, batch, t, weights):
+        learner = self.wrapper.clone()
+        xs, xq = batch.x_support[t], batch.x_query[t]
+        if self.body is not None:
+            features = self.body(torch.stack([xs, xq]))
+            xs, xq = features[0], features[1]
+        return _weighted_query_losses(learner, learner.adapt, xs, batch.y_support[t], xq, batch.y_query[t], weights)
+
+    def adaptation(self, member: int = 0) -> Adaptation:
+        if self.rule.fast_update == "per-entry":
+            return Adaptation([p.detach() for p in self.net.parameters()], [lr.detach() for lr in self.wrapper.lrs],
+                              network=self.network)
+        return super().adaptation(member)
 
 
-class L2LMSL(L2LMAML):
-    """MAML++ multi-step loss on learn2learn: query losses after every inner step, annealed."""
+class HigherLearner(LoopLearner):
+    """higher's `innerloop_ctx` with a differentiable SGD, initial weights not copied (second-order
+    SGD on every layer: the rule's loss weights apply)."""
 
-    def loss_weights(self, iteration):
-        anneal = self.hp.msl_anneal_iters or max(1, self.hp.iterations // 10)
-        return msl_weights(self.hp.inner_steps, iteration, anneal)
+    engine = "higher"
 
+    @classmethod
+    def covers(cls, rule):
+        plain_weights = type(rule).loss_weights is InnerRule.loss_weights  # what the examples here use
+        return rule.fast_update == "sgd" and rule.adapted_layers is None and not rule.first_order and plain_weights
 
-class HigherMAML(LoopLearner):
-    """higher's `innerloop_ctx` with a differentiable SGD, initial weights not copied."""
-
-    def __init__(self, hp, generator, device="cpu"):
-        super().__init__(hp, generator, device)
+    def __init__(self, hp, generator, device="cpu", network=None):
+        super().__init__(hp, generator, device, network)
         self.inner_optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr_base)
 
     def task_loss(self, batch, t, weights):
@@ -103,47 +210,6 @@ class HigherMAML(LoopLearner):
         with higher.innerloop_ctx(self.net, self.inner_optimizer, copy_initial_weights=False) as (fnet, diffopt):
             return _weighted_query_losses(fnet, diffopt.step, batch.x_support[t], batch.y_support[t],
                                           batch.x_query[t], batch.y_query[t], weights)
-
-
-class L2LMetaSGD(LoopLearner):
-    """Meta-SGD (Li et al. 2017): learn2learn's `MetaSGD`, a learned rate per parameter entry."""
-
-    def __init__(self, hp, generator, device="cpu"):
-        super().__init__(hp, generator, device)
-        import learn2learn as l2l
-
-        self.metasgd = l2l.algorithms.MetaSGD(self.net, lr=hp.lr_base, first_order=False)
-        self.meta_parameters = list(self.metasgd.parameters())  # network weights, then rates
-
-    def task_loss(self, batch, t, weights):
-        learner = self.metasgd.clone()
-        return _weighted_query_losses(learner, learner.adapt, batch.x_support[t], batch.y_support[t],
-                                      batch.x_query[t], batch.y_query[t], weights)
-
-    def adaptation(self, member: int = 0) -> Adaptation:
-        return Adaptation([p.detach() for p in self.net.parameters()], [lr.detach() for lr in self.metasgd.lrs])
-
-
-class L2LANIL(LoopLearner):
-    """ANIL (Raghu et al. 2020): the body is shared, only the last layer adapts (learn2learn MAML on the head)."""
-
-    def __init__(self, hp, generator, device="cpu"):
-        super().__init__(hp, generator, device)
-        import learn2learn as l2l
-
-        self.body, head = self.net[:-1], self.net[-1]
-        self.head = l2l.algorithms.MAML(head, lr=hp.lr_base, first_order=False)
-
-    def task_loss(self, batch, t, weights):
-        learner = self.head.clone()
-        features = self.body(torch.stack([batch.x_support[t], batch.x_query[t]]))
-        return _weighted_query_losses(learner, learner.adapt, features[0], batch.y_support[t],
-                                      features[1], batch.y_query[t], weights)
-
-    def adaptation(self, member: int = 0) -> Adaptation:
-        n_body = len(list(self.body.parameters()))
-        lrs = [None] * n_body + [self.hp.lr_base] * (len(self.meta_parameters) - n_body)
-        return Adaptation([p.detach() for p in self.net.parameters()], lrs)
 
 
 class TorchPretrain(LoopLearner):

@@ -1,4 +1,9 @@
-"""Finn et al.'s base learner (1 -> 40 -> 40 -> 1, ReLU), as a module and as pure functions.
+"""The base learner: an MLP described by a `NetworkSpec` (Finn et al.'s is 1 -> 40 -> 40 -> 1,
+ReLU), as a module and as pure functions.
+
+The network is configuration (a cell's `network` key, e.g. "relu-40-40" or "tanh-64-64"):
+every backend builds it from the spec. The hand-written fast path below covers ReLU MLPs
+(`accelerated`); other networks run on the generic `torch.func` engine.
 
 The module feeds learn2learn and higher; the pure functions feed the vectorised engine and
 the shared evaluation. All use torch's layout (weight [out, in], bias [out]), so a module's
@@ -20,16 +25,83 @@ parameters are the functions' parameters with no conversion.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch import nn
 
 LAYER_SIZES = (1, 40, 40, 1)
+#: activation name -> (module, function); the fast path covers "relu"
+ACTIVATIONS = {"relu": (nn.ReLU, torch.relu), "tanh": (nn.Tanh, torch.tanh)}
+MAX_WIDTH = 4096  # a hidden layer wider than this is a typo (and would not fit an ensemble in memory)
 
 
-def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.float32, device="cpu") -> nn.Sequential:
-    """The network with torch's default Linear init, drawn from `generator` (not the global RNG)."""
+@dataclass(frozen=True)
+class NetworkSpec:
+    """An MLP from one input to one output: hidden widths and the hidden activation.
+
+    Spelled in configuration as "<activation>-<width>-<width>...", e.g. "relu-40-40" (Finn's
+    network, the default) or "tanh-64-64"; "relu" alone is a linear model with no hidden layer.
+    """
+
+    hidden: tuple[int, ...] = (40, 40)
+    activation: str = "relu"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; valid choices: {', '.join(ACTIVATIONS)}")
+        for width in self.hidden:
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+                raise ValueError(f"hidden widths must be integers in [1, {MAX_WIDTH}], got {width!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "NetworkSpec":
+        """"tanh-64-64" -> NetworkSpec((64, 64), "tanh"); ValueError naming the text otherwise."""
+        if not isinstance(text, str):
+            raise ValueError(f"network must be a string like 'relu-40-40', got {text!r}")
+        activation, *widths = text.strip().lower().split("-")
+        if not all(w.isdigit() for w in widths):
+            raise ValueError(f"network {text!r}: expected '<activation>-<width>-<width>...', e.g. 'relu-40-40' "
+                             f"or 'tanh-64-64' (activations: {', '.join(ACTIVATIONS)})")
+        try:
+            return cls(tuple(int(w) for w in widths), activation)
+        except ValueError as error:
+            raise ValueError(f"network {text!r}: {error}") from None
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.activation, *map(str, self.hidden)])
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (1, *self.hidden, 1)
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether the hand-written reverse pass (ReLU only) covers this network."""
+        return self.activation == "relu"
+
+
+DEFAULT_NETWORK = NetworkSpec()
+
+
+def as_spec(network: "NetworkSpec | str | None") -> NetworkSpec:
+    if network is None:
+        return DEFAULT_NETWORK
+    return network if isinstance(network, NetworkSpec) else NetworkSpec.parse(network)
+
+
+def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.float32, device="cpu",
+                 network: "NetworkSpec | str | None" = None) -> nn.Sequential:
+    """The network with torch's default Linear init, drawn from `generator` (not the global RNG).
+
+    `network` (a spec or its name) overrides `sizes` and sets the activation (default ReLU).
+    """
+    activation = ACTIVATIONS["relu"][0]
+    if network is not None:
+        spec = as_spec(network)
+        sizes, activation = spec.sizes, ACTIVATIONS[spec.activation][0]
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         linear = nn.Linear(fan_in, fan_out, dtype=dtype)
@@ -40,25 +112,26 @@ def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.floa
             nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
         layers.append(linear)
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(activation())
     return nn.Sequential(*layers).to(device)
 
 
-def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def forward(params: list[torch.Tensor], x: torch.Tensor, activation: str = "relu") -> torch.Tensor:
     """MLP forward: params = [w1, b1, w2, b2, ...] with batch dims matching x's [..., N, in]."""
+    act = ACTIVATIONS[activation][1]
     h = x
     n_layers = len(params) // 2
     for i in range(n_layers):
         weight, bias = params[2 * i], params[2 * i + 1]
         h = torch.matmul(h, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
         if i < n_layers - 1:
-            h = torch.relu(h)
+            h = act(h)
     return h
 
 
-def task_losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def task_losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, activation: str = "relu") -> torch.Tensor:
     """Mean squared error per task: x, y [..., tasks, points, 1] -> [..., tasks]."""
-    return (forward(params, x) - y).pow(2).mean(dim=(-2, -1))
+    return (forward(params, x, activation) - y).pow(2).mean(dim=(-2, -1))
 
 
 # -- the fast path: flat batches [B, N, features], parameters [G, ...] with G | B ---------------

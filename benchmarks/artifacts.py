@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from algorithms.base import Adaptation
+from algorithms.network import DEFAULT_NETWORK, as_spec
 
 SUFFIX = ".npz"
 _F16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
@@ -45,12 +46,18 @@ class Artifacts:
     errors: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # (split, K) -> [steps + 1, tasks]
     n_sets: dict[str, int] = field(default_factory=dict)  # split -> independent sets, set-major in `errors`
     zero_mse: dict[tuple[str, int], float] = field(default_factory=dict)  # (split, K) -> MSE of predicting 0
+    extra: list[np.ndarray] = field(default_factory=list)  # a custom rule's learned extra meta-parameters
 
-    def adaptation(self, device: str | torch.device = "cpu") -> Adaptation:
-        """The initialisation as the shared evaluation takes it (float32 tensors on `device`)."""
+    def adaptation(self, device: str | torch.device = "cpu", network=DEFAULT_NETWORK, rule=None,
+                   hp=None) -> Adaptation:
+        """The initialisation as the shared evaluation takes it (float32 tensors on `device`);
+        `network`, and for an algorithm with a rule of its own `rule` and `hp`, come from the cell."""
         params = [torch.as_tensor(p, device=device) for p in self.params]
         lrs = [lr if lr is None or isinstance(lr, float) else torch.as_tensor(lr, device=device) for lr in self.lrs]
-        return Adaptation(params, lrs)
+        if rule is None or rule.fast_update is not None:  # SGD with `lrs` says everything
+            return Adaptation(params, lrs, network=as_spec(network))
+        return Adaptation(params, lrs, network=as_spec(network), rule=rule, hp=hp,
+                          extra=[torch.as_tensor(e, device=device) for e in self.extra])
 
 
 def path_for(runs_dir: Path, cell_id: str) -> Path:
@@ -62,7 +69,7 @@ def from_adaptation(adaptation: Adaptation) -> Artifacts:
     params = [p.detach().cpu().numpy().copy() for p in adaptation.params]
     lrs = [lr if lr is None else float(lr) if not isinstance(lr, torch.Tensor) else lr.detach().cpu().numpy().copy()
            for lr in adaptation.lrs]
-    return Artifacts(params, lrs)
+    return Artifacts(params, lrs, extra=[e.detach().cpu().numpy().copy() for e in adaptation.extra])
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -102,7 +109,11 @@ def to_bytes(artifacts: Artifacts) -> bytes:
         arrays[f"zero_mse_{_key(split, k)}"] = np.float64(artifacts.zero_mse.get((split, k), np.nan))
     for split, n in artifacts.n_sets.items():
         arrays[f"n_sets_{split}"] = np.int64(n)
+    for i, e in enumerate(artifacts.extra):
+        arrays[f"e{i}"] = np.asarray(e, dtype=np.float32)
     arrays["n_params"] = np.int64(len(artifacts.params))
+    if artifacts.extra:  # absent in every file written before custom rules existed
+        arrays["n_extra"] = np.int64(len(artifacts.extra))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
@@ -124,7 +135,8 @@ def from_bytes(data: bytes) -> Artifacts:
                 zero[(split, int(k))] = float(npz[f"zero_mse_{key}"])
             elif name.startswith("n_sets_"):
                 n_sets[name[len("n_sets_"):]] = int(npz[name])
-    return Artifacts(params, lrs, errors, n_sets, zero)
+        extra = [npz[f"e{i}"] for i in range(int(npz["n_extra"]) if "n_extra" in npz.files else 0)]
+    return Artifacts(params, lrs, errors, n_sets, zero, extra)
 
 
 def load_artifacts(runs_dir: Path, record: dict) -> Artifacts | None:

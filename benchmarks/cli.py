@@ -19,6 +19,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.executors import ClusterError, quiet_dependencies
@@ -28,6 +29,7 @@ quiet_dependencies()  # before algorithms/ imports learn2learn (and with it gym'
 from algorithms import list_algorithms  # noqa: E402
 from benchmarks.config import LIMITS, ConfigError, check_device_available, load_sweep, parse_limit  # noqa: E402
 from benchmarks.lock import LockHeld, folder_lock  # noqa: E402
+from benchmarks.plugins import PluginError, load_plugins  # noqa: E402
 from benchmarks.records import RecordError, runs_dir  # noqa: E402
 from benchmarks.signals import Interrupted, interruptible  # noqa: E402
 from tasks import list_tasks  # noqa: E402
@@ -134,6 +136,8 @@ def cmd_run(args) -> int:
     if args.device:
         overrides.append(f'device="{args.device}"')
     sweep = load_sweep(args.config, overrides, limits)
+    if args.plugin:  # the jobs import them again (a spawned worker has not)
+        sweep.settings = replace(sweep.settings, plugins=tuple(dict.fromkeys(sweep.settings.plugins + tuple(args.plugin))))
     if not (args.executor == "ray" and args.address):  # a remote cluster's devices are its own business
         check_device_available(sweep.settings.device)
     _print_skipped(sweep.skipped, args.show_skipped)
@@ -207,10 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                      epilog="exit status:\n" + __doc__.split("Exit status, one meaning each:\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: it registers its algorithms or tasks (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="registered tasks and algorithms/backends").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="registered tasks and algorithms/backends", parents=[common]).set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="train every cell of a sweep (resumes: finished cells are skipped)",
-                         epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     run.add_argument("--config", required=True, help="sweep TOML file")
     run.add_argument("--out", required=True, help="output folder (records under OUT/runs/; one sweep at a time)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -227,18 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "workers do more than one 2-thread process, and one thread does not stall under load)")
     run.add_argument("--show-skipped", action="store_true", help="list every skipped combination")
     run.set_defaults(func=cmd_run)
-    report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/")
+    report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/", parents=[common])
     report.add_argument("dir")
     report.set_defaults(func=cmd_report)
     again = sub.add_parser("re-evaluate", help="recompute DIR's final evaluations from the stored initialisations "
-                                               "(no training) into --out, e.g. with more test sets")
+                                               "(no training) into --out, e.g. with more test sets", parents=[common])
     again.add_argument("dir")
     again.add_argument("--out", required=True, help="new output folder")
     again.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="an evaluation setting: eval_steps, eval_k_shot, n_test_tasks, n_test_sets, "
                             "n_validation_tasks, device")
     again.set_defaults(func=cmd_reevaluate)
-    regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression")
+    regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression", parents=[common])
     regress.add_argument("--baseline", required=True)
     regress.add_argument("--candidate", required=True)
     regress.add_argument("--tolerances", default=None, help="TOML of per-metric rtol/atol (default: benchmarks/configs/tolerances.toml)")
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with interruptible():
         try:
+            load_plugins(args.plugin)
             return args.func(args)
         except Interrupted as interrupt:
             if args.command == "run" and hasattr(interrupt, "total"):
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"interrupted by {interrupt.name}; nothing half-written is left", file=sys.stderr)
             return interrupt.exit_code
-        except (ConfigError, RecordError, LockHeld) as error:
+        except (ConfigError, RecordError, LockHeld, PluginError) as error:
             _error(error)
             return EXIT_BAD_INPUT
         except KeyError as error:

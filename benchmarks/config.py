@@ -16,7 +16,9 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from algorithms import ALGORITHMS, HyperParams
+from algorithms import ALGORITHMS, HyperParams, get_learner_class
+from algorithms.network import DEFAULT_NETWORK, NetworkSpec
+from benchmarks.plugins import PluginError, load_plugins
 from tasks import MAX_TRAIN_SEED, TASKS, get_task
 
 
@@ -38,13 +40,16 @@ class Cell:
     meta_batch: int = 25
     iterations: int = 1000
     seed: int = 0
+    network: str = DEFAULT_NETWORK.name  # "<activation>-<width>-...", e.g. "tanh-64-64"
 
     @property
     def cell_id(self) -> str:
-        """Readable and collision-free: every value enters exactly (see `exact_number`)."""
+        """Readable and collision-free: every value enters exactly (see `exact_number`); the
+        network only when it is not Finn's (the ids of committed results keep their names)."""
+        network = "" if self.network == DEFAULT_NETWORK.name else f"-net{self.network}"
         return (f"{self.algorithm}-{self.backend}-{self.task}-K{self.k_shot}-S{self.inner_steps}"
                 f"-lrb{exact_number(self.lr_base)}-lrm{exact_number(self.lr_meta)}-B{self.meta_batch}"
-                f"-it{self.iterations}-seed{self.seed}")
+                f"-it{self.iterations}-seed{self.seed}{network}")
 
     def hyperparams(self, msl_anneal_iters: int | None = None) -> HyperParams:
         return HyperParams(inner_steps=self.inner_steps, lr_base=self.lr_base, lr_meta=self.lr_meta,
@@ -97,6 +102,8 @@ class Settings:
     log_every: int = 100  # training-loss / gradient-norm logging interval
     msl_anneal_iters: int = 0  # 0: 10% of iterations
     ensemble: bool = True  # train func cells that differ only in seed/LR as one batched program
+    plugins: tuple[str, ...] = ()  # modules imported first: they register algorithms and tasks
+    compile: bool = False  # the generic engine's meta-gradient through torch.compile (other engines: ignored)
     device: str = "cpu"
     task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
 
@@ -131,6 +138,11 @@ def _validate_cell_values(key: str, value):
     if key == "backend" and not any(value in b for b in ALGORITHMS.values()):
         known = sorted({b for bs in ALGORITHMS.values() for b in bs})
         raise ConfigError(f"unknown backend {value!r}; valid choices: {', '.join(known)}")
+    if key == "network":
+        try:
+            return NetworkSpec.parse(value).name  # one spelling per network: "ReLU-40-40" is "relu-40-40"
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if key == "task" and value not in TASKS:
         raise ConfigError(f"unknown task {value!r}; valid choices: {', '.join(sorted(TASKS))}")
     if key in ("lr_base", "lr_meta") and not (math.isfinite(value) and value > 0):
@@ -159,6 +171,11 @@ def _settings(raw: dict, limits: dict) -> Settings:
             if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
                 raise ConfigError(f"eval_k_shot must be an integer >= 1 or a list of them, got {raw[f.name]!r}")
             value = tuple(value)
+        elif f.name == "plugins":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"plugins must be a module name or a list of them, got {raw[f.name]!r}")
+            value = tuple(dict.fromkeys(value))
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
@@ -210,7 +227,7 @@ def _values(key: str, value, where: str, limits: dict) -> list:
     checked = []
     for v in values:
         v = _check_type(key, v, _TYPES[key])
-        _validate_cell_values(key, v)
+        v = _validate_cell_values(key, v) or v
         _check_limit(key, v, limits)
         checked.append(v)
     return list(dict.fromkeys(checked))
@@ -241,6 +258,11 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     table overrides it: a bad value in the file is bad input wherever it sits.
     """
     limits = {**LIMITS, **(limits or {})}
+    plugins = raw.get("plugins", [])
+    try:  # first: a plug-in's algorithms and tasks are valid names below
+        load_plugins([plugins] if isinstance(plugins, str) else plugins if isinstance(plugins, list) else [])
+    except PluginError as error:
+        raise ConfigError(str(error)) from None
     known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)} | {"grid"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -272,6 +294,11 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
             if values["backend"] not in ALGORITHMS[values["algorithm"]]:
                 skipped.append((values, f"algorithm {values['algorithm']!r} has no backend {values['backend']!r} "
                                         f"(its backends: {', '.join(sorted(ALGORITHMS[values['algorithm']]))})"))
+                continue
+            try:
+                get_learner_class(values["algorithm"], values["backend"], values.get("network"))
+            except KeyError as error:
+                skipped.append((values, str(error).strip("'\"")))
                 continue
             cells.append(Cell(**values))
     cells = list(dict.fromkeys(cells))

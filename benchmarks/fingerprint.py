@@ -15,6 +15,7 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
 Left out, on purpose (recorded in the record's `environment`, not compared):
 - `ensemble`: an ensemble member computes bitwise what the run alone computes (tested);
 - the device index (`cuda:1` vs `cuda:0`): only its type;
+- `plugins`: loading another plug-in does not change a cell's numbers (its algorithm name does);
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
 - torch threads, the CPU model, the Python version: the `func` engine is bitwise the same at 1 and 2
   threads (tested); the loop backends move by ~3e-4 relative between thread counts or CPUs, which
@@ -42,7 +43,7 @@ from benchmarks.records import RecordError, identity
 from tasks import get_task
 
 NOT_RECORDED = "(not recorded)"
-EXCLUDED_SETTINGS = ("ensemble", "device")  # device enters as its type
+EXCLUDED_SETTINGS = ("ensemble", "device", "plugins")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
 

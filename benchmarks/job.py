@@ -3,6 +3,7 @@ turn it into one record per cell. Failures become records; nothing here writes f
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import resource
@@ -14,13 +15,15 @@ import torch
 
 import numpy as np
 
-from algorithms import get_algorithm
-from algorithms.evaluation import adaptation_curve, initial_gradient_norm, summarize
+from algorithms import get_algorithm, get_learner_class
+from algorithms import generic_engine as generic
+from algorithms.evaluation import adaptation_curve, initial_gradient_norm, needs_generic, summarize
 from algorithms.functional import adapt, expand_per_task
 from algorithms.network import forward
 from benchmarks import artifacts as store
 from benchmarks.config import Cell, Settings
 from benchmarks.fingerprint import fingerprint
+from benchmarks.plugins import load_plugins
 from benchmarks.training import meta_train
 from tasks import TaskBatch, evaluation_set, get_task
 
@@ -41,17 +44,26 @@ def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
     family = get_task("sine-half", k_shot=k_shot, n_query=1)
     task = family.sample(1, torch.Generator().manual_seed(12345))
     x = torch.linspace(-5, 5, 100).view(1, -1, 1)
-    lrs = [lr if not isinstance(lr, torch.Tensor) else lr.unsqueeze(0) for lr in adaptation.lrs]
-    preds = {}
-    with torch.enable_grad():
-        start = [p.cpu().requires_grad_() for p in expand_per_task([p.detach() for p in adaptation.params], 1)]
-        lrs = [lr.cpu() if isinstance(lr, torch.Tensor) else lr for lr in lrs]
-        for step, params in enumerate(adapt(start, task.x_support, task.y_support, lrs, max(QUALITATIVE_STEPS), False)):
-            if step in QUALITATIVE_STEPS:
-                preds[str(step)] = _short(forward(params, x))
+    preds = {str(step): _short(forward(params, x, adaptation.network.activation))
+             for step, params in enumerate(_adapted_on_cpu(adaptation, task)) if step in QUALITATIVE_STEPS}
     truth = family.function(x, task.amplitude, task.phase)
     return {"x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
             "support_y": _short(task.y_support), "pred": preds}
+
+
+def _adapted_on_cpu(adaptation, task):
+    """The parameters after 0..max(QUALITATIVE_STEPS) steps on `task`'s support set, on the CPU."""
+    steps = max(QUALITATIVE_STEPS)
+    if needs_generic(adaptation):  # the learner's own rule, or a network without the fast path
+        on_cpu = dataclasses.replace(adaptation, params=[p.detach().cpu() for p in adaptation.params],
+                                     lrs=[lr.cpu() if isinstance(lr, torch.Tensor) else lr for lr in adaptation.lrs],
+                                     extra=[e.detach().cpu() for e in adaptation.extra])
+        yield from generic.adapt_tasks(on_cpu, task.x_support, task.y_support, steps)
+        return
+    lrs = [lr.unsqueeze(0).cpu() if isinstance(lr, torch.Tensor) else lr for lr in adaptation.lrs]
+    with torch.enable_grad():
+        start = [p.cpu().requires_grad_() for p in expand_per_task([p.detach() for p in adaptation.params], 1)]
+        yield from adapt(start, task.x_support, task.y_support, lrs, steps, False)
 
 
 def _short(t: torch.Tensor) -> list[float]:
@@ -108,6 +120,7 @@ def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, o
     if threads:
         torch.set_num_threads(threads)
     try:
+        load_plugins(settings.plugins)  # a spawned worker or Ray task has not imported them yet
         return _run_job(cells, settings, on_iteration)
     except Exception as error:  # recorded, and the sweep goes on
         return [_record(cell, settings, status="failed", error=f"{type(error).__name__}: {error}",
@@ -132,10 +145,14 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in cells]
     generators = [torch.Generator().manual_seed(c.seed) for c in cells]
     init_generators = [torch.Generator().manual_seed(c.seed + 1) for c in cells]  # weights: own stream
+    options = {"compile": True} if settings.compile and \
+        getattr(get_learner_class(base.algorithm, base.backend, base.network), "compiles", False) else {}
     if len(cells) > 1:
-        learner = get_algorithm(base.algorithm, base.backend, hps, init_generators, device=settings.device)
+        learner = get_algorithm(base.algorithm, base.backend, hps, init_generators, device=settings.device,
+                                network=base.network, **options)
     else:
-        learner = get_algorithm(base.algorithm, base.backend, hps[0], init_generators[0], device=settings.device)
+        learner = get_algorithm(base.algorithm, base.backend, hps[0], init_generators[0], device=settings.device,
+                                network=base.network, **options)
     eval_ks = sorted(set(settings.eval_k_shot) | {base.k_shot})
     eval_sets = evaluation_sets(family, settings, eval_ks, device)
     probe = evaluation_set(family, "validation", base.meta_batch, seed_offset=PROBE_SEED_OFFSET).to(device)
@@ -180,7 +197,7 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     sec_per_iter = train_seconds / max(1, last_iteration)
     records = []
     for m, cell in enumerate(cells):
-        common = dict(sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
+        common = dict(engine=learner.engine, sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],

@@ -21,7 +21,12 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from algorithms.network import DEFAULT_NETWORK
 from benchmarks import artifacts
+
+#: cell keys added after records were first written, at the value that reproduces older records
+#: (a record written before `network` existed trained Finn's ReLU 40-40 network)
+ADDED_CELL_KEYS = {"network": DEFAULT_NETWORK.name}
 
 FINISHED = ("ok", "diverged")
 STATUSES = FINISHED + ("failed",)
@@ -189,6 +194,7 @@ def read_record(path: Path) -> dict:
     if not isinstance(record["cell"], dict) or record["status"] not in STATUSES:
         raise RecordError(f"corrupt run record {path}: status must be one of {', '.join(STATUSES)} "
                           f"and cell a table, got status {record['status']!r}")
+    record["cell"] = {**ADDED_CELL_KEYS, **record["cell"]}
     if record["status"] == "ok":
         if not record.get("evaluations"):
             raise RecordError(f"inconsistent run record {path}: status 'ok' but no evaluations "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from algorithms import RULES
 from benchmarks import artifacts as store
 from benchmarks.config import Cell, ConfigError, Settings, parse_override
 from benchmarks.fingerprint import fingerprint
@@ -61,7 +62,9 @@ def reevaluate_record(src_runs: Path, record: dict, overrides: dict) -> dict:
     device = torch.device(settings.device)
     family = _family(cell, settings)
     sets = evaluation_sets(family, settings, sorted(set(settings.eval_k_shot) | {cell.k_shot}), device)
-    rows, errors = evaluate_sets(found.adaptation(device), sets, settings.eval_steps, cell.iterations)
+    adaptation = found.adaptation(device, network=cell.network, rule=RULES.get(cell.algorithm),
+                                  hp=cell.hyperparams(settings.msl_anneal_iters or None))
+    rows, errors = evaluate_sets(adaptation, sets, settings.eval_steps, cell.iterations)
     new = copy.deepcopy(record)
     new.pop("artifacts", None)
     found.errors, found.zero_mse = errors, zero_predictor_mse(sets)

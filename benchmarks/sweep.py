@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+from algorithms import get_learner_class
+
 from benchmarks.config import Cell, Settings, Sweep
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
 from benchmarks.progress import ProgressBar, Reporter, longest_first
@@ -26,10 +28,11 @@ MAX_ENSEMBLE = 128
 
 
 def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_ENSEMBLE) -> list[list[Cell]]:
-    """Ensemble func cells that share everything but seed/LR_base/LR_meta; others run alone."""
+    """Ensemble cells that share everything but seed/LR_base/LR_meta where their engine ensembles
+    exactly (the accelerated `func` engine); others run alone."""
     jobs: dict = {}
     for cell in cells:
-        if cell.backend == "func" and settings.ensemble:
+        if settings.ensemble and get_learner_class(cell.algorithm, cell.backend, cell.network).ensembles:
             key = replace(cell, seed=0, lr_base=1.0, lr_meta=1.0)
         else:
             key = cell

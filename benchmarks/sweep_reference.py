@@ -21,8 +21,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "sweep-reference.md"
 MEANINGS = {
     # cell keys: each may be a list; lists expand to a cartesian product of cells
     "algorithm": "meta-learning algorithm (`python -m benchmarks list`)",
-    "backend": "implementation of the algorithm: `func` (vectorised engine), `l2l` (learn2learn), `higher`, "
-               "`torch` (plain per-task loop)",
+    "backend": "implementation of the algorithm: `func` (hand-written vectorised engine, or the generic one "
+               "where it does not cover the rule or network), `generic` (torch.func engine: any rule, any network), "
+               "`l2l` (learn2learn), `higher`, `jax`, `torch` (plain per-task loop)",
     "task": "task family",
     "k_shot": "K: support points per task, in training (and evaluation unless `eval_k_shot` adds others)",
     "inner_steps": "S: inner SGD steps per task in training (0: no adaptation in training)",
@@ -32,6 +33,8 @@ MEANINGS = {
     "iterations": "meta-training iterations (outer steps)",
     "seed": "training seed: tasks from `seed`, initial weights from `seed + 1`; must be < 1,000,000 "
             "(higher seeds are the evaluation sets')",
+    "network": "the base network: `<activation>-<width>-<width>...` (activations `relu`, `tanh`), e.g. "
+               "`relu-40-40` (Finn's) or `tanh-64-64`; `func` runs non-ReLU networks on the generic engine",
     # shared settings
     "eval_every": "evaluate every N iterations as well as at the end (0: only at the end)",
     "eval_steps": "adaptation steps at evaluation: MSE recorded after 0, 1, ..., N steps",
@@ -46,6 +49,10 @@ MEANINGS = {
     "ensemble": "train `func` cells that differ only in seed, LR_base and LR_meta as one batched program "
                 "(bitwise the same numbers as alone; only faster)",
     "device": "`cpu` or `cuda` (`cuda:N`)",
+    "plugins": "modules (names or `.py` paths) imported first: they register algorithms or tasks "
+               "(see CONTRIBUTING.md); also `--plugin` on the command line",
+    "compile": "run the generic engine's meta-gradient through `torch.compile` (one-off compile of ~20-40 s "
+               "on CPU, then ~10x faster; other engines ignore it)",
     "task_params": "a table of task-family parameters (below), e.g. `task_params = { noise = 0.1 }`",
 }
 
@@ -60,7 +67,7 @@ TASK_PARAM_MEANINGS = {
 
 def _type_name(annotation) -> str:
     text = str(annotation)
-    return {"tuple[int, ...]": "int or list of int", "dict": "table"}.get(text, text)
+    return {"tuple[int, ...]": "int or list of int", "tuple[str, ...]": "str or list of str", "dict": "table"}.get(text, text)
 
 
 def _default(field: dataclasses.Field) -> str:

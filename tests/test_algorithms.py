@@ -195,18 +195,7 @@ def test_conformance(name, backend):
 
 def _float64(learner):
     """The same learner in float64 (the backends build float32 networks; the maths is dtype-free)."""
-    if hasattr(learner, "double"):  # the jax backend: JAX arrays, no module to convert
-        return learner.double()
-    if not learner.stacked_batches:  # a module: .double() converts its Parameters in place
-        learner.net.double()
-        return learner
-    # func: every meta-parameter is a view of one flat buffer; rebuild it in float64
-    from algorithms.func_engine import _views_of_one_buffer
-
-    n = len(learner.params)
-    learner.meta_parameters = _views_of_one_buffer([p.detach().double() for p in learner.meta_parameters])
-    learner.params, learner.rates = learner.meta_parameters[:n], learner.meta_parameters[n:]
-    return learner
+    return learner.double()
 
 
 def _as_float64(batch: TaskBatch) -> TaskBatch:
@@ -343,7 +332,7 @@ def test_msl_with_last_step_weights_is_maml(backend, monkeypatch):
     _, msl_grads = msl.meta_gradient(_for(msl, batch), iteration=0)
     unforced = _max_relative(msl_grads, maml_grads)
     assert unforced > 1e-3, f"MSL equals MAML ({unforced:.2e}) even with uniform weights: the check is blind"
-    monkeypatch.setattr(msl, "loss_weights", lambda iteration: last_step_weights(steps))
+    monkeypatch.setattr(msl.rule, "loss_weights", lambda hp, iteration: last_step_weights(steps))  # the declaration
     _, msl_grads = msl.meta_gradient(_for(msl, batch), iteration=0)
     error = _max_relative(msl_grads, maml_grads)
     assert error < 1e-6, f"msl/{backend} with weights {last_step_weights(steps)}: relative error {error:.2e} to maml"
