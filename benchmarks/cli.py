@@ -166,10 +166,15 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from benchmarks.fingerprint import check_poolable
     from benchmarks.records import load_records
+    from benchmarks import figures
     from benchmarks.report import write_report
 
     check_poolable(load_records(Path(args.dir)))  # seeds made under other settings are never pooled
-    write_report(Path(args.dir))
+    default, figures.QUALITATIVE_PAIR = figures.QUALITATIVE_PAIR, args.qualitative_pair
+    try:
+        write_report(Path(args.dir))
+    finally:
+        figures.QUALITATIVE_PAIR = default
     print(f"report written to {args.dir}")
     return 0
 
@@ -207,6 +212,15 @@ def cmd_regress(args) -> int:
     return code
 
 
+def _qualitative_pair(text: str) -> tuple[str, str]:
+    from benchmarks.figures import parse_pair
+
+    try:
+        return parse_pair(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                      epilog="exit status:\n" + __doc__.split("Exit status, one meaning each:\n")[1],
@@ -236,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/", parents=[common])
     report.add_argument("dir")
+    report.add_argument("--qualitative-pair", type=_qualitative_pair, default="maml,pretrain", metavar="A,B",
+                        help="the two algorithms the qualitative figure (fig3) shows side by side")
     report.set_defaults(func=cmd_report)
     again = sub.add_parser("re-evaluate", help="recompute DIR's final evaluations from the stored initialisations "
                                                "(no training) into --out, e.g. with more test sets", parents=[common])

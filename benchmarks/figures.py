@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 FORMATS = ("png", "svg")
 DPI = 150
 HEATMAP_COLUMNS = 4  # panels per row: a wide sweep wraps instead of becoming a 4000-px strip
+#: The two algorithms fig3 shows side by side (`python -m benchmarks report --qualitative-pair A,B`).
+QUALITATIVE_PAIR = ("maml", "pretrain")
+#: The task of a stored qualitative fit that does not name one: every run made before the
+#: name was stored fitted `sine-half`.
+QUALITATIVE_DEFAULT_TASK = "sine-half"
+TASK_CAPTIONS = {"sine-half": "support only on x ∈ [0, 5]", "sine-freq": "y = A·sin(w·x + φ)"}
+DISPLAY_NAMES = {"maml": "MAML", "pretrain": "pre-training"}
 HEATMAP_DECADES = 1.0  # colour scale from the best value to 10x it; every cell prints its value
 CONTENTION = ("measured under contention (quality sweep, parallel workers; `make speed` measures cleanly)")
 FIGURES = {
@@ -27,7 +34,9 @@ FIGURES = {
                              "eval K: the mean with its 95% CI and, where per-task errors are stored, the IQM below it "
                              "(95% bootstrap CIs at 1, 5 and 10 steps)",
     "fig2_gradient_norm": "initial-gradient Frobenius norm over meta-training, best configuration per algorithm",
-    "fig3_qualitative_sine_half": "fits on one sine-half task: MAML vs pre-training, before and after 1 and 10 steps",
+    "fig3_qualitative_sine_half": "fits on the one fixed task every run stores (named in the title; `sine-half` so "
+                                  "far): the qualitative pair (default MAML vs pre-training, `report "
+                                  "--qualitative-pair`), before and after 1 and 10 steps",
     "fig4_lr_heatmaps": "final test MSE (1 step) over LR_base x LR_meta, one panel per (algorithm, S), one colour "
                         "scale spanning a decade from the best value (every cell prints its value)",
     "fig5a_speed_by_backend": "s/iter per (algorithm, backend) at one (S, meta-batch): the speed suite's clean "
@@ -174,13 +183,31 @@ def _fig_qualitative(a: Analysis, plt):
     from benchmarks import plots
 
     _best(a)
-    panels = [_qualitative_of(a, algorithm) for algorithm in ("maml", "pretrain")]
+    panels = [_qualitative_of(a, algorithm) for algorithm in QUALITATIVE_PAIR]
+    tasks = sorted({qualitative.get("task", QUALITATIVE_DEFAULT_TASK) for _, _, qualitative in panels})
+    if len(tasks) > 1:
+        raise Skip(f"the stored fits of {', '.join(QUALITATIVE_PAIR)} are on different tasks ({', '.join(tasks)})")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, (config, seed, qualitative), name in zip(axes, panels, ("MAML", "pre-training")):
+    for ax, (config, seed, qualitative), algorithm in zip(axes, panels, QUALITATIVE_PAIR):
+        name = DISPLAY_NAMES.get(algorithm, algorithm)
         plots.plot_qualitative(ax, qualitative, title=f"{name}: {config['label']}, seed {seed}")
         ax.title.set_fontsize("small")
-    fig.suptitle(f"Sine-half task (support only on x ∈ [0, 5]); models from {scope_text(a)}", fontsize="medium")
+    caption = f" ({TASK_CAPTIONS[tasks[0]]})" if tasks[0] in TASK_CAPTIONS else ""
+    fig.suptitle(f"Task `{tasks[0]}`{caption}; models from {scope_text(a)}", fontsize="medium")
     return fig
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """`A,B` -> (A, B), two different known algorithms (the `--qualitative-pair` option)."""
+    from algorithms import ALGORITHMS
+
+    pair = tuple(name.strip() for name in text.split(","))
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"expected two different algorithms as A,B, got {text!r}")
+    unknown = [name for name in pair if name not in ALGORITHMS]
+    if unknown:
+        raise ValueError(f"unknown algorithm(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALGORITHMS)}")
+    return pair
 
 
 def _heatmap_panels(a: Analysis) -> dict[tuple, pd.DataFrame]:

@@ -40,14 +40,16 @@ def _family(cell: Cell, settings: Settings, k_shot: int | None = None):
 
 
 def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
-    """Fits on one fixed `sine-half` task: truth, support, and predictions after 0, 1, 10 steps."""
-    family = get_task("sine-half", k_shot=k_shot, n_query=1)
+    """Fits on one fixed `sine-half` task: truth, support, and predictions after 0, 1, 10 steps.
+    The task's name is stored with them, so the figure need not assume it."""
+    name = "sine-half"
+    family = get_task(name, k_shot=k_shot, n_query=1)
     task = family.sample(1, torch.Generator().manual_seed(12345))
     x = torch.linspace(-5, 5, 100).view(1, -1, 1)
     preds = {str(step): _short(forward(params, x, adaptation.network.activation))
              for step, params in enumerate(_adapted_on_cpu(adaptation, task)) if step in QUALITATIVE_STEPS}
-    truth = family.function(x, task.amplitude, task.phase)
-    return {"x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
+    truth = family.function(x, task.params)
+    return {"task": name, "x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
             "support_y": _short(task.y_support), "pred": preds}
 
 

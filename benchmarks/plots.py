@@ -254,8 +254,8 @@ def plot_training_curves(ax, frame: pd.DataFrame, value: str = "loss", ylabel: s
 
 
 def plot_qualitative(ax, qualitative: dict, title: str | None = None):
-    """One fitted `sine-half` task: ground truth, the K support points (all on x in [0, 5]),
-    and the model's prediction before adaptation and after each stored number of steps.
+    """One fitted task (the record names it; `sine-half` so far): ground truth, the K support
+    points, and the model's prediction before adaptation and after each stored number of steps.
     `qualitative` is a run record's `qualitative` entry (x, truth, support_x, support_y, pred)."""
     ax.plot(qualitative["x"], qualitative["truth"], color="black", linewidth=2, label="ground truth")
     styles = {"0": ("pre-update", ":"), "1": ("1 grad step", "--"), "10": ("10 grad steps", "-")}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from algorithms import ALGORITHMS
 from benchmarks.config import Cell, Settings
-from tasks import TASKS, SineFamily
+from tasks import TASKS, SineFamily, SineFreqFamily
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sweep-reference.md"
 
@@ -62,7 +62,10 @@ TASK_PARAM_MEANINGS = {
     "x_range": "x ~ U[low, high] for query points (and support points unless `support_x_range`)",
     "support_x_range": "x range of the support points only (`sine-half`: [0, 5])",
     "noise": "standard deviation of Gaussian noise added to y",
+    "frequency_range": "`sine-freq` only: w ~ U[low, high) in y = A·sin(w·x + φ)",
 }
+#: The built-in families whose fields are documented (a plug-in documents its own).
+FAMILY_CLASSES = (SineFamily, SineFreqFamily)
 
 
 def _type_name(annotation) -> str:
@@ -94,7 +97,10 @@ def _row(field: dataclasses.Field, meanings: dict) -> str:
 
 def render() -> str:
     header = "| key | type | default | meaning |\n|---|---|---|---|"
-    families = ", ".join(f"`{name}`" for name in sorted(TASKS))
+    families = ", ".join(f"`{name}`" for name in sorted(TASKS)
+                         if type(TASKS[name](k_shot=1, n_query=1)) in FAMILY_CLASSES)
+    task_fields = {f.name: f for cls in FAMILY_CLASSES for f in dataclasses.fields(cls)
+                   if f.name not in ("k_shot", "n_query")}
     lines = [
         "# Sweep-file reference",
         "",
@@ -142,7 +148,7 @@ def render() -> str:
         f"## Task parameters (`task_params`), for the task families {families}",
         "",
         header,
-        *(_row(f, TASK_PARAM_MEANINGS) for f in dataclasses.fields(SineFamily) if f.name not in ("k_shot", "n_query")),
+        *(_row(f, TASK_PARAM_MEANINGS) for f in task_fields.values()),
         "",
         "## Algorithms and backends",
         "",

@@ -1,45 +1,21 @@
-"""Finn et al. (2017) sinusoid regression: y = A·sin(x + φ).
+"""Finn et al. (2017) sinusoid regression, y = A·sin(x + φ), and Li et al. (2017, Meta-SGD)'s
+variant with a random frequency, y = A·sin(w·x + φ).
 
 One `SineFamily` describes a task distribution; `sample` draws a whole meta-batch in one
 vectorised call from an explicit `torch.Generator`, so runs never touch the global RNG.
-Variants (half-axis support, noise, other ranges) are the same class with other parameters.
+Variants (half-axis support, noise, other ranges) are the same class with other parameters;
+the frequency variant is a subclass, so the plain family keeps its fields (they enter every
+run's fingerprint) and its draws.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 
-
-@dataclass(frozen=True)
-class TaskBatch:
-    """A meta-batch of regression tasks; every tensor is shaped [tasks, points, 1]."""
-
-    x_support: torch.Tensor
-    y_support: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-    amplitude: torch.Tensor  # [tasks]
-    phase: torch.Tensor  # [tasks]
-
-    def __len__(self) -> int:
-        return self.x_support.shape[0]
-
-    def to(self, device: str | torch.device) -> "TaskBatch":
-        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def select(self, index) -> "TaskBatch":
-        """Tasks `index` (an int, slice or index tensor) as a batch of their own."""
-        if isinstance(index, int):
-            index = slice(index, index + 1)
-        return TaskBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    @staticmethod
-    def stack(batches: list["TaskBatch"]) -> "TaskBatch":
-        """Stack batches along a new leading dimension (one batch per ensemble member)."""
-        return TaskBatch(**{f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)})
+from tasks.batch import TaskBatch
 
 
 def _check_range(name: str, bounds, allow_point: bool = False) -> tuple[float, float]:
@@ -90,31 +66,63 @@ class SineFamily:
         low, high = low_high
         return low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)
 
-    def function(self, x: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        """The noiseless target y = A·sin(x + φ) for x shaped [tasks, points, 1]."""
-        return amplitude[:, None, None] * torch.sin(x + phase[:, None, None])
+    def draw_params(self, n_tasks: int, generator: torch.Generator, dtype) -> dict[str, torch.Tensor]:
+        """Per-task parameters, drawn first and in this order (A, then φ)."""
+        amplitude = self._uniform(self.amplitude_range, (n_tasks,), generator, dtype)
+        phase = self._uniform(self.phase_range, (n_tasks,), generator, dtype)
+        return {"amplitude": amplitude, "phase": phase}
+
+    def function(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The noiseless target y = A·sin(x + φ) for x shaped [tasks, points, 1] and `params`
+        a batch's per-task parameters ([tasks], or [members, tasks] with x one dimension more)."""
+        amplitude, phase = params["amplitude"], params["phase"]
+        return amplitude[..., None, None] * torch.sin(x + phase[..., None, None])
 
     def sample(self, n_tasks: int, generator: torch.Generator, dtype=torch.float32) -> TaskBatch:
         """Draw `n_tasks` tasks with K support and `n_query` query points each, in one call.
 
-        Draw order is fixed (A, φ, support x, query x, noise), so the same generator state
-        always gives the same batch.
+        Draw order is fixed (the parameters, support x, query x, noise), so the same generator
+        state always gives the same batch.
         """
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
-        amplitude = self._uniform(self.amplitude_range, (n_tasks,), generator, dtype)
-        phase = self._uniform(self.phase_range, (n_tasks,), generator, dtype)
+        params = self.draw_params(n_tasks, generator, dtype)
         x_support = self._uniform(self.support_x_range or self.x_range, (n_tasks, self.k_shot, 1), generator, dtype)
         x_query = self._uniform(self.x_range, (n_tasks, self.n_query, 1), generator, dtype)
-        y_support = self.function(x_support, amplitude, phase)
-        y_query = self.function(x_query, amplitude, phase)
+        y_support = self.function(x_support, params)
+        y_query = self.function(x_query, params)
         if self.noise > 0:
             y_support = y_support + self.noise * torch.randn(y_support.shape, generator=generator, dtype=dtype)
             y_query = y_query + self.noise * torch.randn(y_query.shape, generator=generator, dtype=dtype)
-        return TaskBatch(x_support, y_support, x_query, y_query, amplitude, phase)
+        return TaskBatch(x_support, y_support, x_query, y_query, params)
 
     def with_points(self, k_shot: int, n_query: int) -> "SineFamily":
         """The same family with other support/query sizes (e.g. for a meta-test set)."""
-        from dataclasses import replace
-
         return replace(self, k_shot=k_shot, n_query=n_query)
+
+
+@dataclass(frozen=True)
+class SineFreqFamily(SineFamily):
+    """Meta-SGD's sinusoids (Li et al. 2017): y = A·sin(w·x + φ) with w ~ U[0.8, 1.2) as well.
+
+    A subclass rather than a `frequency_range=None` field on `SineFamily`: a new field would
+    enter the fingerprint of every plain-sine run and disown the stored results. Draw order:
+    A, φ, w, support x, query x, noise.
+    """
+
+    frequency_range: tuple[float, float] = (0.8, 1.2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "frequency_range",
+                           _check_range("frequency_range", self.frequency_range, allow_point=True))
+
+    def draw_params(self, n_tasks: int, generator: torch.Generator, dtype) -> dict[str, torch.Tensor]:
+        params = super().draw_params(n_tasks, generator, dtype)
+        params["frequency"] = self._uniform(self.frequency_range, (n_tasks,), generator, dtype)
+        return params
+
+    def function(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The noiseless target y = A·sin(w·x + φ) (shapes as in `SineFamily.function`)."""
+        amplitude, phase, frequency = params["amplitude"], params["phase"], params["frequency"]
+        return amplitude[..., None, None] * torch.sin(frequency[..., None, None] * x + phase[..., None, None])

@@ -199,8 +199,7 @@ def _float64(learner):
 
 
 def _as_float64(batch: TaskBatch) -> TaskBatch:
-    return TaskBatch(*(t.double() for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query,
-                                            batch.amplitude, batch.phase)))
+    return batch.map(torch.Tensor.double)
 
 
 def _meta_gradient(learner, batch: TaskBatch, float64: bool = False):

@@ -463,3 +463,47 @@ def test_maml_via_learn2learn_learns(tmp_path):
     assert trained < 0.6 * untrained_one_step, \
         f"1-step test MSE: trained {trained:.3f}, untrained {untrained_one_step:.3f} (need < 0.6x)"
     assert trained < 2.0, f"1-step test MSE after 300 iterations: {trained:.3f}"
+
+
+# ----------------------------------------------------------------------------- task families
+
+def test_a_sine_freq_sweep_runs_and_records_its_family(tmp_path):
+    config = write_config(tmp_path, TINY + 'task = "sine-freq"\ntask_params = { frequency_range = [0.9, 1.1] }\n')
+    out = tmp_path / "out"
+    assert run(config, out) == 0
+    [record] = load_records(out)
+    assert record["status"] == "ok" and record["cell"]["task"] == "sine-freq", (record["status"], record["error"])
+    finals = [e for e in record["evaluations"] if e["split"] == "test" and e["iteration"] == 20]
+    assert finals and all(math.isfinite(e["mse"]) and e["mse"] > 0 for e in finals), finals
+    assert "frequency_range" in json.dumps(record), "the family's frequency range is not among the recorded settings"
+    assert record["qualitative"]["task"] == "sine-half", record["qualitative"].keys()
+
+
+def test_the_sine_freq_example_config_is_maml_against_pretraining():
+    sweep = load_sweep(ROOT / "benchmarks" / "configs" / "sine_freq.toml")
+    assert sorted((c.algorithm, c.backend, c.task, c.k_shot, c.inner_steps) for c in sweep.cells) == [
+        ("maml", "func", "sine-freq", 10, 1), ("pretrain", "func", "sine-freq", 10, 1)], sweep.cells
+    assert all(100 <= c.iterations <= 1000 for c in sweep.cells), sweep.cells
+
+
+@pytest.mark.parametrize("pair, expected", [("maml", "two different"), ("maml,maml", "two different"),
+                                            ("maml,nope", "'nope'")])
+def test_a_bad_qualitative_pair_exits_2(tmp_path, capsys, pair, expected):
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(tmp_path), "--qualitative-pair", pair])
+    assert info.value.code == 2, info.value.code
+    assert expected in capsys.readouterr().err
+
+
+def test_report_draws_the_chosen_qualitative_pair(tmp_path, monkeypatch):
+    from benchmarks import figures
+
+    out = tmp_path / "out"
+    assert run(write_config(tmp_path, TINY.replace('"maml"', '["maml", "fomaml"]')), out) == 0
+    seen = []
+    draw = figures._fig_qualitative
+    monkeypatch.setitem(figures.FIGURE_MAKERS, "fig3_qualitative_sine_half",
+                        lambda a, plt: seen.append(figures.QUALITATIVE_PAIR) or draw(a, plt))
+    assert main(["report", str(out), "--qualitative-pair", "fomaml,maml"]) == 0
+    assert seen == [("fomaml", "maml")] and figures.QUALITATIVE_PAIR == ("maml", "pretrain"), seen
+    assert (out / "figures" / "fig3_qualitative_sine_half.png").exists()

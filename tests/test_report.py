@@ -541,3 +541,29 @@ def test_no_import_circle_between_report_and_paper():
             "print('benchmarks.report' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_qualitative_figure_names_its_task_and_takes_its_pair_from_the_setting(monkeypatch):
+    """Records before the task was stored fitted `sine-half`; a record naming its task is titled
+    with it; `QUALITATIVE_PAIR` (the report's `--qualitative-pair`) picks the panels."""
+    from benchmarks import figures
+
+    records = [make_record(a, "func", seed) for a in ("maml", "pretrain", "fomaml") for seed in (0, 1)]
+    fig = figures._fig_qualitative(analyse(records), plt)
+    try:
+        assert "`sine-half`" in fig._suptitle.get_text(), fig._suptitle.get_text()
+        assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["MAML", "pre-training"]
+    finally:
+        plt.close(fig)
+    for record in records:
+        record["qualitative"]["task"] = "sine-freq"
+    monkeypatch.setattr(figures, "QUALITATIVE_PAIR", ("fomaml", "maml"))
+    fig = figures._fig_qualitative(analyse(records), plt)
+    try:
+        assert "`sine-freq`" in fig._suptitle.get_text() and "sine-half" not in fig._suptitle.get_text()
+        assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["fomaml", "MAML"]
+    finally:
+        plt.close(fig)
+    records[4]["qualitative"]["task"] = "sine"  # fomaml's seed 0, the one drawn; maml's stays sine-freq
+    with pytest.raises(figures.Skip, match="different tasks"):
+        figures._fig_qualitative(analyse(records), plt)

@@ -54,9 +54,7 @@ def lslr():
 
 
 def _float64(batch: TaskBatch) -> TaskBatch:
-    return batch.to(torch.float64) if hasattr(batch, "params") else TaskBatch(
-        *(t.double() for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query, batch.amplitude,
-                               batch.phase)))
+    return batch.map(lambda t: t.double())
 
 
 def _meta_gradient(name, backend, hp, batch, network=None):

@@ -189,7 +189,7 @@ def _func_compiled_peer(algorithm, hp, seed, batch, device):
     weights = learner.loss_weights(0)
 
     def meta_gradient(xs, ys, xq, yq):
-        return learner._meta_gradient(TaskBatch(xs, ys, xq, yq, data.amplitude, data.phase), weights)
+        return learner._meta_gradient(TaskBatch(xs, ys, xq, yq, data.params), weights)
 
     compiled = torch.compile(meta_gradient, fullgraph=True)
     tensors = (data.x_support, data.y_support, data.x_query, data.y_query)
