@@ -34,13 +34,7 @@ PAIRS = [(name, backend) for name, backends in ALGORITHMS.items() for backend in
 SECOND_ORDER_MAML = [b for b in ("l2l", "higher", "func", "jax") if b in ALGORITHMS["maml"]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The nets are tiny (ops, not flops, bound the time) and the CI machine has 2 shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- helpers: batches for either kind of learner, and the independent computations ------------

@@ -23,8 +23,9 @@ from algorithms import HyperParams, get_algorithm
 from algorithms.jax_engine import missing_packages
 from tasks import TaskBatch, evaluation_set, get_task
 
-pytestmark = pytest.mark.skipif(bool(missing_packages()),
-                                reason=f"jax backend not installed (missing: {', '.join(missing_packages())})")
+pytestmark = [pytest.mark.skipif(bool(missing_packages()),
+                                 reason=f"jax backend not installed (missing: {', '.join(missing_packages())})"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 FAMILY = get_task("sine")
 GRADIENT_TOLERANCE = 1e-5  # float32: ||jax - func|| / ||func|| over the whole meta-gradient (measured <= 2e-7)
@@ -32,14 +33,6 @@ GRADIENT_TOLERANCE = 1e-5  # float32: ||jax - func|| / ||func|| over the whole m
 # grown: measured 7e-5 (MAML) and 2e-6 (FOMAML) relative on test MSE; MAML and FOMAML themselves
 # differ by ~1e-2 there, so the check is not blind.
 RUN_TOLERANCE = 1e-3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -36,12 +36,7 @@ FAMILY = get_task("sine")
 RULE_PAIRS = [(name, backend) for name in RULES for backend in ALGORITHMS[name] if backend != "generic"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
