@@ -25,7 +25,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.network import as_spec, make_network
-from algorithms.rules import InnerRule
+from algorithms.rules import InnerRule, rule_adaptation
 
 
 class SGDWithRates(InnerRule):
@@ -142,29 +142,27 @@ class GenericLearner(MetaLearner):
         return loss.detach(), list(grads)
 
     def adaptation(self, member: int = 0) -> Adaptation:
-        params = [p.detach() for p in self.net.parameters()]
-        adapted = self.program.adapted
-        lrs = [self.hp.lr_base if a else None for a in adapted]
-        if self.rule.fast_update == "per-entry":  # Meta-SGD: the learned rates are the rates
-            lrs = [e.detach() if a else None for e, a in zip(self.extra, adapted)]
-        custom = self.rule.fast_update is None
-        return Adaptation(params, lrs, network=self.network, rule=self.rule if custom else None,
-                          extra=[e.detach() for e in self.extra] if custom else [], hp=self.hp if custom else None)
+        return rule_adaptation(self.rule, self.net, self.extra, self.hp, self.network)
 
 
 # -- evaluation of any adaptation on any network ------------------------------------------------
 
+@functools.lru_cache(maxsize=16)
+def _module(network, dtype, device) -> torch.nn.Module:
+    """A network module to call through `functional_call` (its own weights are never used)."""
+    return make_network(torch.Generator().manual_seed(0), network=network, dtype=dtype, device=device)
+
+
 def _program_for(adaptation: Adaptation) -> TaskProgram:
-    net = make_network(torch.Generator().manual_seed(0), network=adaptation.network,
-                       dtype=adaptation.params[0].dtype, device=adaptation.params[0].device)
+    net = _module(adaptation.network, adaptation.params[0].dtype, adaptation.params[0].device)
     adapted = [lr is not None for lr in adaptation.lrs]
     rule = adaptation.rule if adaptation.rule is not None else SGDWithRates(adaptation.lrs)
     return TaskProgram(net, rule, adaptation.hp, adapted)
 
 
-def adapt_tasks(adaptation: Adaptation, x, y, steps: int):
+def adapt_tasks(adaptation: Adaptation, x, y, steps: int, program: TaskProgram | None = None):
     """Yield each task's parameters [tasks, ...] after 0..`steps` inner steps on (x, y) [tasks, N, 1]."""
-    program = _program_for(adaptation)
+    program = program or _program_for(adaptation)
     extra = [e.detach() for e in adaptation.extra]
     params = [p.detach().unsqueeze(0).expand(x.shape[0], *p.shape) for p in adaptation.params]
     yield params
@@ -179,7 +177,7 @@ def curve(adaptation: Adaptation, batch, steps: int) -> torch.Tensor:
     losses = vmap(program.loss)
     with torch.no_grad():
         return torch.stack([losses(params, batch.x_query, batch.y_query)
-                            for params in adapt_tasks(adaptation, batch.x_support, batch.y_support, steps)])
+                            for params in adapt_tasks(adaptation, batch.x_support, batch.y_support, steps, program)])
 
 
 def first_gradient_norms(adaptation: Adaptation, x, y) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.network import as_spec, make_network
-from algorithms.rules import InnerRule
+from algorithms.rules import InnerRule, rule_adaptation
 
 
 class LoopLearner(MetaLearner):
@@ -126,16 +126,7 @@ class TorchRuleLearner(LoopLearner):
         return loss
 
     def adaptation(self, member: int = 0) -> Adaptation:
-        params = [p.detach() for p in self.net.parameters()]
-        adapted = self.rule.adapts(len(params))
-        if self.rule.fast_update == "per-entry":
-            return Adaptation(params, [e.detach() if a else None for e, a in zip(self.extra, adapted)],
-                              network=self.network)
-        lrs = [self.hp.lr_base if a else None for a in adapted]
-        if self.rule.fast_update == "sgd":
-            return Adaptation(params, lrs, network=self.network)
-        return Adaptation(params, lrs, network=self.network, rule=self.rule,
-                          extra=[e.detach() for e in self.extra], hp=self.hp)
+        return rule_adaptation(self.rule, self.net, self.extra, self.hp, self.network)
 
 
 class L2LLearner(LoopLearner):

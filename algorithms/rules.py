@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.base import HyperParams
+from algorithms.base import Adaptation, HyperParams
 from algorithms.schedules import last_step_weights, msl_weights
 
 
@@ -91,4 +91,17 @@ class PerEntryRates(InnerRule):
         return [p if g is None else p - r * g for p, g, r in zip(params, grads, extra)]
 
 
-__all__ = ["InnerRule", "FirstOrder", "MultiStepLoss", "LastLayerOnly", "PerEntryRates"]
+def rule_adaptation(rule: InnerRule, net: torch.nn.Module, extra, hp: HyperParams, network) -> Adaptation:
+    """How a task adapts under `rule`: SGD with rates where the rule is SGD (LR_base) or Meta-SGD
+    (the learned rates are the rates), else the rule itself with its learned `extra`."""
+    params = [p.detach() for p in net.parameters()]
+    adapted = rule.adapts(len(params))
+    if rule.fast_update == "per-entry":
+        return Adaptation(params, [e.detach() if a else None for e, a in zip(extra, adapted)], network=network)
+    lrs = [hp.lr_base if a else None for a in adapted]
+    if rule.fast_update is not None:
+        return Adaptation(params, lrs, network=network)
+    return Adaptation(params, lrs, network=network, rule=rule, extra=[e.detach() for e in extra], hp=hp)
+
+
+__all__ = ["InnerRule", "FirstOrder", "MultiStepLoss", "LastLayerOnly", "PerEntryRates", "rule_adaptation"]

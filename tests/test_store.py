@@ -368,10 +368,16 @@ def test_candidate_without_finished_cells_is_a_regression_with_a_message(tmp_pat
     assert "Traceback" not in out + err
 
 
-@needs_baseline
-def test_bitwise_sentence_only_when_nothing_moved(tmp_path, capsys):
+def _copy_of_baseline(tmp_path) -> Path:
+    """A candidate folder holding copies of the committed baseline's records, to edit."""
     candidate = tmp_path / "candidate"
     shutil.copytree(BASELINE / "runs", candidate / "runs")
+    return candidate
+
+
+@needs_baseline
+def test_bitwise_sentence_only_when_nothing_moved(tmp_path, capsys):
+    candidate = _copy_of_baseline(tmp_path)
     path = next((candidate / "runs").glob("fomaml-func-*-S3-*.json"))
     record = json.loads(path.read_text())
     record["evaluations"][3]["mse"] *= 2
@@ -383,8 +389,7 @@ def test_bitwise_sentence_only_when_nothing_moved(tmp_path, capsys):
 
 @needs_baseline
 def test_regress_refuses_sides_made_under_other_settings(tmp_path, capsys):
-    candidate = tmp_path / "candidate"
-    shutil.copytree(BASELINE / "runs", candidate / "runs")
+    candidate = _copy_of_baseline(tmp_path)
     for path in (candidate / "runs").glob("*.json"):
         record = json.loads(path.read_text())
         record["settings"]["n_test_tasks"] = 20
@@ -397,8 +402,7 @@ def test_regress_refuses_sides_made_under_other_settings(tmp_path, capsys):
 @needs_baseline
 def test_a_record_whose_fingerprint_disagrees_with_its_settings_is_refused(tmp_path, capsys):
     """Editing a record's settings but not its fingerprint (or the reverse) must not slip through."""
-    candidate = tmp_path / "candidate"
-    shutil.copytree(BASELINE / "runs", candidate / "runs")
+    candidate = _copy_of_baseline(tmp_path)
     path = next((candidate / "runs").glob("*.json"))
     record = json.loads(path.read_text())
     record["settings"]["n_test_tasks"] = 20
