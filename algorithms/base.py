@@ -107,6 +107,12 @@ class MetaLearner(ABC):
     #: which engine computes the meta-gradient ("accelerated", "generic", a library name): recorded
     engine: str = "reference"
 
+    #: whether `compile=True` is accepted (the meta-gradient through torch.compile)
+    compiles: bool = False
+    #: seconds spent in compiled programs' first calls (compile + one step): recorded apart from
+    #: the step time, which excludes them
+    compile_seconds: float = 0.0
+
     def double(self) -> "MetaLearner":
         """This learner in float64, in place (for float64 cross-checks between backends)."""
         raise NotImplementedError(f"{type(self).__name__} has no float64 mode")

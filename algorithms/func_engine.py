@@ -26,10 +26,19 @@ segments (⌈√S⌉ steps each for True, or the given length); only the paramet
 boundaries are kept and each segment is recomputed during the reverse pass, so memory is
 O(√S) instead of O(S) (measured at S = 100: 33 MB -> 5.5 MB, ~1.4x the time). The autograd
 reference does the same with `torch.utils.checkpoint`.
+
+`compile=True` (the sweep key `compile`) runs the hand-written meta-gradient through
+`torch.compile(fullgraph=True)`: Inductor fuses the ~200-900 small ops of a step into a few
+kernels. One program per pattern of loss weights (a weight that is neither 0 nor 1, MSL's
+annealed ones, enters as a tensor so annealing does not recompile); the first call of each
+pattern is timed into `compile_seconds` (recorded apart from the step time). Its floats differ
+from eager ones by rounding and may differ with the ensemble's size, so a compiled learner does
+not ensemble (a cell's numbers depend on its configuration alone).
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 import torch
@@ -40,6 +49,7 @@ from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
                                 mse_scale, scaled)
 from algorithms.rules import InnerRule
+from tasks import TaskBatch
 
 
 class FuncLearner(MetaLearner):
@@ -51,8 +61,9 @@ class FuncLearner(MetaLearner):
     """
 
     stacked_batches = True
-    ensembles = True  # a member computes bitwise what the run alone computes (tested)
+    ensembles = True  # a member computes bitwise what the run alone computes (tested); eager only
     engine = "accelerated"
+    compiles = True  # `compile=True`: the meta-gradient through torch.compile
     rule: InnerRule = InnerRule()
 
     @classmethod
@@ -72,11 +83,14 @@ class FuncLearner(MetaLearner):
         return self.rule.fast_update == "per-entry"
 
     def __init__(self, hp: HyperParams | Sequence[HyperParams], generator: torch.Generator | Sequence[torch.Generator],
-                 device: str = "cpu", checkpoint_inner: bool | int = False, network=None):
+                 device: str = "cpu", checkpoint_inner: bool | int = False, network=None, compile: bool = False):
         hps = list(hp) if isinstance(hp, (list, tuple)) else [hp]
         generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         if len(hps) != len(generators):
             raise ValueError(f"{len(hps)} hyperparameter sets but {len(generators)} generators")
+        if compile and (len(hps) > 1 or not self.compiles):
+            raise ValueError(f"compile=True runs one {type(self).__name__} member per learner on the meta-gradient "
+                             f"it compiles (got {len(hps)} members)")
         shared = {(h.inner_steps, h.meta_batch, h.iterations, h.msl_anneal_iters) for h in hps}
         if len(shared) != 1:
             raise ValueError("ensemble members must share inner_steps, meta_batch, iterations and msl_anneal_iters; "
@@ -108,6 +122,10 @@ class FuncLearner(MetaLearner):
         self.rates = self.meta_parameters[len(stacked):]
         adapted = self.rule.adapted_layers
         self.frozen_layers = 0 if adapted is None else max(0, len(self.params) // 2 - adapted)
+        self.compile = compile
+        self._compiled: dict = {}  # pattern of the loss weights -> compiled meta-gradient
+        if compile:
+            self.engine = "accelerated+compile"
 
     def double(self) -> "FuncLearner":
         n = len(self.params)
@@ -218,7 +236,30 @@ class FuncLearner(MetaLearner):
         """
         weights = self.loss_weights(iteration)
         with torch.no_grad():
+            if self.compile:
+                return self._compiled_meta_gradient(batch, weights)
             return self._meta_gradient(batch, weights)
+
+    def _compiled_meta_gradient(self, batch, weights):
+        """`_meta_gradient` through torch.compile: 0 and 1 weights stay constants (their
+        branches and multiplications are the eager ones), any other weight is a tensor input."""
+        pattern = tuple(w if w in (0, 1) else None for w in weights)
+        values = torch.tensor(weights, dtype=self.params[0].dtype)
+        program = self._compiled.get(pattern)
+        first = program is None
+        if first:
+            def meta_gradient(xs, ys, xq, yq, values):
+                chosen = [values[s] if w is None else w for s, w in enumerate(pattern)]
+                return self._meta_gradient(TaskBatch(xs, ys, xq, yq), chosen)
+
+            program = self._compiled[pattern] = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
+            started = time.perf_counter()
+        result = program(batch.x_support, batch.y_support, batch.x_query, batch.y_query, values.to(self.device))
+        if first:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds += time.perf_counter() - started
+        return result
 
     def _meta_gradient(self, batch, weights):
         xs, ys, xq, yq = (t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
@@ -295,11 +336,11 @@ class FuncLearner(MetaLearner):
                 if keep:  # the gradients only for Meta-SGD's rate adjoints
                     tape.append(("step", theta, record, grads if entry_rates is not None else None))
                 theta = new
-            if weights[s]:
+            if _nonzero(weights[s]):
                 out, inputs = mlp_forward(theta, xq)
                 diff = out - yq
                 term = diff.pow(2).view(self.n_members, -1).mean(1)
-                term = term if weights[s] == 1 else weights[s] * term
+                term = term if _is_one(weights[s]) else weights[s] * term
                 loss = term if loss is None else loss + term
                 if keep:
                     tape.append(("query", theta, inputs, diff, weights[s]))
@@ -315,7 +356,9 @@ class FuncLearner(MetaLearner):
             entry = tape.pop()  # each step's record is freed as soon as it is used
             if entry[0] == "query":
                 _, theta, inputs, diff, weight = entry
-                out_bar = scaled(diff, 2.0 * weight / (diff.numel() // members))  # d(mean over the member's entries)
+                count = diff.numel() // members  # d(mean over the member's entries)
+                out_bar = scaled(diff, 2.0 * weight / count) if not torch.is_tensor(weight) else \
+                    diff * (weight * (2.0 / count))
                 theta_bar, x_bar = mlp_backward(theta, inputs, out_bar, need_input=need_input, into=theta_bar)
                 state["xq_bar"] = _add(state["xq_bar"], x_bar)
                 continue
@@ -344,6 +387,15 @@ class FuncLearner(MetaLearner):
             rates = [self.hps[member].lr_base] * len(params)  # the configured float, not its float32 copy
         frozen = 2 * self.frozen_layers
         return Adaptation(params, [None] * frozen + rates[frozen:], network=self.network)
+
+
+def _nonzero(weight) -> bool:
+    """A loss weight that is a tensor (compiled MSL) is taken as non-zero: its pattern said so."""
+    return torch.is_tensor(weight) or weight != 0
+
+
+def _is_one(weight) -> bool:
+    return not torch.is_tensor(weight) and weight == 1
 
 
 def _add(a, b):
@@ -375,6 +427,8 @@ def _views_of_one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 class FuncPretrain(FuncLearner):
     """Joint pre-training: one network regresses every task's support and query points."""
 
+    compiles = False  # one forward and backward: nothing to fuse worth a compile
+
     def member_losses(self, batch, iteration: int = 0):
         x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
         y = torch.cat([batch.y_support, batch.y_query], dim=-2).flatten(0, 1)
@@ -394,6 +448,7 @@ class FuncReptile(FuncLearner):
     """Reptile: S plain SGD steps per task, outer pseudo-gradient θ − mean_t(φ_t) into Adam."""
 
     first_order = True
+    compiles = False
 
     def meta_gradient(self, batch, iteration: int = 0):
         with torch.no_grad():

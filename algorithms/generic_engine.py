@@ -12,13 +12,15 @@ The hand-written engine (`algorithms.func_engine`) stays the accelerator for the
 networks it covers; the tests hold the two number for number. `compile=True` (the sweep key `compile`)
 runs the meta-gradient through `torch.compile`: a one-off compile (~20-40 s on CPU) for a
 program ~10x faster than eager, faster than the hand-written engine at S = 1 (measured in
-the README's Speed section); its floats differ from eager ones by rounding (~1e-7). One run per learner (no ensembles): vmapping over members
+the README's Speed section); its floats differ from eager ones by rounding (~1e-7); the first
+call of each program is timed into `compile_seconds`. One run per learner (no ensembles): vmapping over members
 would change a member's floats with the ensemble's size, and a cell's numbers must depend on
 its configuration alone.
 """
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
@@ -124,21 +126,57 @@ class GenericLearner(MetaLearner):
         per_task = vmap(self.program.meta_loss, in_dims=(None, None, 0, 0, 0, 0, None, None))
         return per_task(meta[:n], meta[n:], xs, ys, xq, yq, weights, used).mean()
 
+    def _batched_meta_loss_autograd(self, weights, xs, ys, xq, yq) -> torch.Tensor:
+        """The same meta-loss for eager autograd: only the network call is vmapped; every
+        task's parameters are rows of [tasks, ...] tensors, so one `autograd.grad` of the summed
+        support losses gives every task's inner gradient (each task's loss depends on its own
+        rows only) and the graph through the steps is ordinary autograd. Nested functorch
+        transforms (vmap of grad of grad) cost ~4x more dispatch for the same maths."""
+        program, n = self.program, len(self.program.names)
+        tasks = xs.shape[0]
+        params = [p.unsqueeze(0).expand(tasks, *p.shape) for p in self.meta_parameters[:n]]
+        extra = self.meta_parameters[n:]
+        losses = vmap(program.loss)
+        index = [i for i, a in enumerate(program.adapted) if a]
+        second_order = not self.rule.first_order
+        total = None
+        for s in range(len(weights)):
+            if s > 0:
+                found = torch.autograd.grad(losses(params, xs, ys).sum(), [params[i] for i in index],
+                                            create_graph=second_order, retain_graph=True)
+                grads: list = [None] * n
+                for i, g in zip(index, found):
+                    grads[i] = g if second_order else g.detach()
+                in_dims = ([0] * n, [None if g is None else 0 for g in grads], None, None, None)
+                params = vmap(self.rule.update, in_dims=in_dims)(params, grads, list(extra), s - 1, self.hp)
+            if weights[s]:
+                term = losses(params, xq, yq).mean() * weights[s]
+                total = term if total is None else total + term
+        return total
+
     def meta_gradient(self, batch, iteration: int = 0):
         weights = tuple(self.rule.loss_weights(self.hp, iteration))
-        meta = [p.detach() for p in self.meta_parameters]
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
         if not self.compile:
-            grads, loss = grad_and_value(self._batched_meta_loss)(meta, *data, weights)
+            with torch.enable_grad():
+                loss = self._batched_meta_loss_autograd(weights, *data)
+                grads = torch.autograd.grad(loss, self.meta_parameters, allow_unused=True, materialize_grads=True)
             return loss.detach(), list(grads)
+        meta = [p.detach() for p in self.meta_parameters]
         # Compiled: the weights' values enter as a tensor (MSL anneals them every iteration, which
         # would recompile); only the pattern of non-zero weights selects the program.
         used = tuple(bool(w) for w in weights)
-        if used not in self._compiled:
+        first = used not in self._compiled
+        if first:
             program = functools.partial(self._batched_meta_loss, used=used)
             self._compiled[used] = torch.compile(grad_and_value(program), dynamic=False)
+            started = time.perf_counter()
         values = torch.tensor(weights, dtype=meta[0].dtype, device=meta[0].device)
         grads, loss = self._compiled[used](meta, *data, values)
+        if first:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds += time.perf_counter() - started
         return loss.detach(), list(grads)
 
     def adaptation(self, member: int = 0) -> Adaptation:

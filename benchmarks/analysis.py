@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 CELL_COLUMNS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch",
                 "iterations", "seed"]
-RUN_COLUMNS = ["status", "sec_per_iter", "sec_per_iter_member", "ensemble_size", "peak_memory_mb", "device"]
+RUN_COLUMNS = ["status", "engine", "sec_per_iter", "sec_per_iter_member", "compile_seconds", "ensemble_size",
+               "peak_memory_mb", "device"]
 EVAL_COLUMNS = ["iteration", "split", "eval_k_shot", "eval_steps", "mse", "mse_ci95", "n_test_tasks", "n_sets",
                 "set_sd"]
 #: a configuration is a cell without its seed: seeds are pooled
@@ -75,8 +76,9 @@ def cell_frame(records: list[dict]) -> pd.DataFrame:
     rows = [{"cell_id": r["cell_id"], **{k: r["cell"][k] for k in CELL_COLUMNS}, "error": r.get("error"),
              **{k: r.get(k) for k in RUN_COLUMNS}} for r in records]
     frame = pd.DataFrame(rows, columns=["cell_id"] + CELL_COLUMNS + ["error"] + RUN_COLUMNS)
-    for column in ("sec_per_iter", "sec_per_iter_member", "ensemble_size"):
+    for column in ("sec_per_iter", "sec_per_iter_member", "ensemble_size", "compile_seconds"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["compile_seconds"] = frame["compile_seconds"].fillna(0.0)  # records before compiled engines: none
     return frame
 
 
@@ -328,17 +330,24 @@ def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskEr
 
 def speed_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """Median s/iter over cells per (device, algorithm, backend, S, meta-batch), and the ratio to
-    learn2learn MAML on the same device, S and meta-batch (NaN where it was not run)."""
+    learn2learn MAML on the same device, S and meta-batch (NaN where it was not run).
+
+    A compiled engine's one-off compile is not in s/iter: `compile_seconds` (median) is apart and
+    `train_seconds`, the projected training time of one program over the cells' iterations, adds it
+    once (compile + s/iter x iterations), so a compile that never pays off shows there."""
     timed = cells[np.isfinite(cells["sec_per_iter"].astype(float))]
     keys = ["device", "algorithm", "backend", "inner_steps", "meta_batch"]
-    columns = keys + ["sec_per_iter", "sec_per_iter_member", "ensemble_min", "ensemble_max", "n_cells",
-                      "ratio", "ratio_member"]
+    columns = keys + ["sec_per_iter", "sec_per_iter_member", "compile_seconds", "train_seconds", "ensemble_min",
+                      "ensemble_max", "n_cells", "ratio", "ratio_member"]
     if timed.empty:
         return pd.DataFrame(columns=columns)
     frame = timed.groupby(keys).agg(sec_per_iter=("sec_per_iter", "median"),
                                     sec_per_iter_member=("sec_per_iter_member", "median"),
+                                    compile_seconds=("compile_seconds", "median"),
+                                    iterations=("iterations", "median"),
                                     ensemble_min=("ensemble_size", "min"), ensemble_max=("ensemble_size", "max"),
                                     n_cells=("cell_id", "size")).reset_index()
+    frame["train_seconds"] = frame["compile_seconds"] + frame["sec_per_iter"] * frame["iterations"]
     frame["sec_per_iter_member"] = frame["sec_per_iter_member"].fillna(frame["sec_per_iter"])
     reference = frame[(frame["algorithm"] == SPEED_REFERENCE[0]) & (frame["backend"] == SPEED_REFERENCE[1])]
     reference = reference[["device", "inner_steps", "meta_batch", "sec_per_iter"]].rename(

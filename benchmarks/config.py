@@ -103,7 +103,7 @@ class Settings:
     msl_anneal_iters: int = 0  # 0: 10% of iterations
     ensemble: bool = True  # train func cells that differ only in seed/LR as one batched program
     plugins: tuple[str, ...] = ()  # modules imported first: they register algorithms and tasks
-    compile: bool = False  # the generic engine's meta-gradient through torch.compile (other engines: ignored)
+    compile: bool = False  # the accelerated/generic engines' meta-gradient through torch.compile (others: ignored)
     device: str = "cpu"
     task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
 

@@ -37,8 +37,12 @@ class ClusterError(RuntimeError):
 
 def quiet_dependencies() -> None:
     """Silence what dependencies print on import, which would land inside progress bars: gym's
-    deprecation banner (learn2learn imports gym; it is a print, not a warning) and Ray's warnings."""
+    deprecation banner (learn2learn imports gym; it is a print, not a warning), Ray's warnings, and
+    what torch.compile says on CPU-only machines (a CUDA_HOME note; that it traces through the
+    engine's cached-constant helper, which is what we want)."""
     warnings.filterwarnings("ignore", module="ray")
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)  # e.g. "Token authentication is disabled ..."
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if "gym" not in sys.modules:

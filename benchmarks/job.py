@@ -196,10 +196,13 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
             break
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    sec_per_iter = train_seconds / max(1, last_iteration)
+    # compiled engines: the first call of each program (compile + one step) is recorded apart
+    compile_seconds = learner.compile_seconds
+    sec_per_iter = max(train_seconds - compile_seconds, 0.0) / max(1, last_iteration)
     records = []
     for m, cell in enumerate(cells):
-        common = dict(engine=learner.engine, sec_per_iter=sec_per_iter, ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
+        common = dict(engine=learner.engine, sec_per_iter=sec_per_iter, compile_seconds=compile_seconds,
+                      ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],

@@ -29,10 +29,12 @@ MAX_ENSEMBLE = 128
 
 def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_ENSEMBLE) -> list[list[Cell]]:
     """Ensemble cells that share everything but seed/LR_base/LR_meta where their engine ensembles
-    exactly (the accelerated `func` engine); others run alone."""
+    exactly (the accelerated `func` engine, eager); others run alone (a compiled program's floats
+    may depend on the ensemble's size)."""
     jobs: dict = {}
     for cell in cells:
-        if settings.ensemble and get_learner_class(cell.algorithm, cell.backend, cell.network).ensembles:
+        learner = get_learner_class(cell.algorithm, cell.backend, cell.network)
+        if settings.ensemble and learner.ensembles and not (settings.compile and learner.compiles):
             key = replace(cell, seed=0, lr_base=1.0, lr_meta=1.0)
         else:
             key = cell
@@ -49,7 +51,8 @@ def _summary_line(record: dict) -> str:
              and e["iteration"] == cell["iterations"]]
     one = next((e for e in final if e["eval_steps"] == 1), final[0])
     return (f"{head}  test MSE@{one['eval_steps']} {one['mse']:.3f} ± {one['mse_ci95']:.3f} (n={one['n_test_tasks']})"
-            f"  {record['sec_per_iter'] * 1e3:.2f} ms/iter")
+            f"  {record['sec_per_iter'] * 1e3:.2f} ms/iter" +
+            (f" (+ {record['compile_seconds']:.1f} s compile)" if record.get("compile_seconds") else ""))
 
 
 def pending_cells(sweep: Sweep, out) -> tuple[list[Cell], int]:

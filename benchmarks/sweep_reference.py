@@ -51,8 +51,9 @@ MEANINGS = {
     "device": "`cpu` or `cuda` (`cuda:N`)",
     "plugins": "modules (names or `.py` paths) imported first: they register algorithms or tasks "
                "(see CONTRIBUTING.md); also `--plugin` on the command line",
-    "compile": "run the generic engine's meta-gradient through `torch.compile` (one-off compile of ~20-40 s "
-               "on CPU, then ~10x faster; other engines ignore it)",
+    "compile": "run the meta-gradient of the accelerated (`func`) and generic engines through `torch.compile`: "
+               "a one-off compile (~5-60 s on CPU, recorded as `compile_seconds`, not in s/iter), then "
+               "fewer, fused kernels; compiled runs do not ensemble; loop and library backends ignore it",
     "task_params": "a table of task-family parameters (below), e.g. `task_params = { noise = 0.1 }`",
 }
 

@@ -216,6 +216,8 @@ def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
         "S": int(row["inner_steps"]), "B": int(row["meta_batch"]), "cells": int(row["n_cells"]),
         "ensemble": ensemble(row), "s/iter (program)": _fmt_seconds(row["sec_per_iter"]),
         "s/iter (per member)": _fmt_seconds(row["sec_per_iter_member"]),
+        "compile": DASH if not row["compile_seconds"] else f"{row['compile_seconds']:.3g} s",
+        "training (program)": f"{row['train_seconds']:.3g} s",
         "program / l2l MAML": ratio(row["ratio"]), "per member / l2l MAML": ratio(row["ratio_member"]),
     } for _, row in speed.iterrows()])
 
@@ -305,7 +307,9 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
             "trained beside each job, so they rank backends only roughly" +
             ("; the clean numbers are the speed suite's (`speed.md`, figures 5a/5b). " if not a.speed_suite.empty
              else " (run `make speed` for clean ones). ") +
-            "Median over cells of the wall seconds per meta-training iteration. `program`: the program that ran "
+            "Median over cells of the wall seconds per meta-training iteration. `compile`: a compiled engine's "
+            "one-off compile (the first call of each compiled program), not in s/iter; `training`: the program's "
+            "projected training time, compile + s/iter x iterations. `program`: the program that ran "
             "(on the `func` backend an ensemble of `ensemble` cells trained at once); `per member`: program time / "
             f"ensemble size. Ratios divide by learn2learn MAML (`{SPEED_REFERENCE[0]}`/`{SPEED_REFERENCE[1]}`) on "
             "the same device, S and meta-batch (– where it was not run); below 1 is faster.")

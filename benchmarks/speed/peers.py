@@ -2,10 +2,10 @@
 
 Peers (each a full meta-iteration: meta-gradient and Adam step):
 * `func`: the vectorised engine, eager (`learner.step`);
-* `func-compiled`: the same engine with its hand-written meta-gradient (`_meta_gradient`: the
-  forward tape and the reverse pass, no autograd) under `torch.compile(fullgraph=True)`, the
-  stacked Adam step eager (a handful of ops on one flat buffer; its Python step counter would
-  recompile every call); the engine itself is unchanged;
+* `func-compiled`: the same engine with `compile=True` (the sweep key `compile`): its
+  hand-written meta-gradient (the forward tape and the reverse pass, no autograd) under
+  `torch.compile(fullgraph=True)`, the stacked Adam step eager (a handful of ops on one flat
+  buffer; its Python step counter would recompile every call);
 * `jax`: the standard JAX MAML (`algorithms.jax_engine`: jit + vmap + optax), the jitted step
   called on JAX arrays as a JAX user would (the `jax` backend's torch<->JAX copies are not in it;
   `test_meta_iteration` times the backend as the runner calls it);
@@ -183,21 +183,12 @@ def _compile_peer(name, algorithm, hp, seed, batch, device, mode=None):
 
 def _func_compiled_peer(algorithm, hp, seed, batch, device):
     torch._dynamo.reset()
-    learner = get_learner_class(algorithm, "func")(hp, torch.Generator().manual_seed(seed), device=str(device))
-    learner.optimizer = learner.make_optimizer()
+    learner = get_learner_class(algorithm, "func")(hp, torch.Generator().manual_seed(seed), device=str(device),
+                                                    compile=True)
     data = TaskBatch.stack([batch]).to(device)
-    weights = learner.loss_weights(0)
-
-    def meta_gradient(xs, ys, xq, yq):
-        return learner._meta_gradient(TaskBatch(xs, ys, xq, yq, data.params), weights)
-
-    compiled = torch.compile(meta_gradient, fullgraph=True)
-    tensors = (data.x_support, data.y_support, data.x_query, data.y_query)
 
     def call():
-        with torch.no_grad():
-            _, grads = compiled(*tensors)
-        learner.optimizer.step(grads)
+        learner.step(data)
         _sync(device)
 
     return Peer("func-compiled", call, restore=_restorer(learner), memory=lambda: peak_memory_bytes(call, device))
