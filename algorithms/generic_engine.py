@@ -1,21 +1,25 @@
 """The generic vectorised engine: any declared inner-update rule on any network, from torch.func.
 
-One task's meta-loss is written as plain code (inner steps with `torch.func.grad` of the
-support loss, the rule's `update`, weighted query losses, the network called through
-`functional_call`); `vmap` batches it over the meta-batch and `grad_and_value` differentiates
-it with respect to the initialisation and the rule's extra meta-parameters. Second order comes
-from composing the transforms; a first-order rule detaches its inner gradients. Nothing here
-knows the network's layers or the rule's maths, so a researcher's algorithm runs vectorised
-without writing a derivative.
+One task's inner loop is written as plain code (the network called through `functional_call`,
+the rule's `update`, weighted query losses); nothing here knows the network's layers or the
+rule's maths, so a researcher's algorithm runs vectorised without writing a derivative. Two
+formulations of the same meta-loss:
+
+* eager (the default): every task's parameters are rows of [tasks, ...] tensors and only the
+  network call and the rule's update are vmapped; one `autograd.grad` of the summed support
+  losses gives every task's inner gradient (a task's loss depends on its own rows only), and
+  the meta-gradient is ordinary autograd through the steps (second order: `create_graph`;
+  a first-order rule detaches its inner gradients). Nested functorch transforms (vmap of
+  grad of grad) cost ~1.5x more dispatch for the same maths;
+* compiled (`compile=True`, the sweep key `compile`): `grad_and_value` of the vmapped
+  per-task meta-loss with `torch.func.grad` inner gradients, through `torch.compile` (autograd's
+  double backward does not compile into one graph). A one-off compile (~5-30 s on CPU), its first
+  call timed into `compile_seconds`; its floats differ from eager ones by rounding (~1e-7).
 
 The hand-written engine (`algorithms.func_engine`) stays the accelerator for the rules and
-networks it covers; the tests hold the two number for number. `compile=True` (the sweep key `compile`)
-runs the meta-gradient through `torch.compile`: a one-off compile (~20-40 s on CPU) for a
-program ~10x faster than eager, faster than the hand-written engine at S = 1 (measured in
-the README's Speed section); its floats differ from eager ones by rounding (~1e-7); the first
-call of each program is timed into `compile_seconds`. One run per learner (no ensembles): vmapping over members
-would change a member's floats with the ensemble's size, and a cell's numbers must depend on
-its configuration alone.
+networks it covers; the tests hold the two number for number. One run per learner (no
+ensembles): vmapping over members would change a member's floats with the ensemble's size, and
+a cell's numbers must depend on its configuration alone. Speeds: README, "Speed".
 """
 from __future__ import annotations
 

@@ -27,29 +27,61 @@ from tqdm.auto import tqdm
 #: part once per program plus a compute part per member that grows faster than S (per-task
 #: weight copies): func 0.75 / 2.51 ms alone and 7.0 / 44 ms for 27 members at S = 1 / 5.
 BACKEND_MS = {"l2l": 16.0, "higher": 23.6, "torch": 12.0}
-DISPATCH_MS, MEMBER_MS, MEMBER_EXPONENT = 0.30, 0.105, 1.56
-#: relative cost of an algorithm's step (first-order and head-only inner loops are cheaper)
+DISPATCH_MS, MEMBER_MS = 0.30, 0.105
+#: per algorithm on the vectorised engines: (relative cost, growth of the member part with S + 0.7).
+#: Fitted to the 27-member ensembles of a full `make bench` (2026-11-23, two workers on two cores;
+#: ms/iteration at S = 1 / 5: maml 19.6 / 109, metasgd 15.8 / 111, fomaml 8.0 / 33.6, reptile
+#: 6.5 / 28.9, anil 6.5 / 14.0, pretrain 5.6): second-order costs grow ~S^1.45, first-order ~S^1.2,
+#: ANIL's head-only loop ~S^0.6. Without this the ETA of a sweep whose S = 1 jobs run last (they
+#: are the cheapest) was 45% short at 75% progress. Unknown algorithms: MAML's.
+ALGORITHM_COST = {"maml": (1.0, 1.45), "msl": (1.0, 1.45), "metasgd": (0.73, 1.65), "fomaml": (0.46, 1.2),
+                  "reptile": (0.37, 1.25), "anil": (0.51, 0.57)}
+PRETRAIN_FACTOR = 0.61  # one forward/backward over support + query points, no inner loop
+#: relative cost of an algorithm's step on the loop backends (first-order and head-only inner loops are cheaper)
 ALGORITHM_FACTOR = {"fomaml": 0.5, "anil": 0.4, "reptile": 0.35}
 
 
-def job_cost(cells) -> float:
-    """Prior cost of a job in milliseconds on a reference CPU thread (its cells share algorithm,
-    backend, S, meta-batch and iterations); only ratios between jobs matter."""
+#: evaluation: milliseconds per (member, task, adaptation step), measured on one quiet thread
+#: (a 27-member func job's final evaluation of 600 test + 600 validation tasks x 11 steps:
+#: 0.2-0.44 s per member). At bench.toml's settings a cheap job spends more time evaluating (two
+#: evaluations per member) than training, so a prior without it put the ETA 40% short.
+EVAL_MS = 0.027
+
+
+def evaluation_cost(cells, settings) -> float:
+    """Prior cost of a job's evaluations (ms): members x evaluations x tasks x (eval_steps + 1)."""
     cell = cells[0]
-    steps = 0.0 if cell.algorithm == "pretrain" else cell.inner_steps  # no inner loop in training
+    evaluations = len({cell.iterations} | (set(range(settings.eval_every, cell.iterations + 1, settings.eval_every))
+                                            if settings.eval_every else set()))
+    ks = set(settings.eval_k_shot) | {cell.k_shot}
+    tasks = len(ks) * (settings.n_test_tasks * settings.n_test_sets + settings.n_validation_tasks)
+    return EVAL_MS * len(cells) * evaluations * tasks * (settings.eval_steps + 1)
+
+
+def job_cost(cells, settings=None) -> float:
+    """Prior cost of a job in milliseconds on a reference CPU thread (its cells share algorithm,
+    backend, S, meta-batch and iterations): training, plus evaluation when the sweep's
+    `settings` are given; only ratios between jobs matter."""
+    cell = cells[0]
+    evaluation = 0.0 if settings is None else evaluation_cost(cells, settings)
     tasks = cell.meta_batch / 25
-    factor = ALGORITHM_FACTOR.get(cell.algorithm, 1.0)
     if cell.backend in BACKEND_MS:
-        per_iteration = BACKEND_MS[cell.backend] * (steps + 0.7) * tasks * len(cells)
-    else:  # func, jax: one program for the ensemble
-        per_iteration = DISPATCH_MS * (steps + 0.7) + MEMBER_MS * len(cells) * tasks * (steps + 0.7) ** MEMBER_EXPONENT
-    return max(factor * per_iteration * cell.iterations, 1e-9)
+        steps = 0.0 if cell.algorithm == "pretrain" else cell.inner_steps  # no inner loop in training
+        factor = ALGORITHM_FACTOR.get(cell.algorithm, 1.0)
+        per_iteration = factor * BACKEND_MS[cell.backend] * (steps + 0.7) * tasks * len(cells)
+    elif cell.algorithm == "pretrain":  # func, jax, generic: one program for the ensemble
+        per_iteration = PRETRAIN_FACTOR * (DISPATCH_MS + MEMBER_MS * len(cells) * tasks)
+    else:
+        factor, exponent = ALGORITHM_COST.get(cell.algorithm, ALGORITHM_COST["maml"])
+        steps = cell.inner_steps + 0.7
+        per_iteration = factor * (DISPATCH_MS * steps + MEMBER_MS * len(cells) * tasks * steps ** exponent)
+    return max(per_iteration * cell.iterations + evaluation, 1e-9)
 
 
-def longest_first(jobs: list) -> list:
+def longest_first(jobs: list, settings=None) -> list:
     """Jobs in descending prior cost (stable). On several workers this shortens the sweep (the
     longest-processing-time rule) and lets the ETA observe every expensive kind of job early."""
-    return sorted(jobs, key=job_cost, reverse=True)
+    return sorted(jobs, key=lambda cells: job_cost(cells, settings), reverse=True)
 
 
 def job_kind(cells) -> tuple:
@@ -74,10 +106,11 @@ class SweepProgress:
     jobs: list
     workers: int = 1
     clock: callable = time.monotonic
+    settings: object = None  # the sweep's Settings: evaluation enters the prior costs
     state: list = field(init=False)
 
     def __post_init__(self):
-        self.state = [_Job(job_cost(cells), job_kind(cells), cells[0].iterations) for cells in self.jobs]
+        self.state = [_Job(job_cost(cells, self.settings), job_kind(cells), cells[0].iterations) for cells in self.jobs]
         self.total = sum(j.cost for j in self.state)
 
     def update(self, index: int, iterations: int) -> None:
@@ -142,8 +175,8 @@ class SweepProgress:
 class ProgressBar:
     """The sweep's bar: percent of estimated work, our ETA, cells finished."""
 
-    def __init__(self, jobs: list, workers: int, enabled: bool = True):
-        self.progress = SweepProgress(jobs, workers)
+    def __init__(self, jobs: list, workers: int, enabled: bool = True, settings=None):
+        self.progress = SweepProgress(jobs, workers, settings=settings)
         self.cells = sum(len(j) for j in jobs)
         self.cells_done = 0
         self.bar = tqdm(total=100.0, unit="%", disable=not enabled, dynamic_ncols=True,

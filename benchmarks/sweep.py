@@ -86,9 +86,9 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
     `total` for the message.
     """
     todo, finished_before = pending_cells(sweep, out)
-    jobs = longest_first(group_jobs(todo, sweep.settings))  # order changes no number, only the makespan
+    jobs = longest_first(group_jobs(todo, sweep.settings), sweep.settings)  # order changes no number, only the makespan
     in_process = executor != "ray" and (workers <= 1 or len(jobs) <= 1)
-    bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress)
+    bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress, settings=sweep.settings)
     done = []
 
     def finish(index, records):

@@ -5,8 +5,11 @@ import pickle
 
 import pytest
 
-from benchmarks.config import Cell
-from benchmarks.progress import Reporter, SweepProgress, job_cost, longest_first
+from benchmarks.config import Cell, Settings
+from benchmarks.progress import Reporter, SweepProgress, evaluation_cost, job_cost, longest_first
+
+#: bench.toml's evaluation: at iterations 1000 and 2000, 600 test + 600 validation tasks, 11 steps
+BENCH_SETTINGS = Settings(eval_every=1000, n_test_tasks=600, n_validation_tasks=600, eval_steps=10)
 
 
 def _bench_like_jobs():
@@ -19,23 +22,27 @@ def _bench_like_jobs():
     return jobs
 
 
-@pytest.mark.parametrize("workers, misestimate", [(2, 0.75), (2, 1.0), (2, 1.3), (1, 1.0)])
-def test_eta_within_30_percent_from_10_percent_on(workers, misestimate):
+@pytest.mark.parametrize("workers, misestimate, evaluation", [(2, 0.75, 1.0), (2, 1.0, 1.0), (2, 1.3, 1.0),
+                                                             (1, 1.0, 1.0), (2, 1.0, 0.8), (2, 1.0, 1.3)])
+def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluation):
     """Simulate the sweep on a fake clock with true costs off the prior: learn2learn
-    `misestimate` times the prior, S = 5 ensembles 25% dearer relative to S = 1, fomaml cheaper. The ETA must be within 30% of the true
+    `misestimate` times the prior, S = 5 ensembles 25% dearer relative to S = 1, fomaml cheaper,
+    evaluation `evaluation` times its prior. The ETA must be within 30% of the true
     remaining time whenever >= 10% of the work is done. (With one worker the first 10% may
     be one kind of job only: then the ETA is as good as the prior's relative costs.)"""
-    jobs = longest_first(_bench_like_jobs())
+    jobs = longest_first(_bench_like_jobs(), BENCH_SETTINGS)
 
     def true_seconds(cells):
-        prior = job_cost(cells) * 1e-3  # milliseconds -> seconds
+        prior = job_cost(cells) * 1e-3  # training only, milliseconds -> seconds
         if cells[0].backend == "l2l":
-            return prior * misestimate
-        scale = 1.25 if cells[0].inner_steps == 5 else 1.0  # the prior's S-dependence off by 25%
-        return prior * scale * (0.8 if cells[0].algorithm == "fomaml" else 1.0)
+            prior *= misestimate
+        else:
+            scale = 1.25 if cells[0].inner_steps == 5 else 1.0  # the prior's S-dependence off by 25%
+            prior *= scale * (0.8 if cells[0].algorithm == "fomaml" else 1.0)
+        return prior + evaluation * evaluation_cost(cells, BENCH_SETTINGS) * 1e-3
 
     now = [0.0]
-    progress = SweepProgress(jobs, workers, clock=lambda: now[0])
+    progress = SweepProgress(jobs, workers, clock=lambda: now[0], settings=BENCH_SETTINGS)
     durations = [true_seconds(j) for j in jobs]
     # event simulation of a pool that takes jobs in order
     worker_free, starts = [0.0] * workers, []
