@@ -10,7 +10,7 @@ formulations of the same meta-loss:
   losses gives every task's inner gradient (a task's loss depends on its own rows only), and
   the meta-gradient is ordinary autograd through the steps (second order: `create_graph`;
   a first-order rule detaches its inner gradients). Nested functorch transforms (vmap of
-  grad of grad) cost ~1.5x more dispatch for the same maths;
+  grad of grad) took 1.3-1.5x its time for the same maths (README, "Speed");
 * compiled (`compile=True`, the sweep key `compile`): `grad_and_value` of the vmapped
   per-task meta-loss with `torch.func.grad` inner gradients, through `torch.compile` (autograd's
   double backward does not compile into one graph). A one-off compile (~5-30 s on CPU), its first
@@ -134,8 +134,7 @@ class GenericLearner(MetaLearner):
         """The same meta-loss for eager autograd: only the network call is vmapped; every
         task's parameters are rows of [tasks, ...] tensors, so one `autograd.grad` of the summed
         support losses gives every task's inner gradient (each task's loss depends on its own
-        rows only) and the graph through the steps is ordinary autograd. Nested functorch
-        transforms (vmap of grad of grad) cost ~4x more dispatch for the same maths."""
+        rows only) and the graph through the steps is ordinary autograd."""
         program, n = self.program, len(self.program.names)
         tasks = xs.shape[0]
         params = [p.unsqueeze(0).expand(tasks, *p.shape) for p in self.meta_parameters[:n]]
