@@ -165,7 +165,12 @@ class SweepProgress:
         running = [seconds(j, j.cost * (1 - j.done / j.iterations)) for j in self.state
                    if j.started is not None and not j.finished]
         pending = [seconds(j, j.cost) for j in self.state if j.started is None]
-        free = sorted(running)[: self.workers] + [0.0] * max(0, self.workers - len(running))
+        # More jobs can look running than there are workers for a moment (a worker reports its
+        # next job before the last one's records are in): all of that work is still to do, so
+        # the extra ones queue like pending jobs (never dropped, which made the ETA dip).
+        running.sort(reverse=True)
+        pending = running[self.workers:] + pending
+        free = running[: self.workers] + [0.0] * max(0, self.workers - len(running))
         heapq.heapify(free)
         for duration in pending:
             heapq.heappush(free, heapq.heappop(free) + duration)

@@ -72,6 +72,21 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
     assert checked > 100
 
 
+def test_eta_counts_every_running_job_when_more_look_running_than_workers():
+    """A worker may report its next job before the last one's records arrive: three jobs then
+    look running on two workers. The ETA must still include all three (it once dropped the
+    longest, and a measured make bench's ETA dipped from 3:41 to 0:53 at such a moment)."""
+    jobs = [[Cell("maml", "l2l", iterations=100)] for _ in range(3)]
+    now = [0.0]
+    progress = SweepProgress(jobs, workers=2, clock=lambda: now[0])
+    for i in range(3):
+        progress.start(i)
+    now[0] = 10.0
+    for i in range(3):
+        progress.update(i, 10)  # every job 10% done in 10 s: 90 s left each
+    assert progress.eta() == pytest.approx(180.0)  # two in parallel, the third after one of them
+
+
 def test_reporter_throttles_and_pickles():
     seen = []
     reporter = Reporter(seen.append, index=3, interval=3600)
