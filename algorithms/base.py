@@ -7,6 +7,7 @@ outside a learner branches on its name.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 
@@ -112,6 +113,20 @@ class MetaLearner(ABC):
     #: seconds spent in compiled programs' first calls (compile + one step): recorded apart from
     #: the step time, which excludes them
     compile_seconds: float = 0.0
+
+    def _compiled_call(self, key, build, *args):
+        """Call the compiled program for `key`, made by `build()` on first use; that first call
+        (compile + one step) is timed into `compile_seconds`, never into the step time."""
+        programs = self.__dict__.setdefault("_programs", {})
+        if key in programs:
+            return programs[key](*args)
+        programs[key] = build()
+        started = time.perf_counter()
+        result = programs[key](*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds += time.perf_counter() - started
+        return result
 
     def double(self) -> "MetaLearner":
         """This learner in float64, in place (for float64 cross-checks between backends)."""

@@ -38,7 +38,6 @@ not ensemble (a cell's numbers depend on its configuration alone).
 from __future__ import annotations
 
 import math
-import time
 from typing import Sequence
 
 import torch
@@ -123,7 +122,6 @@ class FuncLearner(MetaLearner):
         adapted = self.rule.adapted_layers
         self.frozen_layers = 0 if adapted is None else max(0, len(self.params) // 2 - adapted)
         self.compile = compile
-        self._compiled: dict = {}  # pattern of the loss weights -> compiled meta-gradient
         if compile:
             self.engine = "accelerated+compile"
 
@@ -244,22 +242,16 @@ class FuncLearner(MetaLearner):
         """`_meta_gradient` through torch.compile: 0 and 1 weights stay constants (their
         branches and multiplications are the eager ones), any other weight is a tensor input."""
         pattern = tuple(w if w in (0, 1) else None for w in weights)
-        values = torch.tensor(weights, dtype=self.params[0].dtype)
-        program = self._compiled.get(pattern)
-        first = program is None
-        if first:
+
+        def build():
             def meta_gradient(xs, ys, xq, yq, values):
                 chosen = [values[s] if w is None else w for s, w in enumerate(pattern)]
                 return self._meta_gradient(TaskBatch(xs, ys, xq, yq), chosen)
+            return torch.compile(meta_gradient, fullgraph=True, dynamic=False)
 
-            program = self._compiled[pattern] = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
-            started = time.perf_counter()
-        result = program(batch.x_support, batch.y_support, batch.x_query, batch.y_query, values.to(self.device))
-        if first:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.compile_seconds += time.perf_counter() - started
-        return result
+        values = torch.tensor(weights, dtype=self.params[0].dtype, device=self.device)
+        return self._compiled_call(pattern, build, batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+                                   values)
 
     def _meta_gradient(self, batch, weights):
         xs, ys, xq, yq = (t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))

@@ -24,7 +24,6 @@ a cell's numbers must depend on its configuration alone. Speeds: README, "Speed"
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
@@ -115,7 +114,6 @@ class GenericLearner(MetaLearner):
         self.meta_parameters = params + self.extra
         self.program = TaskProgram(self.net, self.rule, hp, self.rule.adapts(len(params)))
         self.compile = compile
-        self._compiled: dict = {}  # which loss weights are non-zero -> compiled program
         if compile:
             self.engine = "generic+compile"
 
@@ -169,17 +167,12 @@ class GenericLearner(MetaLearner):
         # Compiled: the weights' values enter as a tensor (MSL anneals them every iteration, which
         # would recompile); only the pattern of non-zero weights selects the program.
         used = tuple(bool(w) for w in weights)
-        first = used not in self._compiled
-        if first:
-            program = functools.partial(self._batched_meta_loss, used=used)
-            self._compiled[used] = torch.compile(grad_and_value(program), dynamic=False)
-            started = time.perf_counter()
         values = torch.tensor(weights, dtype=meta[0].dtype, device=meta[0].device)
-        grads, loss = self._compiled[used](meta, *data, values)
-        if first:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.compile_seconds += time.perf_counter() - started
+
+        def build():
+            return torch.compile(grad_and_value(functools.partial(self._batched_meta_loss, used=used)), dynamic=False)
+
+        grads, loss = self._compiled_call(used, build, meta, *data, values)
         return loss.detach(), list(grads)
 
     def adaptation(self, member: int = 0) -> Adaptation:

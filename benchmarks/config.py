@@ -107,6 +107,11 @@ class Settings:
     device: str = "cpu"
     task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
 
+    def evaluation_iterations(self, iterations: int) -> set[int]:
+        """The iterations a run of `iterations` is evaluated at: every `eval_every` and the last."""
+        every = set(range(self.eval_every, iterations + 1, self.eval_every)) if self.eval_every else set()
+        return {iterations} | every
+
 
 @dataclass
 class Sweep:

@@ -158,8 +158,7 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     eval_ks = sorted(set(settings.eval_k_shot) | {base.k_shot})
     eval_sets = evaluation_sets(family, settings, eval_ks, device)
     probe = evaluation_set(family, "validation", base.meta_batch, seed_offset=PROBE_SEED_OFFSET).to(device)
-    eval_at = {base.iterations} | ({i for i in range(settings.eval_every, base.iterations + 1, settings.eval_every)}
-                                   if settings.eval_every else set())
+    eval_at = settings.evaluation_iterations(base.iterations)
     log_at = eval_at | set(range(settings.log_every, base.iterations + 1, settings.log_every))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -51,8 +51,7 @@ EVAL_MS = 0.027
 def evaluation_cost(cells, settings) -> float:
     """Prior cost of a job's evaluations (ms): members x evaluations x tasks x (eval_steps + 1)."""
     cell = cells[0]
-    evaluations = len({cell.iterations} | (set(range(settings.eval_every, cell.iterations + 1, settings.eval_every))
-                                            if settings.eval_every else set()))
+    evaluations = len(settings.evaluation_iterations(cell.iterations))
     ks = set(settings.eval_k_shot) | {cell.k_shot}
     tasks = len(ks) * (settings.n_test_tasks * settings.n_test_sets + settings.n_validation_tasks)
     return EVAL_MS * len(cells) * evaluations * tasks * (settings.eval_steps + 1)
