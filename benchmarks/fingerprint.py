@@ -8,6 +8,10 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
   (it decides which curve points are stored), `msl_anneal_iters`, and any setting added later);
 - the task's resolved parameters (`task.noise`, `task.x_range`, ...: `task_params = {}` and
   `{noise = 0.0}` are the same tasks, and a changed task default is a change);
+- the hardware (`benchmarks.hardware`: the processor's vendor, family, model and vector
+  capability; the GPU for a CUDA run): another processor gives other floats, so a folder is never
+  resumed on other hardware (a Ray sweep, whose workers may differ, records each worker's hardware
+  but does not compare it on resume: decision, documented in the README);
 - the device type, the torch version, the version of the library a backend runs on
   (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
   version of this suite's numerical code, bumped by whoever changes a number on purpose).
@@ -17,9 +21,12 @@ Left out, on purpose (recorded in the record's `environment`, not compared):
 - the device index (`cuda:1` vs `cuda:0`): only its type;
 - `plugins`: loading another plug-in does not change a cell's numbers (its algorithm name does);
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
-- torch threads, the CPU model, the Python version: the `func` engine is bitwise the same at 1 and 2
-  threads (tested); the loop backends move by ~3e-4 relative between thread counts or CPUs, which
-  the regression tolerances cover. A resume with other `--threads` is therefore allowed.
+- torch threads and the Python version: the `func` engine is bitwise the same at 1 and 2 threads
+  (tested); the loop backends move by ~3e-4 relative between thread counts, which the regression
+  tolerances cover. A resume with other `--threads` is therefore allowed.
+
+Records made before `hardware` was recorded compare as "(not recorded)": a sweep refuses to
+resume into them (their machine is unknown); reports and regression checks still read them.
 
 A setting added after a record was written is compared at its default (a new setting's default
 reproduces the behaviour from before it existed). Records written before fingerprints existed get
@@ -39,10 +46,14 @@ import torch
 
 from algorithms import NUMERICS_VERSION
 from benchmarks.config import Cell, ConfigError, Settings
+from benchmarks.hardware import hardware
 from benchmarks.records import RecordError, identity
 from tasks import get_task
 
 NOT_RECORDED = "(not recorded)"
+#: keys that may differ between records pooled into one number (seeds run on two machines) and
+#: between the sides of a regression check: far below the seed-to-seed spread, within tolerance
+OTHER_MACHINE = ("hardware",)
 EXCLUDED_SETTINGS = ("ensemble", "device", "plugins")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
@@ -79,6 +90,8 @@ def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None
     """The flat, JSON-ready table of everything `cell`'s numbers depend on (see the module doc)."""
     values = {"numerics_version": numerics_version, "torch": torch_version or torch.__version__,
               "device": torch.device(settings.device).type, **asdict(cell)}
+    if numerics_version != NOT_RECORDED:
+        values["hardware"] = hardware(settings.device)
     for f in fields(Settings):
         if f.name in EXCLUDED_SETTINGS or f.name == "task_params":
             continue
@@ -144,6 +157,7 @@ def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
     """`key: old -> new` for every key whose value differs; a key absent on one side is taken at
     its default (for `cell`), else shown as not recorded."""
     default = fingerprint(cell, Settings()) if cell is not None else {}
+    default.pop("hardware", None)  # never assumed: a record that does not name its machine is from an unknown one
     lines = []
     for key in list(new) + [k for k in old if k not in new]:
         before = old.get(key, default.get(key, NOT_RECORDED))
@@ -153,11 +167,13 @@ def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
     return lines
 
 
-def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], settings: Settings, out) -> None:
+def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], settings: Settings, out,
+                    same_hardware: bool = True) -> None:
     """Refuse (FingerprintError) when a finished record of one of `cells` was made under another
     fingerprint: its numbers are not this configuration's, and reusing them would be silent.
 
     `existing` is `records.scan_records(out)`. Failed records are retrained anyway and do not count.
+    `same_hardware=False` (Ray: the workers, not this process, compute) leaves `hardware` uncompared.
     """
     changed: dict[str, list[str]] = {}  # difference -> cell ids
     examples: list[Path] = []
@@ -166,7 +182,10 @@ def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], s
         if found is None or found[1]["status"] not in ("ok", "diverged"):
             continue
         path, record = found
-        lines = differences(record_fingerprint(record), fingerprint(cell, settings), cell)
+        old, new = record_fingerprint(record), fingerprint(cell, settings)
+        if not same_hardware:
+            old, new = ({k: v for k, v in fp.items() if k not in OTHER_MACHINE} for fp in (old, new))
+        lines = differences(old, new, cell)
         for line in lines:
             changed.setdefault(line, []).append(cell.cell_id)
         if lines:
@@ -196,9 +215,10 @@ def check_poolable(records: list[dict], pooled_over: tuple[str, ...] = ("seed",)
     problems = []
     for group in groups.values():
         first = group[0]
-        base = {k: v for k, v in record_fingerprint(first).items() if k not in pooled_over}
+        ignored = set(pooled_over) | set(OTHER_MACHINE)
+        base = {k: v for k, v in record_fingerprint(first).items() if k not in ignored}
         for other in group[1:]:
-            theirs = {k: v for k, v in record_fingerprint(other).items() if k not in pooled_over}
+            theirs = {k: v for k, v in record_fingerprint(other).items() if k not in ignored}
             lines = differences(base, theirs)
             if lines:
                 problems.append(f"  {first['cell_id']} and {other['cell_id']}: {'; '.join(lines)}")

@@ -19,7 +19,7 @@ import torch
 from algorithms import RULES
 from benchmarks import artifacts as store
 from benchmarks.config import Cell, ConfigError, Settings, parse_override
-from benchmarks.fingerprint import fingerprint
+from benchmarks.fingerprint import NOT_RECORDED, fingerprint
 from benchmarks.job import _family, evaluation_sets, evaluate_sets, zero_predictor_mse
 from benchmarks.records import load_records, write_record
 
@@ -69,8 +69,19 @@ def reevaluate_record(src_runs: Path, record: dict, overrides: dict) -> dict:
     new.pop("artifacts", None)
     found.errors, found.zero_mse = errors, zero_predictor_mse(sets)
     found.n_sets = {split: len(batches) for (split, _), batches in sets.items()}
-    new.update(settings=asdict(settings), fingerprint=fingerprint(cell, settings), evaluations=rows, _artifacts=found,
+    new.update(settings=asdict(settings), fingerprint=_fingerprint(record, cell, settings), evaluations=rows,
+               _artifacts=found,
                reevaluated={"from": str(src_runs.parent), "changed": {k: _plain(v) for k, v in overrides.items()}})
+    return new
+
+
+def _fingerprint(record: dict, cell: Cell, settings: Settings) -> dict:
+    """This evaluation's fingerprint; its `hardware` names the training machine too when it differs
+    (the weights were trained there, the new numbers computed here)."""
+    new = fingerprint(cell, settings)
+    trained = (record.get("fingerprint") or {}).get("hardware", NOT_RECORDED)
+    if trained != new["hardware"]:
+        new["hardware"] = f"trained on {trained}; evaluated on {new['hardware']}"
     return new
 
 

@@ -248,6 +248,16 @@ def scope_text(a: Analysis) -> str:
     return f"task {a.scope['task']}, trained at K={a.scope['k_shot']}"
 
 
+def _hardware_line(records: list[dict]) -> str:
+    """Which machine computed the numbers: floats depend on the processor (`benchmarks.hardware`)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        name = (record.get("fingerprint") or {}).get("hardware", "not recorded (made before the hardware was)")
+        counts[name] = counts.get(name, 0) + 1
+    listed = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f" Computed on: {listed}." if listed else ""
+
+
 def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: dict[str, str],
                     paper_section: str | None = None) -> str:
     """tables.md: sections (a) accuracy, (a2) robust statistics, (b) speed, (c) problems,
@@ -260,7 +270,7 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
                 "out. " + ("Per-task errors are stored: blow-up rates, medians, IQMs and paired comparisons below."
                            if a.task_errors else
                            "These records have no per-task errors (made before the per-task store), so blow-up "
-                           "rates, medians, IQMs and paired comparisons are shown as –.")]
+                           "rates, medians, IQMs and paired comparisons are shown as –.") + _hardware_line(a.records)]
 
     sections.append("## (a) Best configuration per (algorithm, backend, K)")
     if a.best.empty:

@@ -79,6 +79,24 @@ def test_reevaluate_reproduces_the_final_evaluation_bitwise(sweep, tmp_path):
         old = before[record["cell_id"]]
         final = [e for e in old["evaluations"] if e["iteration"] == old["cell"]["iterations"]]
         assert record["evaluations"] == final, record["cell_id"]
+        assert record["fingerprint"]["hardware"] == old["fingerprint"]["hardware"]  # same machine: unchanged
+
+
+def test_reevaluate_on_other_hardware_names_both_machines(sweep, tmp_path):
+    import json
+    import shutil
+
+    from benchmarks.hardware import hardware
+
+    src = tmp_path / "src"
+    shutil.copytree(sweep / "out", src)
+    for path in (src / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        record["fingerprint"]["hardware"] = "Other CPU [AVX2]"
+        path.write_text(json.dumps(record))
+    assert main(["re-evaluate", str(src), "--out", str(tmp_path / "again")]) == 0
+    names = {r["fingerprint"]["hardware"] for r in load_records(tmp_path / "again") if r["status"] == "ok"}
+    assert names == {f"trained on Other CPU [AVX2]; evaluated on {hardware()}"}, names
 
 
 def test_reevaluate_with_more_test_sets_keeps_the_first_sets(sweep, tmp_path):

@@ -113,7 +113,7 @@ def test_fingerprint_holds_what_changes_numbers_and_not_what_does_not():
     base = load_sweep_settings()
     fp = fingerprint(cell, base)
     assert {"numerics_version", "torch", "device", "lr_base", "seed", "n_test_tasks", "eval_steps", "n_query",
-            "msl_anneal_iters", "task.noise", "log_every", "eval_every"} <= set(fp), sorted(fp)
+            "msl_anneal_iters", "task.noise", "log_every", "eval_every", "hardware"} <= set(fp), sorted(fp)
     assert "ensemble" not in fp and "threads" not in fp
     assert "msl_anneal_iters" not in fingerprint(Cell("maml", "func"), base)  # only MSL reads it
     from dataclasses import replace
@@ -146,6 +146,67 @@ def test_report_refuses_to_pool_seeds_made_under_other_settings(finished, tmp_pa
     assert run(tmp_path, out, "--set", "seed=[0, 2]") == 2
     assert "cannot pool" in capsys.readouterr().err
     assert not list((out / "runs").glob("*seed2.json"))
+
+
+# ----------------------------------------------------------------------------- hardware
+
+def _set_hardware(out: Path, value, only: str = "*.json") -> None:
+    for path in (out / "runs").glob(only):
+        record = json.loads(path.read_text())
+        if value is None:
+            del record["fingerprint"]["hardware"]
+        else:
+            record["fingerprint"]["hardware"] = value
+        path.write_text(json.dumps(record))
+
+
+def test_hardware_names_this_processor():
+    from benchmarks.hardware import hardware
+
+    name = hardware("cpu")
+    assert torch.backends.cpu.get_cpu_capability() in name and name == hardware(), name
+
+
+@pytest.mark.parametrize("stored, named", [("Other CPU [AVX2]", "hardware: 'Other CPU [AVX2]' -> "),
+                                           (None, "hardware: (not recorded) -> ")], ids=["other", "not-recorded"])
+def test_a_folder_made_on_other_hardware_is_not_resumed(finished, tmp_path, capsys, stored, named):
+    """Another processor gives other floats: resuming would mix two machines' numbers silently."""
+    out = copy_of(finished, tmp_path)
+    _set_hardware(out, stored)
+    before = snapshot(out)
+    assert run(tmp_path, out, "--set", "seed=[0, 1]") == 2
+    err = capsys.readouterr().err
+    assert named in err and "another --out" in err, err
+    assert snapshot(out) == before, "a refused run changed the folder"
+
+
+def test_seeds_from_two_machines_pool_and_the_report_names_both(finished, tmp_path, capsys):
+    from benchmarks.fingerprint import check_poolable, check_resumable
+    from benchmarks.records import scan_records
+
+    out = copy_of(finished, tmp_path)
+    _set_hardware(out, "Other CPU [AVX2]", only="*seed1.json")
+    check_poolable(load_records(out))  # no error: within-tolerance float differences, not other settings
+    assert main(["report", str(out)]) == 0
+    tables = (out / "tables.md").read_text()
+    from benchmarks.hardware import hardware
+    assert f"{hardware()} (1 run)" in tables and "Other CPU [AVX2] (1 run)" in tables, tables[:800]
+    sweep = load_sweep(_config(tmp_path), ["seed=[0, 1]"])
+    with pytest.raises(Exception, match="hardware"):
+        check_resumable(scan_records(out), sweep.cells, sweep.settings, out)
+    check_resumable(scan_records(out), sweep.cells, sweep.settings, out, same_hardware=False)  # Ray: workers compute
+
+
+def _config(tmp_path: Path) -> Path:
+    config = tmp_path / "sweep.toml"
+    config.write_text(TINY)
+    return config
+
+
+def test_regress_compares_across_hardware(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    _set_hardware(out, "Other CPU [AVX2]")
+    assert main(["regress", "--baseline", str(finished), "--candidate", str(out)]) == 0, capsys.readouterr()
 
 
 # ----------------------------------------------------------------------------- ids (defect 4)
