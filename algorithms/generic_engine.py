@@ -5,12 +5,17 @@ the rule's `update`, weighted query losses); nothing here knows the network's la
 rule's maths, so a researcher's algorithm runs vectorised without writing a derivative. Two
 formulations of the same meta-loss:
 
-* eager (the default): every task's parameters are rows of [tasks, ...] tensors and only the
-  network call and the rule's update are vmapped; one `autograd.grad` of the summed support
-  losses gives every task's inner gradient (a task's loss depends on its own rows only), and
-  the meta-gradient is ordinary autograd through the steps (second order: `create_graph`;
-  a first-order rule detaches its inner gradients). Nested functorch transforms (vmap of
-  grad of grad) took 1.3-1.5x its time for the same maths (README, "Speed");
+* eager (the default): every task's parameters are rows of [tasks, ...] tensors; one
+  `autograd.grad` of the summed support losses gives every task's inner gradient (a task's loss
+  depends on its own rows only), and the meta-gradient is ordinary autograd through the steps
+  (second order: `create_graph`; a first-order rule detaches its inner gradients). The network
+  runs all tasks at once through its `batched_forward` where it has one (the built-in MLP does),
+  else per task through `vmap(functional_call)`. The rule's `update`, written for one task, is
+  called once on the [tasks, ...] rows when it is elementwise (it broadcasts), else vmapped:
+  a rule declares `elementwise`, or leaves it None and the engine checks, the first time each
+  step runs, that the direct call equals the vmapped one bitwise (and vmaps from then on where
+  it does not). Nested functorch transforms (vmap of grad of grad) took 1.3-1.5x the time of
+  the vmapped form, which took 1.6x this one (README, "Speed");
 * compiled (`compile=True`, the sweep key `compile`): `grad_and_value` of the vmapped
   per-task meta-loss with `torch.func.grad` inner gradients, through `torch.compile` (autograd's
   double backward does not compile into one graph). A one-off compile (~5-30 s on CPU), its first
@@ -56,6 +61,13 @@ class TaskProgram:
         """MSE of one task's points: x, y [points, 1]."""
         out = functional_call(self.net, dict(zip(self.names, params)), (x,))
         return (out - y).pow(2).mean()
+
+    def batched_losses(self, params, x, y) -> torch.Tensor:
+        """Every task's MSE [tasks] for parameters [tasks, ...] and x, y [tasks, points, 1]."""
+        batched = getattr(self.net, "batched_forward", None)
+        if batched is None:
+            return vmap(self.loss)(params, x, y)
+        return (batched(params, x) - y).pow(2).mean(dim=(-2, -1))
 
     def gradients(self, params, x, y) -> list[torch.Tensor | None]:
         """The support loss's gradient for the adapted parameters (None for the others)."""
@@ -116,6 +128,7 @@ class GenericLearner(MetaLearner):
         self.compile = compile
         if compile:
             self.engine = "generic+compile"
+        self._direct_steps: dict[int, bool] = {}  # step -> whether the rule's update runs unbatched (checked)
 
     def double(self) -> "GenericLearner":
         self.net.double()
@@ -137,7 +150,7 @@ class GenericLearner(MetaLearner):
         tasks = xs.shape[0]
         params = [p.unsqueeze(0).expand(tasks, *p.shape) for p in self.meta_parameters[:n]]
         extra = self.meta_parameters[n:]
-        losses = vmap(program.loss)
+        losses = program.batched_losses
         index = [i for i, a in enumerate(program.adapted) if a]
         second_order = not self.rule.first_order
         total = None
@@ -148,12 +161,34 @@ class GenericLearner(MetaLearner):
                 grads: list = [None] * n
                 for i, g in zip(index, found):
                     grads[i] = g if second_order else g.detach()
-                in_dims = ([0] * n, [None if g is None else 0 for g in grads], None, None, None)
-                params = vmap(self.rule.update, in_dims=in_dims)(params, grads, list(extra), s - 1, self.hp)
+                params = self._update(params, grads, list(extra), s - 1)
             if weights[s]:
                 term = losses(params, xq, yq).mean() * weights[s]
                 total = term if total is None else total + term
         return total
+
+    def _update(self, params, grads, extra, step: int):
+        """The rule's update of every task's rows [tasks, ...]: one direct call where the rule is
+        elementwise (declared, or checked bitwise against the vmapped update the first time
+        `step` runs), else vmapped over tasks (the rule is written for one task)."""
+        in_dims = ([0] * len(params), [None if g is None else 0 for g in grads], None, None, None)
+        per_task = functools.partial(vmap(self.rule.update, in_dims=in_dims), params, grads, extra, step, self.hp)
+        declared = getattr(self.rule, "elementwise", None)
+        direct = self._direct_steps.get(step, declared)
+        if direct is False:
+            return per_task()
+        if direct is None:
+            reference = per_task()
+            try:
+                out = self.rule.update(params, grads, extra, step, self.hp)
+            except (RuntimeError, ValueError, IndexError, TypeError):  # written for one task's shapes only
+                self._direct_steps[step] = False
+                return reference
+            direct = len(out) == len(reference) and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(out, reference))
+            self._direct_steps[step] = direct
+            return out if direct else reference
+        return self.rule.update(params, grads, extra, step, self.hp)
 
     def meta_gradient(self, batch, iteration: int = 0):
         weights = tuple(self.rule.loss_weights(self.hp, iteration))

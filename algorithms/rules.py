@@ -37,6 +37,20 @@ class InnerRule:
     first_order: bool = False
     adapted_layers: int | None = None
     fast_update: str | None = "sgd"  # how the hand-written engine runs `update` (None: it cannot)
+    #: whether `update` treats every entry on its own, so that it runs unchanged on every task's
+    #: parameters at once ([tasks, ...], broadcasting against unbatched `extra`): the generic
+    #: engine then calls it once instead of vmapping it. None: the engine checks (bitwise, once
+    #: per step) and vmaps where the two differ; a rule that mixes entries (norms, sums) may
+    #: say False to skip the check.
+    elementwise: bool | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        """A rule that writes its own `update` has no fast path unless it names one: inheriting
+        `fast_update = "sgd"` would let the hand-written engine and learn2learn/higher run plain
+        SGD in its place, silently."""
+        super().__init_subclass__(**kwargs)
+        if "update" in vars(cls) and "fast_update" not in vars(cls):
+            cls.fast_update = None
 
     def loss_weights(self, hp: HyperParams, iteration: int) -> list[float]:
         return last_step_weights(hp.inner_steps)

@@ -148,6 +148,67 @@ def test_lslr_meta_gradient_agrees_between_the_loop_and_the_vectorised_engine(ls
     assert _worst(func_grads, loop_grads) < 1e-10
 
 
+class NormalizedStep(InnerRule):
+    """A step of length LR_base along the task's whole gradient: its norm mixes every entry, so it
+    is not elementwise and must run per task on the generic engine."""
+
+    def update(self, params, grads, extra, step, hp):
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None))
+        return [p if g is None else p - hp.lr_base * g / norm for p, g in zip(params, grads)]
+
+
+class DeclaredElementwise(NormalizedStep):
+    elementwise = True  # wrongly: the engine then calls it once on every task's rows
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made by a test vanish after it."""
+    import algorithms
+
+    monkeypatch.setattr(algorithms, "ALGORITHMS", dict(algorithms.ALGORITHMS))
+    monkeypatch.setattr(algorithms, "RULES", dict(algorithms.RULES))
+
+
+def test_a_rule_that_mixes_entries_runs_per_task_on_the_generic_engine(scratch_registry):
+    """The generic engine calls an elementwise rule once on all tasks' rows and vmaps any other;
+    with `elementwise` undeclared it finds out itself (bitwise check against the vmapped update).
+    A rule that wrongly declares itself elementwise gets another gradient: the check matters.
+    Writing `update` without naming a `fast_update` leaves no backend that would run plain SGD
+    in its place (the hand-written engine, learn2learn, higher)."""
+    hp = HyperParams(inner_steps=3, lr_base=0.3, meta_batch=5, iterations=20)
+    batch = _batch()
+    worst = {}
+    for name, rule in (("normstep", NormalizedStep()), ("normstep-declared", DeclaredElementwise())):
+        table = register_algorithm(name, rule)
+        assert table["func"].engine == "generic" and sorted(table) == ["func", "generic", "torch"], table
+        _, loss_ref, reference = _meta_gradient(name, "torch", hp, batch)
+        learner, loss, grads = _meta_gradient(name, "func", hp, batch)
+        for _ in range(2):  # later calls take the path the first call chose
+            assert _worst(learner.meta_gradient(batch, iteration=2)[1], grads) == 0
+        worst[name] = _worst(grads, reference)
+    assert worst["normstep"] < 1e-10, worst
+    assert worst["normstep-declared"] > 1e-3, worst
+
+
+def test_the_mlp_runs_all_tasks_at_once_as_vmap_runs_them_one_by_one():
+    """`batched_forward` (the built-in MLP's) gives the per-task `functional_call` numbers."""
+    from algorithms.generic_engine import TaskProgram
+    from algorithms.network import make_network
+
+    batch = _batch()
+    for network in ("relu-40-40", "tanh-64-64", "relu"):
+        mlp = make_network(torch.Generator().manual_seed(0), network=network, dtype=torch.float64)
+        plain = torch.nn.Sequential(*mlp)  # no batched_forward: the engine vmaps functional_call
+        params = [p.detach().unsqueeze(0).expand(5, *p.shape) + 0.01 * torch.randn(5, *p.shape, dtype=torch.float64)
+                  for p in mlp.parameters()]
+        fast = TaskProgram(mlp, InnerRule(), None, [True] * len(params))
+        slow = TaskProgram(plain, InnerRule(), None, [True] * len(params))
+        a = fast.batched_losses(params, batch.x_support, batch.y_support)
+        b = slow.batched_losses(params, batch.x_support, batch.y_support)
+        assert a.shape == (5,) and torch.allclose(a, b, rtol=1e-13, atol=0), (network, a, b)
+
+
 def test_lslr_is_evaluated_with_its_own_per_step_rates(lslr):
     """A zero rate at step 0 leaves the first step's MSE where it started; plain SGD would not."""
     hp = HyperParams(inner_steps=2, lr_base=0.05, meta_batch=5, iterations=20)
