@@ -94,6 +94,10 @@ class MetaLearner(ABC):
 
     #: whether cells differing only in seed/LR_base/LR_meta may train as one batched program
     ensembles: bool = False
+    #: whether the numbers are bitwise the same at any torch thread count (tested for the
+    #: vectorised engines); where not (the per-task loops: measured up to 7e-4 relative between
+    #: 1 and 2 threads), the thread count enters the record's fingerprint
+    thread_invariant: bool = False
 
     @classmethod
     def covers(cls, rule) -> bool:

@@ -61,6 +61,7 @@ class FuncLearner(MetaLearner):
 
     stacked_batches = True
     ensembles = True  # a member computes bitwise what the run alone computes (tested); eager only
+    thread_invariant = True  # tested: tests/test_sweep.py
     engine = "accelerated"
     compiles = True  # `compile=True`: the meta-gradient through torch.compile
     rule: InnerRule = InnerRule()

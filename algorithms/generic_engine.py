@@ -109,6 +109,7 @@ class GenericLearner(MetaLearner):
     stacked_batches = False
     n_members = 1
     engine = "generic"
+    thread_invariant = True  # tested: tests/test_sweep.py
     rule: InnerRule = InnerRule()  # bound per algorithm by the registry
 
     compiles = True  # `compile=True`: the meta-gradient through torch.compile

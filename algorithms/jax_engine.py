@@ -165,6 +165,7 @@ class JaxLearner(MetaLearner):
     first_order = False
 
     engine = "jax"
+    thread_invariant = True  # XLA does not use torch's threads; the shared evaluation is invariant (tested with func)
 
     @classmethod
     def covers_network(cls, network) -> bool:

@@ -144,7 +144,7 @@ def cmd_run(args) -> int:
     out = Path(args.out)
     check_output_path(out)
     if runs_dir(out).is_dir():  # read-only: records made under other settings refuse here, before anything is written
-        pending_cells(sweep, out, args.executor)
+        pending_cells(sweep, out, args.executor, args.threads)
     if args.executor == "ray":  # the cluster answers (or not) before anything is written
         from benchmarks.executors import start_ray
 

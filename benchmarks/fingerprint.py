@@ -21,9 +21,11 @@ Left out, on purpose (recorded in the record's `environment`, not compared):
 - the device index (`cuda:1` vs `cuda:0`): only its type;
 - `plugins`: loading another plug-in does not change a cell's numbers (its algorithm name does);
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
-- torch threads and the Python version: the `func` engine is bitwise the same at 1 and 2 threads
-  (tested); the loop backends move by ~3e-4 relative between thread counts, which the regression
-  tolerances cover. A resume with other `--threads` is therefore allowed.
+- torch threads where they change no number (learners with `thread_invariant`: the `func`,
+  `generic` and `jax` engines, bitwise the same at 1 and 2 threads, tested); for the per-task
+  loops (learn2learn, higher, torch), which move by up to 7e-4 relative between 1 and 2
+  threads, `threads` is in the fingerprint, so a resume with other `--threads` refuses there;
+- the Python version.
 
 Records made before `hardware` was recorded compare as "(not recorded)": a sweep refuses to
 resume into them (their machine is unknown); reports and regression checks still read them.
@@ -51,9 +53,10 @@ from benchmarks.records import RecordError, identity
 from tasks import get_task
 
 NOT_RECORDED = "(not recorded)"
-#: keys that may differ between records pooled into one number (seeds run on two machines) and
-#: between the sides of a regression check: far below the seed-to-seed spread, within tolerance
-OTHER_MACHINE = ("hardware",)
+#: keys that may differ between records pooled into one number (seeds run on two machines or
+#: thread counts) and between the sides of a regression check: far below the seed-to-seed
+#: spread, within tolerance
+EXECUTION_KEYS = ("hardware", "threads")
 EXCLUDED_SETTINGS = ("ensemble", "device", "plugins")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
@@ -85,13 +88,25 @@ def _version(package: str) -> str:
         return "(not installed)"
 
 
+def _thread_invariant(cell: Cell) -> bool:
+    from algorithms import get_learner_class
+
+    try:
+        return get_learner_class(cell.algorithm, cell.backend, cell.network).thread_invariant
+    except KeyError:  # an algorithm whose plug-in is not loaded here: assume the threads matter
+        return False
+
+
 def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None,
-                numerics_version=NUMERICS_VERSION) -> dict:
-    """The flat, JSON-ready table of everything `cell`'s numbers depend on (see the module doc)."""
+                numerics_version=NUMERICS_VERSION, threads: int | None = None) -> dict:
+    """The flat, JSON-ready table of everything `cell`'s numbers depend on (see the module doc);
+    `threads`: the torch threads its job runs with (default: this process's)."""
     values = {"numerics_version": numerics_version, "torch": torch_version or torch.__version__,
               "device": torch.device(settings.device).type, **asdict(cell)}
     if numerics_version != NOT_RECORDED:
         values["hardware"] = hardware(settings.device)
+        if not _thread_invariant(cell):
+            values["threads"] = threads or torch.get_num_threads()
     for f in fields(Settings):
         if f.name in EXCLUDED_SETTINGS or f.name == "task_params":
             continue
@@ -157,7 +172,8 @@ def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
     """`key: old -> new` for every key whose value differs; a key absent on one side is taken at
     its default (for `cell`), else shown as not recorded."""
     default = fingerprint(cell, Settings()) if cell is not None else {}
-    default.pop("hardware", None)  # never assumed: a record that does not name its machine is from an unknown one
+    for key in EXECUTION_KEYS:  # never assumed: a record that does not name its machine is from an unknown one
+        default.pop(key, None)
     lines = []
     for key in list(new) + [k for k in old if k not in new]:
         before = old.get(key, default.get(key, NOT_RECORDED))
@@ -168,12 +184,13 @@ def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
 
 
 def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], settings: Settings, out,
-                    same_hardware: bool = True) -> None:
+                    same_hardware: bool = True, threads: int | None = None) -> None:
     """Refuse (FingerprintError) when a finished record of one of `cells` was made under another
     fingerprint: its numbers are not this configuration's, and reusing them would be silent.
 
     `existing` is `records.scan_records(out)`. Failed records are retrained anyway and do not count.
-    `same_hardware=False` (Ray: the workers, not this process, compute) leaves `hardware` uncompared.
+    `same_hardware=False` (Ray: the workers, not this process, compute) leaves `hardware` uncompared;
+    `threads`: the torch threads the sweep's jobs will run with.
     """
     changed: dict[str, list[str]] = {}  # difference -> cell ids
     examples: list[Path] = []
@@ -182,9 +199,9 @@ def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], s
         if found is None or found[1]["status"] not in ("ok", "diverged"):
             continue
         path, record = found
-        old, new = record_fingerprint(record), fingerprint(cell, settings)
+        old, new = record_fingerprint(record), fingerprint(cell, settings, threads=threads)
         if not same_hardware:
-            old, new = ({k: v for k, v in fp.items() if k not in OTHER_MACHINE} for fp in (old, new))
+            old, new = ({k: v for k, v in fp.items() if k != "hardware"} for fp in (old, new))
         lines = differences(old, new, cell)
         for line in lines:
             changed.setdefault(line, []).append(cell.cell_id)
@@ -215,7 +232,7 @@ def check_poolable(records: list[dict], pooled_over: tuple[str, ...] = ("seed",)
     problems = []
     for group in groups.values():
         first = group[0]
-        ignored = set(pooled_over) | set(OTHER_MACHINE)
+        ignored = set(pooled_over) | set(EXECUTION_KEYS)
         base = {k: v for k, v in record_fingerprint(first).items() if k not in ignored}
         for other in group[1:]:
             theirs = {k: v for k, v in record_fingerprint(other).items() if k not in ignored}

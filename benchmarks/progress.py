@@ -8,6 +8,11 @@ two orders of magnitude (a 27-member S = 5 ensemble against a learn2learn run), 
   S, ensemble size and meta-batch, fitted to the speed suite's measurements);
 * jobs report their iterations from inside (also from worker processes and Ray tasks,
   through a queue), so the bar moves within a job;
+* a job's prior is split into its training (spread over its iterations) and each of its
+  evaluations (at its evaluation iterations: done only once training has moved past one, or the
+  job has finished), since jobs report training iterations and fall silent while they evaluate:
+  counting the evaluation as if it moved with the iterations made a job look finished when its
+  final evaluation had just begun, and the ETA short late in a sweep;
 * each job's observed seconds per unit corrects the prior: for the jobs of its kind (same
   backend, algorithm and S), else of its backend and S, else of its backend, else for all; the ETA is the makespan of
   the remaining work on the sweep's workers, scheduled in submission order as the executors do.
@@ -48,21 +53,32 @@ ALGORITHM_FACTOR = {"fomaml": 0.5, "anil": 0.4, "reptile": 0.35}
 EVAL_MS = 0.027
 
 
-def evaluation_cost(cells, settings) -> float:
-    """Prior cost of a job's evaluations (ms): members x evaluations x tasks x (eval_steps + 1)."""
+def evaluation_costs(cells, settings) -> dict[int, float]:
+    """Prior cost (ms) of each of a job's evaluations, by the iteration it runs at:
+    members x tasks x (eval_steps + 1) each."""
     cell = cells[0]
-    evaluations = len(settings.evaluation_iterations(cell.iterations))
     ks = set(settings.eval_k_shot) | {cell.k_shot}
     tasks = len(ks) * (settings.n_test_tasks * settings.n_test_sets + settings.n_validation_tasks)
-    return EVAL_MS * len(cells) * evaluations * tasks * (settings.eval_steps + 1)
+    each = EVAL_MS * len(cells) * tasks * (settings.eval_steps + 1)
+    return {iteration: each for iteration in sorted(settings.evaluation_iterations(cell.iterations))}
+
+
+def evaluation_cost(cells, settings) -> float:
+    """Prior cost of all of a job's evaluations (ms)."""
+    return sum(evaluation_costs(cells, settings).values())
 
 
 def job_cost(cells, settings=None) -> float:
     """Prior cost of a job in milliseconds on a reference CPU thread (its cells share algorithm,
     backend, S, meta-batch and iterations): training, plus evaluation when the sweep's
     `settings` are given; only ratios between jobs matter."""
-    cell = cells[0]
     evaluation = 0.0 if settings is None else evaluation_cost(cells, settings)
+    return max(training_cost(cells) + evaluation, 1e-9)
+
+
+def training_cost(cells) -> float:
+    """Prior cost of a job's training iterations (ms)."""
+    cell = cells[0]
     tasks = cell.meta_batch / 25
     if cell.backend in BACKEND_MS:
         steps = 0.0 if cell.algorithm == "pretrain" else cell.inner_steps  # no inner loop in training
@@ -74,7 +90,7 @@ def job_cost(cells, settings=None) -> float:
         factor, exponent = ALGORITHM_COST.get(cell.algorithm, ALGORITHM_COST["maml"])
         steps = cell.inner_steps + 0.7
         per_iteration = factor * (DISPATCH_MS * steps + MEMBER_MS * len(cells) * tasks * steps ** exponent)
-    return max(per_iteration * cell.iterations + evaluation, 1e-9)
+    return per_iteration * cell.iterations
 
 
 def longest_first(jobs: list, settings=None) -> list:
@@ -89,13 +105,35 @@ def job_kind(cells) -> tuple:
 
 @dataclass
 class _Job:
-    cost: float
+    training: float  # prior cost of the training iterations
+    evaluations: dict  # iteration -> prior cost of the evaluation run there
     kind: tuple
     iterations: int
     done: int = 0
     started: float | None = None
+    last: float | None = None  # clock of the last report
     finished: bool = False
-    seconds: float = 0.0  # wall time since start (finished: total)
+    train_seconds: float = 0.0  # observed: wall time between reports while training
+    train_units: float = 0.0  # prior cost of the iterations trained in that time
+    eval_seconds: float = 0.0  # observed: silent gaps that spanned an evaluation
+    eval_units: float = 0.0  # prior cost of the evaluations those gaps spanned
+
+    @property
+    def cost(self) -> float:
+        return max(self.training + sum(self.evaluations.values()), 1e-9)
+
+    def evaluations_left(self, done: int | None = None) -> float:
+        """Prior cost of the evaluations not yet passed (one at `done` itself is still to run)."""
+        done = self.done if done is None else done
+        return 0.0 if self.finished else sum(c for iteration, c in self.evaluations.items() if iteration >= done)
+
+    @property
+    def units_done(self) -> float:
+        """Prior cost of the work done: iterations so far, and the evaluations training has moved
+        past (or all, once finished). An evaluation in progress counts nothing until it ends."""
+        if self.finished:
+            return self.cost
+        return self.training * self.done / self.iterations + sum(self.evaluations.values()) - self.evaluations_left()
 
 
 @dataclass
@@ -109,61 +147,87 @@ class SweepProgress:
     state: list = field(init=False)
 
     def __post_init__(self):
-        self.state = [_Job(job_cost(cells, self.settings), job_kind(cells), cells[0].iterations) for cells in self.jobs]
+        self.state = [_Job(training_cost(cells), evaluation_costs(cells, self.settings) if self.settings else {},
+                           job_kind(cells), cells[0].iterations) for cells in self.jobs]
         self.total = sum(j.cost for j in self.state)
 
+    def _observe(self, job: _Job, now: float, done: int) -> None:
+        """Book the time since the job's last report: to an evaluation if one ran in between
+        (the job is silent while it evaluates; the iterations trained in the same gap are
+        taken off at the job's own training pace), else to training."""
+        if job.started is None:
+            job.started = job.last = now
+        gap = now - job.last
+        trained = job.training * (min(done, job.iterations) - job.done) / job.iterations
+        spanned = job.evaluations_left(job.done) - job.evaluations_left(done) if done > job.done else 0.0
+        if spanned:
+            training_part = min(gap, trained * job.train_seconds / job.train_units) if job.train_units else 0.0
+            job.eval_seconds += gap - training_part
+            job.eval_units += spanned
+            gap = training_part
+        job.train_seconds += gap
+        job.train_units += trained
+        job.done, job.last = done, now
     def update(self, index: int, iterations: int) -> None:
         job = self.state[index]
-        now = self.clock()
-        if job.started is None:
-            job.started = now
-        job.done = min(iterations, job.iterations)
-        job.seconds = now - job.started
+        self._observe(job, self.clock(), min(iterations, job.iterations))
 
     def start(self, index: int) -> None:
         self.update(index, 0)
 
     def finish(self, index: int) -> None:
         job = self.state[index]
+        now = self.clock()
         if job.started is None:
-            job.started = self.clock()
-        job.seconds = self.clock() - job.started
+            job.started = job.last = now
+        self._observe(job, now, job.iterations + 1)  # past the final evaluation
         job.done, job.finished = job.iterations, True
 
     def fraction(self) -> float:
-        """Share of the estimated work done (units of finished iterations over all units)."""
+        """Share of the estimated work done (prior units of iterations and evaluations done)."""
         if not self.state:
             return 1.0
-        return sum(j.cost * j.done / j.iterations for j in self.state) / self.total
+        return sum(j.units_done for j in self.state) / self.total
 
-    def _seconds_per_unit(self) -> dict:
-        """Observed seconds per work unit from jobs far enough along: per job kind, per (backend,
-        S), per backend (a kind not yet seen takes the nearest) and over all jobs ('*')."""
-        seen: dict = {}
+    def _rates(self) -> tuple[dict, dict]:
+        """Observed seconds per prior unit. Training: from jobs far enough along, per job kind, per
+        (backend, S), per backend (a kind not yet seen takes the nearest) and over all jobs
+        ('*'). Evaluation: per backend and over all jobs; before any evaluation has ended, the
+        training rate over all jobs (the machine's speed relative to the prior)."""
+        train: dict = {}
+        evaluation: dict = {}
         for j in self.state:
-            if j.done >= max(1, 0.02 * j.iterations) and j.seconds > 0:
-                units = j.cost * j.done / j.iterations
+            if j.done >= max(1, 0.02 * j.iterations) and j.train_seconds > 0 and j.train_units > 0:
                 for key in (j.kind, (j.kind[0], j.kind[2]), j.kind[0], "*"):
-                    seen.setdefault(key, []).append((j.seconds, units))
-        return {key: sum(s for s, _ in v) / sum(u for _, u in v) for key, v in seen.items()}
+                    train.setdefault(key, []).append((j.train_seconds, j.train_units))
+            if j.eval_units > 0:
+                for key in (j.kind[0], "*"):
+                    evaluation.setdefault(key, []).append((j.eval_seconds, j.eval_units))
+
+        def rate(pairs):
+            return sum(s for s, _ in pairs) / sum(u for _, u in pairs)
+
+        return {k: rate(v) for k, v in train.items()}, {k: rate(v) for k, v in evaluation.items()}
 
     def eta(self) -> float | None:
         """Seconds until the last job ends: remaining work scheduled on the workers in order."""
         if all(j.finished for j in self.state):
             return 0.0
-        rates = self._seconds_per_unit()
-        if not rates:
+        train, evaluation = self._rates()
+        if not train:
             return None
 
-        def seconds(j, units):
-            for key in (j.kind, (j.kind[0], j.kind[2]), j.kind[0]):
-                if key in rates:
-                    return units * rates[key]
-            return units * rates["*"]
+        def seconds(j, training, evaluations):
+            per_train = next((train[k] for k in (j.kind, (j.kind[0], j.kind[2]), j.kind[0]) if k in train), train["*"])
+            per_eval = evaluation.get(j.kind[0], evaluation.get("*", train["*"]))
+            return training * per_train + evaluations * per_eval
 
-        running = [seconds(j, j.cost * (1 - j.done / j.iterations)) for j in self.state
-                   if j.started is not None and not j.finished]
-        pending = [seconds(j, j.cost) for j in self.state if j.started is None]
+        now = self.clock()
+        # a running job's remaining work, less the time since its last report (it may be
+        # evaluating, silently); never below nothing
+        running = [max(0.0, seconds(j, j.training * (1 - j.done / j.iterations), j.evaluations_left())
+                       - (now - j.last)) for j in self.state if j.started is not None and not j.finished]
+        pending = [seconds(j, j.training, sum(j.evaluations.values())) for j in self.state if j.started is None]
         # More jobs can look running than there are workers for a moment (a worker reports its
         # next job before the last one's records are in): all of that work is still to do, so
         # the extra ones queue like pending jobs (never dropped, which made the ETA dip).

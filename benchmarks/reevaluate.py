@@ -78,8 +78,9 @@ def reevaluate_record(src_runs: Path, record: dict, overrides: dict) -> dict:
 def _fingerprint(record: dict, cell: Cell, settings: Settings) -> dict:
     """This evaluation's fingerprint; its `hardware` names the training machine too when it differs
     (the weights were trained there, the new numbers computed here)."""
-    new = fingerprint(cell, settings)
-    trained = (record.get("fingerprint") or {}).get("hardware", NOT_RECORDED)
+    stored = record.get("fingerprint") or {}
+    new = fingerprint(cell, settings, threads=stored.get("threads"))  # training's threads: it made the weights
+    trained = stored.get("hardware", NOT_RECORDED)
     if trained != new["hardware"]:
         new["hardware"] = f"trained on {trained}; evaluated on {new['hardware']}"
     return new

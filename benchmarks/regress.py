@@ -6,8 +6,8 @@ what moved, and checks the invariants a reader relies on. Speed is not compared 
 
 Inputs are validated first (exit 2): the tolerances file must give `rtol` and `atol` for every
 compared metric (`METRICS`) and nothing unknown; both sides must be made under the same settings
-(their fingerprints may differ only in torch, numerics version, device and hardware: that is
-what a regression check is for). A candidate without a single finished cell is a regression (exit 1):
+(their fingerprints may differ only in torch, numerics version, device, hardware and threads:
+that is what a regression check is for). A candidate without a single finished cell is a regression (exit 1):
 every cell it should have produced is missing.
 
 The baseline the "beats the baseline" invariant compares against is configuration:
@@ -45,7 +45,7 @@ METRICS = ("mse", "mse_ci95")  # every number compared; each needs a tolerance
 INVARIANTS = {"diverged_above": 0.0, "beats_baseline_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
 INVARIANT_ALIASES = {"beats_pretrain_margin": "beats_baseline_margin"}  # old name -> name (valid with baseline pretrain)
 DEFAULT_BASELINE_ALGORITHM = "pretrain"  # `[invariants] baseline_algorithm`: what every meta-learner must beat
-EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", "hardware")  # what a regression check compares across
+EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", "hardware", "threads")  # what a regression check compares across
 
 
 def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:

@@ -9,7 +9,8 @@ the split into chunks) never changes a number.
 
 Resume: cells whose finished record exists are skipped, provided that record was made under the
 same fingerprint (`benchmarks.fingerprint`), on the same hardware included (except under Ray,
-whose workers compute); otherwise the sweep refuses before training.
+whose workers compute) and, for the per-task loop backends, at the same torch threads; otherwise
+the sweep refuses before training.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _summary_line(record: dict) -> str:
             (f" (+ {record['compile_seconds']:.1f} s compile)" if record.get("compile_seconds") else ""))
 
 
-def pending_cells(sweep: Sweep, out, executor: str = "local") -> tuple[list[Cell], int]:
+def pending_cells(sweep: Sweep, out, executor: str = "local", threads: int = 1) -> tuple[list[Cell], int]:
     """The cells still to train and how many are finished.
 
     Raises FingerprintError when a finished record of one of these cells was made under other
@@ -65,7 +66,7 @@ def pending_cells(sweep: Sweep, out, executor: str = "local") -> tuple[list[Cell
     the report would then refuse: better before training than after.
     """
     existing = scan_records(out)
-    check_resumable(existing, sweep.cells, sweep.settings, out, same_hardware=executor != "ray")
+    check_resumable(existing, sweep.cells, sweep.settings, out, same_hardware=executor != "ray", threads=threads)
     planned = {identity({"cell": asdict(c)}): {"cell_id": c.cell_id, "cell": asdict(c), "status": "ok",
                                                  "fingerprint": fingerprint(c, sweep.settings)} for c in sweep.cells}
     check_poolable([record for key, (_, record) in existing.items() if key not in planned] + list(planned.values()))
@@ -86,7 +87,7 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
     written as a unit) and carries `finished` (cells of the sweep with a finished record) and
     `total` for the message.
     """
-    todo, finished_before = pending_cells(sweep, out, executor)
+    todo, finished_before = pending_cells(sweep, out, executor, threads)
     jobs = longest_first(group_jobs(todo, sweep.settings), sweep.settings)  # order changes no number, only the makespan
     in_process = executor != "ray" and (workers <= 1 or len(jobs) <= 1)
     bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress, settings=sweep.settings)

@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from benchmarks.config import Cell, Settings
-from benchmarks.progress import Reporter, SweepProgress, evaluation_cost, job_cost, longest_first
+from benchmarks.progress import Reporter, SweepProgress, evaluation_costs, longest_first, training_cost
 
 #: bench.toml's evaluation: at iterations 1000 and 2000, 600 test + 600 validation tasks, 11 steps
 BENCH_SETTINGS = Settings(eval_every=1000, n_test_tasks=600, n_validation_tasks=600, eval_steps=10)
@@ -27,23 +27,42 @@ def _bench_like_jobs():
 def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluation):
     """Simulate the sweep on a fake clock with true costs off the prior: learn2learn
     `misestimate` times the prior, S = 5 ensembles 25% dearer relative to S = 1, fomaml cheaper,
-    evaluation `evaluation` times its prior. The ETA must be within 30% of the true
-    remaining time whenever >= 10% of the work is done. (With one worker the first 10% may
-    be one kind of job only: then the ETA is as good as the prior's relative costs.)"""
+    evaluation `evaluation` times its prior. Jobs run as real ones do: they report iterations
+    while training and nothing while they evaluate (mid-run at `eval_every` and at the end).
+    The ETA must be within 30% of the true remaining time whenever >= 10% of the work is done.
+    (With one worker the first 10% may be one kind of job only: then the ETA is as good as the
+    prior's relative costs.)"""
     jobs = longest_first(_bench_like_jobs(), BENCH_SETTINGS)
 
-    def true_seconds(cells):
-        prior = job_cost(cells) * 1e-3  # training only, milliseconds -> seconds
+    def timeline(cells):
+        """The job as it runs: training segments between evaluations, during which it reports
+        iterations, and evaluations, during which it is silent: [(seconds, iterations at the
+        start, at the end)], true costs off the prior as above."""
+        train = training_cost(cells) * 1e-3  # milliseconds -> seconds
         if cells[0].backend == "l2l":
-            prior *= misestimate
+            train *= misestimate
         else:
             scale = 1.25 if cells[0].inner_steps == 5 else 1.0  # the prior's S-dependence off by 25%
-            prior *= scale * (0.8 if cells[0].algorithm == "fomaml" else 1.0)
-        return prior + evaluation * evaluation_cost(cells, BENCH_SETTINGS) * 1e-3
+            train *= scale * (0.8 if cells[0].algorithm == "fomaml" else 1.0)
+        iterations, segments, at = cells[0].iterations, [], 0
+        for stop, cost in evaluation_costs(cells, BENCH_SETTINGS).items():
+            segments.append((train * (stop - at) / iterations, at, stop))
+            segments.append((evaluation * cost * 1e-3, stop, stop))
+            at = stop
+        return segments
+
+    def reported(segments, elapsed):
+        """Iterations the job has reported `elapsed` seconds after its start."""
+        for seconds, first, last in segments:
+            if elapsed < seconds:
+                return int(first + (last - first) * elapsed / seconds)
+            elapsed -= seconds
+        return segments[-1][2]
 
     now = [0.0]
     progress = SweepProgress(jobs, workers, clock=lambda: now[0], settings=BENCH_SETTINGS)
-    durations = [true_seconds(j) for j in jobs]
+    timelines = [timeline(j) for j in jobs]
+    durations = [sum(seconds for seconds, _, _ in t) for t in timelines]
     # event simulation of a pool that takes jobs in order
     worker_free, starts = [0.0] * workers, []
     for d in durations:
@@ -51,17 +70,27 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
         starts.append(worker_free[w])
         worker_free[w] += d
     end = max(worker_free)
-    checked = 0
+    def at(moment, call, *args):
+        """`call` as it happens at `moment` (between two checks of the simulation)."""
+        current, now[0] = now[0], moment
+        call(*args)
+        now[0] = current
+
+    checked, last_report, started, finished = 0, {}, set(), set()
     for step in range(1, 400):
         now[0] = end * step / 400
         for i, (start, d) in enumerate(zip(starts, durations)):
-            if start <= now[0] and progress.state[i].started is None:
-                progress.state[i].started = start
+            if start <= now[0] and i not in started:
+                at(start, progress.start, i)
+                started.add(i)
             if start <= now[0] < start + d:
-                progress.update(i, int(jobs[i][0].iterations * (now[0] - start) / d))
-            elif now[0] >= start + d and not progress.state[i].finished:
-                progress.finish(i)
-                progress.state[i].seconds = d
+                iterations = reported(timelines[i], now[0] - start)
+                if iterations != last_report.get(i):  # a silent evaluation sends nothing
+                    progress.update(i, iterations)
+                    last_report[i] = iterations
+            elif now[0] >= start + d and i not in finished:
+                at(start + d, progress.finish, i)
+                finished.add(i)
         if progress.fraction() >= 0.10:
             eta, truth = progress.eta(), end - now[0]
             assert eta is not None

@@ -114,7 +114,8 @@ def test_fingerprint_holds_what_changes_numbers_and_not_what_does_not():
     fp = fingerprint(cell, base)
     assert {"numerics_version", "torch", "device", "lr_base", "seed", "n_test_tasks", "eval_steps", "n_query",
             "msl_anneal_iters", "task.noise", "log_every", "eval_every", "hardware"} <= set(fp), sorted(fp)
-    assert "ensemble" not in fp and "threads" not in fp
+    assert "ensemble" not in fp and "threads" not in fp  # the func engine: bitwise at any thread count
+    assert fingerprint(Cell("maml", "l2l"), base, threads=2)["threads"] == 2  # a per-task loop: not
     assert "msl_anneal_iters" not in fingerprint(Cell("maml", "func"), base)  # only MSL reads it
     from dataclasses import replace
     assert fingerprint(cell, replace(base, task_params={"noise": 0.0})) == fp  # resolved task parameters
@@ -178,6 +179,23 @@ def test_a_folder_made_on_other_hardware_is_not_resumed(finished, tmp_path, caps
     err = capsys.readouterr().err
     assert named in err and "another --out" in err, err
     assert snapshot(out) == before, "a refused run changed the folder"
+
+
+def test_a_resume_at_other_threads_refuses_only_where_threads_change_numbers(tmp_path, capsys):
+    """func: bitwise at any thread count, so a resume at 2 threads trains nothing; the torch
+    loop backend moves with the thread count, so the same resume refuses naming it."""
+    text = TINY.replace('backend = "func"', 'backend = ["func", "torch"]')
+    out = tmp_path / "out"
+    assert run(tmp_path, out, text=text) == 0
+    before = snapshot(out)
+    assert main(["run", "--config", str(tmp_path / "sweep.toml"), "--out", str(out), "--threads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "threads: 1 -> 2  (1 cell)" in err and "maml-torch" in err, err
+    assert snapshot(out) == before
+    runs = {p.name: p.read_bytes() for p in (out / "runs").iterdir()}
+    assert main(["run", "--config", str(tmp_path / "sweep.toml"), "--out", str(out), "--threads", "2",
+                 "--set", 'backend="func"']) == 0
+    assert {p.name: p.read_bytes() for p in (out / "runs").iterdir()} == runs  # trained nothing
 
 
 def test_seeds_from_two_machines_pool_and_the_report_names_both(finished, tmp_path, capsys):
