@@ -27,30 +27,34 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-#: milliseconds per iteration of one run at S inner steps, 25 tasks, on one CPU thread (speed suite):
-#: a loop backend costs BACKEND_MS x (S + 0.7) per run; the vectorised engines pay a dispatch
-#: part once per program plus a compute part per member that grows faster than S (per-task
-#: weight copies): func 0.75 / 2.51 ms alone and 7.0 / 44 ms for 27 members at S = 1 / 5.
-BACKEND_MS = {"l2l": 16.0, "higher": 23.6, "torch": 12.0}
+#: milliseconds per iteration of one run at S inner steps, 25 tasks, on one CPU thread:
+#: a loop backend costs BACKEND_MS x (S + 0.7) per run (learn2learn measured 15.6 / 52.0 ms at
+#: S = 1 / 5 in an idle `make bench`, 2026-11-23; higher and torch scaled from their speed-suite
+#: ratios to it); the vectorised engines pay a dispatch part once per program plus a compute part
+#: per member that grows faster than S (per-task weight copies).
+BACKEND_MS = {"l2l": 9.15, "higher": 13.5, "torch": 6.9}
 DISPATCH_MS, MEMBER_MS = 0.30, 0.105
-#: per algorithm on the vectorised engines: (relative cost, growth of the member part with S + 0.7).
-#: Fitted to the 27-member ensembles of a full `make bench` (2026-11-23, two workers on two cores;
-#: ms/iteration at S = 1 / 5: maml 19.6 / 109, metasgd 15.8 / 111, fomaml 8.0 / 33.6, reptile
-#: 6.5 / 28.9, anil 6.5 / 14.0, pretrain 5.6): second-order costs grow ~S^1.45, first-order ~S^1.2,
-#: ANIL's head-only loop ~S^0.6. Without this the ETA of a sweep whose S = 1 jobs run last (they
-#: are the cheapest) was 45% short at 75% progress. Unknown algorithms: MAML's.
-ALGORITHM_COST = {"maml": (1.0, 1.45), "msl": (1.0, 1.45), "metasgd": (0.73, 1.65), "fomaml": (0.46, 1.2),
-                  "reptile": (0.37, 1.25), "anil": (0.51, 0.57)}
-PRETRAIN_FACTOR = 0.61  # one forward/backward over support + query points, no inner loop
+#: per algorithm on the vectorised engines: (relative cost, growth of the member part with S + 0.7),
+#: fitted to the 27-member ensembles of an idle `make bench` (2026-11-23, two workers on two cores,
+#: AMD EPYC; ms/iteration at S = 1 / 5: maml 11.6 / 66.5, msl 13.6 / 56.4, metasgd 13.0 / 73.2,
+#: fomaml 7.4 / 24.5, reptile 5.1 / 16.5, anil 6.0 / 8.2, pretrain 4.4; MSL takes MAML's, whose
+#: maths it shares at S = 1; jobs running side by side move these by ~15%). Second-order costs
+#: grow ~S^1.45, first-order ~S^1, ANIL's head-only loop hardly at all; the cheap S = 1 jobs carry
+#: a fixed per-iteration part (sampling, Adam) that an earlier fit, made under load, put 1.5x too
+#: low, and the ETA of the S = 1 jobs that run last was then 30-40% short. Unknown algorithms: MAML's.
+ALGORITHM_COST = {"maml": (1.74, 1.47), "msl": (1.74, 1.47), "metasgd": (1.96, 1.45), "fomaml": (1.40, 0.99),
+                  "reptile": (0.97, 0.97), "anil": (1.77, 0.02)}
+PRETRAIN_FACTOR = 1.39  # one forward/backward over support + query points, no inner loop
 #: relative cost of an algorithm's step on the loop backends (first-order and head-only inner loops are cheaper)
 ALGORITHM_FACTOR = {"fomaml": 0.5, "anil": 0.4, "reptile": 0.35}
 
 
-#: evaluation: milliseconds per (member, task, adaptation step), measured on one quiet thread
-#: (a 27-member func job's final evaluation of 600 test + 600 validation tasks x 11 steps:
-#: 0.2-0.44 s per member). At bench.toml's settings a cheap job spends more time evaluating (two
-#: evaluations per member) than training, so a prior without it put the ETA 40% short.
-EVAL_MS = 0.027
+#: evaluation: milliseconds per (member, task, adaptation step), with a job's other non-training
+#: time (worker start, writing records and per-task errors): from the same idle `make bench`, whose
+#: two workers spent ~420 s of 1,170 busy seconds outside training (13 func jobs of 27 members, two
+#: evaluations of 600 test + 600 validation tasks x 11 steps each). At bench.toml's settings a cheap
+#: job spends more time evaluating than training, so a prior without it put the ETA 40% short.
+EVAL_MS = 0.042
 
 
 def evaluation_costs(cells, settings) -> dict[int, float]:
@@ -168,6 +172,7 @@ class SweepProgress:
         job.train_seconds += gap
         job.train_units += trained
         job.done, job.last = done, now
+
     def update(self, index: int, iterations: int) -> None:
         job = self.state[index]
         self._observe(job, self.clock(), min(iterations, job.iterations))
@@ -177,10 +182,7 @@ class SweepProgress:
 
     def finish(self, index: int) -> None:
         job = self.state[index]
-        now = self.clock()
-        if job.started is None:
-            job.started = job.last = now
-        self._observe(job, now, job.iterations + 1)  # past the final evaluation
+        self._observe(job, self.clock(), job.iterations + 1)  # past the final evaluation
         job.done, job.finished = job.iterations, True
 
     def fraction(self) -> float:
