@@ -175,6 +175,8 @@ class SweepProgress:
 
     def update(self, index: int, iterations: int) -> None:
         job = self.state[index]
+        if job.finished:  # a report that arrived after the job's records (executor queues race)
+            return
         self._observe(job, self.clock(), min(iterations, job.iterations))
 
     def start(self, index: int) -> None:
@@ -182,7 +184,10 @@ class SweepProgress:
 
     def finish(self, index: int) -> None:
         job = self.state[index]
-        self._observe(job, self.clock(), job.iterations + 1)  # past the final evaluation
+        if job.started is None:  # its records came before any report: nothing to learn a rate from
+            job.started = job.last = self.clock()
+        else:
+            self._observe(job, self.clock(), job.iterations + 1)  # past the final evaluation
         job.done, job.finished = job.iterations, True
 
     def fraction(self) -> float:

@@ -116,6 +116,27 @@ def test_eta_counts_every_running_job_when_more_look_running_than_workers():
     assert progress.eta() == pytest.approx(180.0)  # two in parallel, the third after one of them
 
 
+def test_a_job_whose_records_beat_its_reports_teaches_no_rate():
+    """Executors deliver a job's records and its progress reports on separate channels: a fast
+    job may finish before any report of it arrives, and its reports may come after. Neither may
+    pose as an evaluation that took no time (the ETA once dipped by half at such moments)."""
+    from benchmarks.config import Settings
+
+    settings = Settings(eval_every=0, n_test_tasks=1000, n_validation_tasks=1000, eval_steps=10)  # ~1/3 of a job
+    jobs = [[Cell("maml", "l2l", iterations=100)] for _ in range(3)]
+    now = [0.0]
+    progress = SweepProgress(jobs, workers=1, clock=lambda: now[0], settings=settings)
+    progress.start(0)
+    now[0] = 10.0
+    progress.update(0, 50)
+    before = progress.eta()
+    progress.finish(1)  # records of job 1 before any report of it
+    progress.update(1, 100)  # its late report
+    assert progress.state[1].finished
+    left = [job.cost - job.units_done for job in progress.state]  # one kind, one rate: the ETA is proportional
+    assert progress.eta() == pytest.approx(before * (left[0] + left[2]) / (left[0] + progress.state[1].cost + left[2]))
+
+
 def test_reporter_throttles_and_pickles():
     seen = []
     reporter = Reporter(seen.append, index=3, interval=3600)
