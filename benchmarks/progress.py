@@ -276,9 +276,9 @@ class ProgressBar:
         remaining = "ETA --" if eta is None else f"ETA {_clock(eta)}"
         self.bar.set_description_str(f"sweep ({self.cells_done}/{self.cells} cells)", refresh=False)
         self.bar.set_postfix_str(remaining, refresh=False)
-        target = 100.0 * self.progress.fraction()
-        self.bar.update(max(0.0, target - self._shown))
-        self._shown = max(self._shown, target)
+        # set, not added: increments summed in floats can pass 100 (tqdm then warns)
+        self._shown = min(100.0, max(self._shown, 100.0 * self.progress.fraction()))
+        self.bar.n = self._shown
         self.bar.refresh()
 
     def close(self) -> None:
