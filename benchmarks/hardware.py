@@ -1,18 +1,19 @@
 """What machine computed a number: the processor (and GPU) whose arithmetic a record's floats depend on.
 
-Why it is part of a record's fingerprint: the same code, configuration and seed give other floats on
-another processor. Measured here (torch 2.14.1, one thread): on an AVX-512 AMD EPYC, 14 of the 16
-`ci.toml` cells differ in most of their numbers from the same sweep made on the machine that made
-`results/baseline` (relative differences 1e-7 for first-order methods up to 6e-3 after 400 steps
-of second-order MAML), while each machine reproduces itself bitwise. Forcing ATen's own kernels
-to AVX2 (`ATEN_CPU_CAPABILITY=avx2`) changed no number of a run; MKL's matrix products, which pick
-their kernel (and so their summation order) by processor, are the likely source:
-`MKL_CBWR=COMPATIBLE` changes them (and the runs) on one machine, while `MKL_CBWR=AVX2`/`AVX512`
-did not reproduce the other machine's numbers. So a folder resumed on another processor would silently mix two machines'
-numbers in what reads as one configuration's results; the fingerprint's `hardware` key makes the
-resume refuse instead (`benchmarks.fingerprint`). Regression checks and the pooling of seeds allow
-other hardware (those differences are within the regression tolerances and far below the
-seed-to-seed spread); the report lists the hardware each run was made on.
+Why it is part of a record's fingerprint: the same code, configuration and seed give other floats
+on another processor. Measured here (torch 2.14.1, one thread): on an AVX-512 AMD EPYC, 14 of the
+16 `ci.toml` cells differed in most of their numbers from the same sweep made on the machine that
+made the earlier `results/baseline` (relative differences 1e-7 for first-order methods up to 6e-3
+after 400 steps of second-order MAML), while each machine reproduces itself bitwise. Forcing
+ATen's own kernels to AVX2 (`ATEN_CPU_CAPABILITY=avx2`) changed no number of a run; MKL's matrix
+products, which pick their kernel (and so their summation order) by processor, are the likely
+source: `MKL_CBWR=COMPATIBLE` changes them (and the runs) on one machine, while
+`MKL_CBWR=AVX2`/`AVX512` did not reproduce the other machine's numbers. So a folder resumed on
+another processor would silently mix two machines' numbers in what reads as one configuration's
+results; the fingerprint's `hardware` key makes the resume refuse instead
+(`benchmarks.fingerprint`). Regression checks and the pooling of seeds allow other hardware (those
+differences are within the regression tolerances and far below the seed-to-seed spread); the
+report lists the hardware each run was made on.
 
 The processor is named by vendor, family and model numbers (two CPUs that share them run the
 same MKL and ATen kernels), its model name, and the ATen vector capability in use; a CUDA run adds
