@@ -168,6 +168,14 @@ def test_hardware_names_this_processor():
     assert torch.backends.cpu.get_cpu_capability() in name and name == hardware(), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hardware_of_a_cuda_run_names_the_gpu():
+    from benchmarks.hardware import hardware
+
+    name = hardware("cuda")
+    assert name.startswith(hardware("cpu")) and torch.cuda.get_device_name(0) in name, name
+
+
 @pytest.mark.parametrize("stored, named", [("Other CPU [AVX2]", "hardware: 'Other CPU [AVX2]' -> "),
                                            (None, "hardware: (not recorded) -> ")], ids=["other", "not-recorded"])
 def test_a_folder_made_on_other_hardware_is_not_resumed(finished, tmp_path, capsys, stored, named):
