@@ -118,7 +118,7 @@ def test_another_baseline_algorithm_is_checked_against(tmp_path, capsys):
     maml = _tolerances(tmp_path, baseline_algorithm="maml", beats_baseline_margin=0.0)
     assert _regress(BASELINE, candidate, maml) == 1
     out = capsys.readouterr().out
-    assert "anil (func) does not beat maml after 1 step at S = 3, LR_base = 0.02: MSE 2.7651 vs 2.5908" in out, out
+    assert "anil (func) does not beat maml after 1 step at S = 3, LR_base = 0.02: MSE 2.7650 vs 2.5908" in out, out
     assert "anil (l2l) does not beat maml after 1 step at S = 1, LR_base = 0.01: MSE 2.6202 vs 2.1031" in out, out
     assert "metasgd (func) does not beat" not in out and "does not beat pretrain" not in out, out
     assert "broken: pretrain (" not in out and "broken: maml (" not in out, out  # neither is a meta-learner to check
