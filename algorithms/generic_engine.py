@@ -172,24 +172,22 @@ class GenericLearner(MetaLearner):
         """The rule's update of every task's rows [tasks, ...]: one direct call where the rule is
         elementwise (declared, or checked bitwise against the vmapped update the first time
         `step` runs), else vmapped over tasks (the rule is written for one task)."""
+        direct = self._direct_steps.get(step, self.rule.elementwise)
+        if direct:
+            return self.rule.update(params, grads, extra, step, self.hp)
         in_dims = ([0] * len(params), [None if g is None else 0 for g in grads], None, None, None)
-        per_task = functools.partial(vmap(self.rule.update, in_dims=in_dims), params, grads, extra, step, self.hp)
-        declared = getattr(self.rule, "elementwise", None)
-        direct = self._direct_steps.get(step, declared)
-        if direct is False:
-            return per_task()
-        if direct is None:
-            reference = per_task()
+        per_task = vmap(self.rule.update, in_dims=in_dims)(params, grads, extra, step, self.hp)
+        if direct is None:  # first time at this step: is the direct call the same?
             try:
                 out = self.rule.update(params, grads, extra, step, self.hp)
+                direct = len(out) == len(per_task) and all(
+                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(out, per_task))
             except (RuntimeError, ValueError, IndexError, TypeError):  # written for one task's shapes only
-                self._direct_steps[step] = False
-                return reference
-            direct = len(out) == len(reference) and all(
-                a.shape == b.shape and torch.equal(a, b) for a, b in zip(out, reference))
+                direct = False
             self._direct_steps[step] = direct
-            return out if direct else reference
-        return self.rule.update(params, grads, extra, step, self.hp)
+            if direct:
+                return out
+        return per_task
 
     def meta_gradient(self, batch, iteration: int = 0):
         weights = tuple(self.rule.loss_weights(self.hp, iteration))

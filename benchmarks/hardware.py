@@ -46,9 +46,8 @@ def cpu_name() -> str:
     """e.g. 'AuthenticAMD family 25 model 17 (AMD EPYC) [AVX512]'."""
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
-    ids = " ".join(f"{key} {info[key]}" for key in ("cpu family", "model") if key in info).replace("cpu family", "family")
-    vendor = info.get("vendor_id", "")
-    head = " ".join(part for part in (vendor, ids) if part)
+    labels = {"vendor_id": "", "cpu family": "family ", "model": "model "}
+    head = " ".join(f"{label}{info[key]}" for key, label in labels.items() if key in info)
     capability = torch.backends.cpu.get_cpu_capability()
     return f"{head} ({name}) [{capability}]" if head else f"{name} [{capability}]"
 

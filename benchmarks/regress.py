@@ -31,7 +31,7 @@ import pandas as pd
 
 from algorithms import ALGORITHMS, META_LEARNERS
 from benchmarks.config import Cell, ConfigError, read_config_text
-from benchmarks.fingerprint import check_poolable, differences, record_fingerprint
+from benchmarks.fingerprint import EXECUTION_KEYS, check_poolable, differences, record_fingerprint
 from benchmarks.records import identity, load_records
 from benchmarks.report import summary_frame
 
@@ -45,7 +45,7 @@ METRICS = ("mse", "mse_ci95")  # every number compared; each needs a tolerance
 INVARIANTS = {"diverged_above": 0.0, "beats_baseline_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
 INVARIANT_ALIASES = {"beats_pretrain_margin": "beats_baseline_margin"}  # old name -> name (valid with baseline pretrain)
 DEFAULT_BASELINE_ALGORITHM = "pretrain"  # `[invariants] baseline_algorithm`: what every meta-learner must beat
-EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", "hardware", "threads")  # what a regression check compares across
+EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", *EXECUTION_KEYS)  # what a regression check compares across
 
 
 def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:

@@ -7,6 +7,7 @@ A number that could not be computed is "–", never a silent blank.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -250,11 +251,9 @@ def scope_text(a: Analysis) -> str:
 
 def _hardware_line(records: list[dict]) -> str:
     """Which machine computed the numbers: floats depend on the processor (`benchmarks.hardware`)."""
-    counts: dict[str, int] = {}
-    for record in records:
-        name = (record.get("fingerprint") or {}).get("hardware", "not recorded (made before the hardware was)")
-        counts[name] = counts.get(name, 0) + 1
-    listed = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    counts = Counter((r.get("fingerprint") or {}).get("hardware", "not recorded (made before the hardware was)")
+                     for r in records)
+    listed = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in counts.most_common())
     return f" Computed on: {listed}." if listed else ""
 
 
