@@ -248,7 +248,7 @@ class FuncLearner(MetaLearner):
             def meta_gradient(xs, ys, xq, yq, values):
                 chosen = [values[s] if w is None else w for s, w in enumerate(pattern)]
                 return self._meta_gradient(TaskBatch(xs, ys, xq, yq), chosen)
-            return torch.compile(meta_gradient, fullgraph=True, dynamic=False)
+            return self._compile(meta_gradient)
 
         values = torch.tensor(weights, dtype=self.params[0].dtype, device=self.device)
         return self._compiled_call(pattern, build, batch.x_support, batch.y_support, batch.x_query, batch.y_query,

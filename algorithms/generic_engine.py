@@ -204,7 +204,8 @@ class GenericLearner(MetaLearner):
         values = torch.tensor(weights, dtype=meta[0].dtype, device=meta[0].device)
 
         def build():
-            return torch.compile(grad_and_value(functools.partial(self._batched_meta_loss, used=used)), dynamic=False)
+            return self._compile(grad_and_value(functools.partial(self._batched_meta_loss, used=used)),
+                                 fullgraph=False)  # a plug-in's rule or network may break the graph
 
         grads, loss = self._compiled_call(used, build, meta, *data, values)
         return loss.detach(), list(grads)
