@@ -173,13 +173,15 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
         train_seconds, last_iteration = report["train_seconds"], report["iteration"]
         for m in range(len(cells)):
             loss = float(report["loss"][m])
-            if diverged[m] is not None:
-                continue
-            if not math.isfinite(loss) or loss > blowup:
+            if diverged[m] is None and (not math.isfinite(loss) or loss > blowup):
                 kind = "non-finite" if not math.isfinite(loss) else \
                     f"above {DIVERGENCE_FACTOR:g} x the zero predictor's MSE ({blowup / DIVERGENCE_FACTOR:.3g})"
                 diverged[m] = f"training loss {loss:.3g} at iteration {report['iteration']}: {kind}"
-                continue
+        live = [m for m in range(len(cells)) if diverged[m] is None]
+        if on_iteration is not None and report["iteration"] in eval_at:
+            on_iteration(report["iteration"], live=len(live))  # the progress: only these are evaluated
+        for m in live:
+            loss = float(report["loss"][m])
             adaptation = learner.adaptation(m)
             curves[m].append({"iteration": report["iteration"], "loss": loss,
                               "grad_norm": initial_gradient_norm(adaptation, probe)})

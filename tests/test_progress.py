@@ -22,17 +22,20 @@ def _bench_like_jobs():
     return jobs
 
 
-@pytest.mark.parametrize("workers, misestimate, evaluation", [(2, 0.75, 1.0), (2, 1.0, 1.0), (2, 1.3, 1.0),
-                                                             (1, 1.0, 1.0), (2, 1.0, 0.8), (2, 1.0, 1.3)])
-def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluation):
-    """Simulate the sweep on a fake clock with true costs off the prior: learn2learn
+def _simulate(workers, misestimate, evaluation, live=None, tell=True):
+    """Simulate the bench-like sweep on a fake clock with true costs off the prior: learn2learn
     `misestimate` times the prior, S = 5 ensembles 25% dearer relative to S = 1, fomaml cheaper,
     evaluation `evaluation` times its prior. Jobs run as real ones do: they report iterations
     while training and nothing while they evaluate (mid-run at `eval_every` and at the end).
-    The ETA must be within 30% of the true remaining time whenever >= 10% of the work is done.
-    (With one worker the first 10% may be one kind of job only: then the ETA is as good as the
-    prior's relative costs.)"""
+    `live[(algorithm, S)]`: members of that ensemble that diverge at once (the rest are not
+    evaluated, so its evaluations cost that share); with `tell` the job says so before each
+    evaluation, as `benchmarks.job` does. Returns (fraction, ETA, true time left) for every
+    check from 10% of the work on, until 2% of the sweep is left."""
     jobs = longest_first(_bench_like_jobs(), BENCH_SETTINGS)
+    live = live or {}
+
+    def members(cells):
+        return live.get((cells[0].algorithm, cells[0].inner_steps), len(cells))
 
     def timeline(cells):
         """The job as it runs: training segments between evaluations, during which it reports
@@ -47,7 +50,7 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
         iterations, segments, at = cells[0].iterations, [], 0
         for stop, cost in evaluation_costs(cells, BENCH_SETTINGS).items():
             segments.append((train * (stop - at) / iterations, at, stop))
-            segments.append((evaluation * cost * 1e-3, stop, stop))
+            segments.append((evaluation * cost * 1e-3 * members(cells) / len(cells), stop, stop))
             at = stop
         return segments
 
@@ -58,6 +61,15 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
                 return int(first + (last - first) * elapsed / seconds)
             elapsed -= seconds
         return segments[-1][2]
+
+    def evaluations_begin(segments):
+        """(seconds after the job's start, iteration) of each evaluation."""
+        clock, begins = 0.0, []
+        for seconds, first, last in segments:
+            if first == last:
+                begins.append((clock, last))
+            clock += seconds
+        return begins
 
     now = [0.0]
     progress = SweepProgress(jobs, workers, clock=lambda: now[0], settings=BENCH_SETTINGS)
@@ -70,19 +82,24 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
         starts.append(worker_free[w])
         worker_free[w] += d
     end = max(worker_free)
+
     def at(moment, call, *args):
         """`call` as it happens at `moment` (between two checks of the simulation)."""
         current, now[0] = now[0], moment
         call(*args)
         now[0] = current
 
-    checked, last_report, started, finished = 0, {}, set(), set()
+    checks, last_report, started, finished, told = [], {}, set(), set(), set()
     for step in range(1, 400):
         now[0] = end * step / 400
         for i, (start, d) in enumerate(zip(starts, durations)):
             if start <= now[0] and i not in started:
                 at(start, progress.start, i)
                 started.add(i)
+            for offset, iteration in evaluations_begin(timelines[i]) if tell else ():
+                if start + offset <= now[0] and (i, iteration) not in told:
+                    at(start + offset, progress.update, i, iteration, members(jobs[i]))
+                    told.add((i, iteration))
             if start <= now[0] < start + d:
                 iterations = reported(timelines[i], now[0] - start)
                 if iterations != last_report.get(i):  # a silent evaluation sends nothing
@@ -91,14 +108,51 @@ def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluati
             elif now[0] >= start + d and i not in finished:
                 at(start + d, progress.finish, i)
                 finished.add(i)
-        if progress.fraction() >= 0.10:
-            eta, truth = progress.eta(), end - now[0]
-            assert eta is not None
-            if truth > 0.02 * end:
-                assert abs(eta - truth) <= 0.3 * truth, (
-                    f"at {progress.fraction():.0%} of the work: ETA {eta:.0f}s, truth {truth:.0f}s")
-                checked += 1
-    assert checked > 100
+        if progress.fraction() >= 0.10 and end - now[0] > 0.02 * end:
+            checks.append((progress.fraction(), progress.eta(), end - now[0]))
+    return checks
+
+
+def _misses(checks):
+    return [f"at {fraction:.0%} of the work: ETA {eta:.0f}s, truth {truth:.0f}s"
+            for fraction, eta, truth in checks if eta is None or abs(eta - truth) > 0.3 * truth]
+
+
+@pytest.mark.parametrize("workers, misestimate, evaluation", [(2, 0.75, 1.0), (2, 1.0, 1.0), (2, 1.3, 1.0),
+                                                             (1, 1.0, 1.0), (2, 1.0, 0.8), (2, 1.0, 1.3)])
+def test_eta_within_30_percent_from_10_percent_on(workers, misestimate, evaluation):
+    """The ETA must be within 30% of the true remaining time whenever >= 10% of the work is
+    done. (With one worker the first 10% may be one kind of job only: then the ETA is as good as
+    the prior's relative costs.)"""
+    checks = _simulate(workers, misestimate, evaluation)
+    assert len(checks) > 100 and not _misses(checks)
+
+
+#: a measured `make bench` (2026-11-23): members of the S = 5 ensembles still live at the evaluations
+BENCH_DIVERGENCE = {("maml", 5): 19, ("msl", 5): 21, ("metasgd", 5): 7, ("reptile", 5): 23, ("fomaml", 5): 26}
+
+
+def test_eta_within_30_percent_when_members_diverge():
+    """Diverged members are not evaluated. The S = 5 ensembles run first (longest first) and
+    lose most members, so their evaluations are cheap; read as the rate of every evaluation,
+    that put the measured ETA 30-37% short in mid-sweep. Told how many members are live, the
+    progress scales the job's evaluations and stays within 30%; not told, it misses."""
+    told = _simulate(2, 1.0, 1.0, BENCH_DIVERGENCE)
+    assert len(told) > 100 and not _misses(told)
+    assert _misses(_simulate(2, 1.0, 1.0, BENCH_DIVERGENCE, tell=False))
+
+
+def test_live_members_scale_only_the_evaluations_still_to_run():
+    settings = Settings(eval_every=50, n_test_tasks=10, n_validation_tasks=10, eval_steps=1)
+    jobs = [[Cell("maml", "func", iterations=100, seed=i) for i in range(4)]]
+    progress = SweepProgress(jobs, workers=1, clock=lambda: 0.0, settings=settings)
+    job = progress.state[0]
+    full = dict(job.evaluations)
+    progress.update(0, 50, 4)  # all live at the first evaluation
+    progress.update(0, 60)
+    progress.update(0, 100, 1)  # three diverged before the final one
+    assert job.evaluations == {50: full[50], 100: full[100] / 4}
+    assert progress.total == pytest.approx(job.training + full[50] + full[100] / 4)
 
 
 def test_eta_counts_every_running_job_when_more_look_running_than_workers():
@@ -142,6 +196,7 @@ def test_reporter_throttles_and_pickles():
     reporter = Reporter(seen.append, index=3, interval=3600)
     for i in range(1, 1000):
         reporter(i)
-    assert seen == [(3, 1)]
+    reporter(1000, live=5)  # how many members are live: always sent
+    assert seen == [(3, 1), (3, 1000, 5)]
     clone = pickle.loads(pickle.dumps(Reporter(print, 1)))
     assert clone.index == 1 and clone._last is None

@@ -83,6 +83,28 @@ def test_diverging_cell_is_recorded_and_sweep_goes_on(tmp_path):
     assert status[0.01]["status"] == "ok"
 
 
+def test_a_job_tells_the_progress_how_many_members_it_evaluates(tmp_path, monkeypatch):
+    """Before each evaluation a job says how many of its members are live (the diverged ones are
+    not evaluated, and the ETA scales the job's evaluation cost by that share)."""
+    from benchmarks.progress import ProgressBar
+
+    told = []
+    update = ProgressBar.update
+
+    def recording(self, index, iterations, live=None):
+        if live is not None:
+            told.append((iterations, live))
+        update(self, index, iterations, live)
+
+    monkeypatch.setattr(ProgressBar, "update", recording)
+    config = tmp_path / "sweep.toml"
+    config.write_text(SWEEP.replace('["maml", "fomaml", "reptile", "pretrain"]', '"maml"').replace("seed = [0, 1]", "seed = 0")
+                      .replace("inner_steps = 1", "lr_base = [0.01, 1000.0]").replace("ensemble = false", "ensemble = true"))
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(r["status"] for r in load_records(tmp_path / "out")) == ["diverged", "ok"]
+    assert told == [(75, 1), (150, 1)]
+
+
 def test_failed_cells_are_recorded_and_exit_nonzero(tmp_path, capsys, monkeypatch):
     import benchmarks.job
 
