@@ -191,12 +191,31 @@ def test_a_job_whose_records_beat_its_reports_teaches_no_rate():
     assert progress.eta() == pytest.approx(before * (left[0] + left[2]) / (left[0] + progress.state[1].cost + left[2]))
 
 
+def test_reports_that_arrive_in_a_burst_are_timed_by_the_job():
+    """The parent reads a worker's reports once a second: a new job's first reports arrive
+    together. Timed on arrival, its first 80 iterations took no time and its rate (so its ETA)
+    came out a third short; timed by the job's own clock, the rate is the true one."""
+    def eta(with_seconds):
+        now = [10.0]
+        progress = SweepProgress([[Cell("maml", "l2l", iterations=1000)]], workers=1, clock=lambda: now[0])
+        for iterations, seconds in ((1, 0.0), (40, 0.5), (80, 1.0)):  # 80 iterations a second
+            progress.update(0, iterations, None, seconds if with_seconds else None)
+        now[0] = 11.0
+        progress.update(0, 120, None, 1.5 if with_seconds else None)
+        return progress.eta()
+
+    truth = (1000 - 120) / 80
+    assert eta(True) == pytest.approx(truth)
+    assert eta(False) < 0.7 * truth
+
+
 def test_reporter_throttles_and_pickles():
     seen = []
     reporter = Reporter(seen.append, index=3, interval=3600)
     for i in range(1, 1000):
         reporter(i)
     reporter(1000, live=5)  # how many members are live: always sent
-    assert seen == [(3, 1), (3, 1000, 5)]
-    clone = pickle.loads(pickle.dumps(Reporter(print, 1)))
-    assert clone.index == 1 and clone._last is None
+    assert [message[:3] for message in seen] == [(3, 1, None), (3, 1000, 5)]
+    assert seen[0][3] == 0.0 and seen[1][3] >= 0.0  # the job's own clock, from its first report
+    clone = pickle.loads(pickle.dumps(reporter))
+    assert clone.index == 3 and clone._last is None and clone._first is None  # its clock starts where it runs

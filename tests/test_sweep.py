@@ -91,10 +91,10 @@ def test_a_job_tells_the_progress_how_many_members_it_evaluates(tmp_path, monkey
     told = []
     update = ProgressBar.update
 
-    def recording(self, index, iterations, live=None):
+    def recording(self, index, iterations, live=None, seconds=None):
         if live is not None:
             told.append((iterations, live))
-        update(self, index, iterations, live)
+        update(self, index, iterations, live, seconds)
 
     monkeypatch.setattr(ProgressBar, "update", recording)
     config = tmp_path / "sweep.toml"
