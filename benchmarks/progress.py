@@ -23,6 +23,11 @@ two orders of magnitude (a 27-member S = 5 ensemble against a learn2learn run), 
   the parent receives a worker's reports in bursts (it wakes once a second), and timed on
   arrival a new job's first ~80 iterations looked free; its rate, taken from them, put the ETA
   40% short for a moment in a measured sweep;
+* the machine's speed drifts (other load comes and goes): the running jobs' recent pace
+  (training seconds per unit with an exponential memory of `DRIFT_TAU_S`) against their pace so
+  far scales all remaining work, so the ETA follows a slowdown within about half a minute
+  instead of as slowly as whole-job averages move (replayed on a recorded sweep into which a
+  test run started at 1:30: 85% -> 92% of updates within ±30%, the rest before the load began);
 * each job's observed seconds per unit corrects the prior: for the jobs of its kind (same
   backend, algorithm and S), else of its backend and S, else of its backend, else for all; the ETA is the makespan of
   the remaining work on the sweep's workers, scheduled in submission order as the executors do.
@@ -32,6 +37,7 @@ The bar shows percent of estimated work; the ETA is our own (tqdm's assumes unif
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +71,8 @@ ALGORITHM_FACTOR = {"fomaml": 0.5, "anil": 0.4, "reptile": 0.35}
 #: evaluations of 600 test + 600 validation tasks x 11 steps each). At bench.toml's settings a cheap
 #: job spends more time evaluating than training, so a prior without it put the ETA 40% short.
 EVAL_MS = 0.042
+#: memory (seconds) of the recent pace that detects the machine's speed drifting
+DRIFT_TAU_S = 60.0
 
 
 def evaluation_costs(cells, settings) -> dict[int, float]:
@@ -134,6 +142,9 @@ class _Job:
     train_units: float = 0.0  # prior cost of the iterations trained in that time
     eval_seconds: float = 0.0  # observed: silent gaps that spanned an evaluation
     eval_units: float = 0.0  # prior cost of the evaluations those gaps spanned
+    recent_seconds: float = 0.0  # training seconds and units with an exponential memory (DRIFT_TAU_S)
+    recent_units: float = 0.0
+    recent_at: float | None = None  # clock of the last training observation
 
     @property
     def cost(self) -> float:
@@ -194,8 +205,13 @@ class SweepProgress:
             job.eval_seconds += gap - training_part
             job.eval_units += spanned
             gap = training_part
-        job.train_seconds += gap
-        job.train_units += trained
+        if trained > 0:  # (a gap without new iterations or an evaluation teaches no rate)
+            job.train_seconds += gap
+            job.train_units += trained
+            memory = math.exp(-(now - job.recent_at) / DRIFT_TAU_S) if job.recent_at is not None else 0.0
+            job.recent_seconds = job.recent_seconds * memory + gap
+            job.recent_units = job.recent_units * memory + trained
+            job.recent_at = now
         job.done, job.last = done, now
 
     def update(self, index: int, iterations: int, live: int | None = None, seconds: float | None = None) -> None:
@@ -248,6 +264,18 @@ class SweepProgress:
 
         return {k: rate(v) for k, v in train.items()}, {k: rate(v) for k, v in evaluation.items()}
 
+    def drift(self, now: float) -> float:
+        """How much slower (> 1) or faster the running jobs train lately than so far: their
+        recent seconds over what their units would have taken at their own average pace."""
+        recent = expected = 0.0
+        for j in self.state:
+            if j.finished or j.recent_at is None or j.train_units <= 0 or now - j.recent_at > DRIFT_TAU_S:
+                continue  # silent for long (evaluating): its pace says nothing about now
+            memory = math.exp(-(now - j.recent_at) / DRIFT_TAU_S)
+            recent += j.recent_seconds * memory
+            expected += j.recent_units * memory * j.train_seconds / j.train_units
+        return recent / expected if recent > 0 and expected > 0 else 1.0
+
     def eta(self) -> float | None:
         """Seconds until the last job ends: remaining work scheduled on the workers in order."""
         if all(j.finished for j in self.state):
@@ -255,13 +283,14 @@ class SweepProgress:
         train, evaluation = self._rates()
         if not train:
             return None
+        now = self.clock()
+        drift = self.drift(now)
 
         def seconds(j, training, evaluations):
             per_train = next((train[k] for k in (j.kind, (j.kind[0], j.kind[2]), j.kind[0]) if k in train), train["*"])
             per_eval = evaluation.get(j.kind[0], evaluation.get("*", train["*"]))
-            return training * per_train + evaluations * per_eval
+            return (training * per_train + evaluations * per_eval) * drift
 
-        now = self.clock()
         # a running job's remaining work, less the time since its last report (it may be
         # evaluating, silently); never below nothing
         running = [max(0.0, seconds(j, j.training * (1 - j.done / j.iterations), j.evaluations_left())

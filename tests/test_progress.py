@@ -100,6 +100,7 @@ def _simulate(workers, misestimate, evaluation, live=None, tell=True):
                 if start + offset <= now[0] and (i, iteration) not in told:
                     at(start + offset, progress.update, i, iteration, members(jobs[i]))
                     told.add((i, iteration))
+                    last_report[i] = iteration  # that was the job's report of this iteration
             if start <= now[0] < start + d:
                 iterations = reported(timelines[i], now[0] - start)
                 if iterations != last_report.get(i):  # a silent evaluation sends nothing
@@ -207,6 +208,23 @@ def test_reports_that_arrive_in_a_burst_are_timed_by_the_job():
     truth = (1000 - 120) / 80
     assert eta(True) == pytest.approx(truth)
     assert eta(False) < 0.7 * truth
+
+
+def test_the_eta_follows_the_machine_slowing_down():
+    """Other load arrives: a job that trained 100 iterations a second for two minutes now trains
+    50. A minute later its average pace puts the ETA 40% short; with the recent pace (memory
+    DRIFT_TAU_S) it is 25% short and closing."""
+    now = [0.0]
+    progress = SweepProgress([[Cell("maml", "l2l", iterations=30_000)]], workers=1, clock=lambda: now[0])
+    done = 0
+    for second in range(181):
+        now[0] = float(second)
+        progress.update(0, done, None, float(second))
+        done += 100 if second < 120 else 50
+    truth = (30_000 - 15_000) / 50
+    average = (30_000 - 15_000) * 180 / 15_000
+    assert average <= 0.6 * truth
+    assert progress.drift(now[0]) > 1.2 and abs(progress.eta() - truth) < 0.3 * truth
 
 
 def test_reporter_throttles_and_pickles():
