@@ -117,7 +117,9 @@ def evaluate_sets(adaptation, sets, steps: int, iteration: int):
 def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, on_iteration=None) -> list[dict]:
     """Train one job and return one record per cell (never raises: failures become records).
 
-    `on_iteration(n)` is called after every training iteration (progress display).
+    `on_iteration(n)` is called after every training iteration (progress display), and
+    `on_iteration(n, live=k)` before each evaluation: only the k members that have not diverged
+    are evaluated, so the progress scales the job's evaluation cost by them.
     """
     if threads:
         torch.set_num_threads(threads)

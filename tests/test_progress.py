@@ -237,3 +237,23 @@ def test_reporter_throttles_and_pickles():
     assert seen[0][3] == 0.0 and seen[1][3] >= 0.0  # the job's own clock, from its first report
     clone = pickle.loads(pickle.dumps(reporter))
     assert clone.index == 3 and clone._last is None and clone._first is None  # its clock starts where it runs
+
+
+def test_recorded_events_replay_through_the_progress(tmp_path):
+    """scripts/eta_replay.py: a sweep's recorded events scored offline (a job at a steady pace:
+    every ETA exact)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eta_replay.py"
+    spec = importlib.util.spec_from_file_location("eta_replay", script)
+    eta_replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eta_replay)
+    jobs = [[Cell("maml", "l2l", iterations=1000)]]
+    events = [("init", 0.0, jobs, 1, None)]
+    events += [("update", float(t), 0, 10 * t, None, float(t)) for t in range(101)]
+    events += [("done", 100.0, 0, 1)]
+    path = tmp_path / "events.pkl"
+    path.write_bytes(pickle.dumps(events))
+    rows = eta_replay.replay(path)
+    assert rows and all(eta == pytest.approx(left) for _, _, eta, left in rows)
