@@ -173,8 +173,8 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     train_seconds, last_iteration = 0.0, 0
     for report in meta_train(learner, family, generators, base.iterations, log_at, on_iteration):
         train_seconds, last_iteration = report["train_seconds"], report["iteration"]
-        for m in range(len(cells)):
-            loss = float(report["loss"][m])
+        losses = [float(loss) for loss in report["loss"]]
+        for m, loss in enumerate(losses):
             if diverged[m] is None and (not math.isfinite(loss) or loss > blowup):
                 kind = "non-finite" if not math.isfinite(loss) else \
                     f"above {DIVERGENCE_FACTOR:g} x the zero predictor's MSE ({blowup / DIVERGENCE_FACTOR:.3g})"
@@ -183,9 +183,8 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
         if on_iteration is not None and report["iteration"] in eval_at:
             on_iteration(report["iteration"], live=len(live))  # the progress: only these are evaluated
         for m in live:
-            loss = float(report["loss"][m])
             adaptation = learner.adaptation(m)
-            curves[m].append({"iteration": report["iteration"], "loss": loss,
+            curves[m].append({"iteration": report["iteration"], "loss": losses[m],
                               "grad_norm": initial_gradient_norm(adaptation, probe)})
             if report["iteration"] in eval_at:
                 rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"])

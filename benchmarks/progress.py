@@ -131,8 +131,7 @@ class _Job:
     evaluations: dict  # iteration -> prior cost of the evaluation run there
     kind: tuple
     iterations: int
-    members: int = 1
-    live: int | None = None  # members still training, as the job last said (None: all)
+    members: int = 1  # members still training (all, until the job says otherwise)
     done: int = 0
     started: float | None = None
     last: float | None = None  # clock of the last report's arrival (the silent job's countdown)
@@ -152,12 +151,11 @@ class _Job:
 
     def set_live(self, live: int) -> None:
         """Scale the evaluations still to run (at the current iteration or later) to `live` members."""
-        before = self.members if self.live is None else self.live
-        if before > 0 and live != before:
+        if self.members > 0 and live != self.members:
             for iteration in self.evaluations:
                 if iteration >= self.done:
-                    self.evaluations[iteration] *= live / before
-        self.live = live
+                    self.evaluations[iteration] *= live / self.members
+        self.members = live
 
     def evaluations_left(self, done: int | None = None) -> float:
         """Prior cost of the evaluations not yet passed (one at `done` itself is still to run)."""
@@ -186,7 +184,11 @@ class SweepProgress:
     def __post_init__(self):
         self.state = [_Job(training_cost(cells), evaluation_costs(cells, self.settings) if self.settings else {},
                            job_kind(cells), cells[0].iterations, len(cells)) for cells in self.jobs]
-        self.total = sum(j.cost for j in self.state)
+
+    @property
+    def total(self) -> float:
+        """Prior cost of the whole sweep (it shrinks as members diverge)."""
+        return sum(j.cost for j in self.state)
 
     def _observe(self, job: _Job, now: float, done: int, seconds: float | None = None) -> None:
         """Book the time since the job's last report (on the job's own clock when both reports
@@ -223,9 +225,7 @@ class SweepProgress:
             return
         self._observe(job, self.clock(), min(iterations, job.iterations), seconds)
         if live is not None:
-            self.total -= job.cost
             job.set_live(live)
-            self.total += job.cost
 
     def start(self, index: int) -> None:
         self.update(index, 0)

@@ -68,7 +68,8 @@ def pending_cells(sweep: Sweep, out, executor: str = "local", threads: int = 1) 
     existing = scan_records(out)
     check_resumable(existing, sweep.cells, sweep.settings, out, same_hardware=executor != "ray", threads=threads)
     planned = {identity({"cell": asdict(c)}): {"cell_id": c.cell_id, "cell": asdict(c), "status": "ok",
-                                                 "fingerprint": fingerprint(c, sweep.settings)} for c in sweep.cells}
+                                                 "fingerprint": fingerprint(c, sweep.settings, threads=threads)}
+               for c in sweep.cells}
     check_poolable([record for key, (_, record) in existing.items() if key not in planned] + list(planned.values()))
 
     def finished(cell):
