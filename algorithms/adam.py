@@ -45,19 +45,32 @@ class StackedAdam:
         self.exp_avg = [s.view(p.shape) for s, p in zip(self.m.split(self.sizes, 1), params)]
         self.exp_avg_sq = [s.view(p.shape) for s, p in zip(self.v.split(self.sizes, 1), params)]
 
+    def advance(self) -> tuple[float, float]:
+        """Count one more step; its bias corrections (1 − β1ᵗ, √(1 − β2ᵗ)) in float64."""
+        self.step_count += 1
+        return 1 - self.beta1 ** self.step_count, (1 - self.beta2 ** self.step_count) ** 0.5
+
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
-        self.step_count += 1
-        bias1 = 1 - self.beta1 ** self.step_count
-        bias2_sqrt = (1 - self.beta2 ** self.step_count) ** 0.5
-        g = torch.cat([g.reshape(self.members, -1) for g in grads], 1)
-        self.m.lerp_(g, 1 - self.beta1)
-        self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-        step_size = (self.lr / bias1).view(-1, 1)
-        denom = (self.v.sqrt() / bias2_sqrt).add_(self.eps)
-        update = self.m * step_size
+        bias1, bias2_sqrt = self.advance()
         if self.flat is not None:
-            self.flat.addcdiv_(update, denom, value=-1)
-        else:
-            for p, u, d in zip(self.params, update.split(self.sizes, 1), denom.split(self.sizes, 1)):
-                p.addcdiv_(u.view(p.shape), d.view(p.shape), value=-1)
+            self.update(self.flat, self.m, self.v, grads, bias1, bias2_sqrt)
+            return
+        update, denom = self.update(None, self.m, self.v, grads, bias1, bias2_sqrt)
+        for p, u, d in zip(self.params, update.split(self.sizes, 1), denom.split(self.sizes, 1)):
+            p.addcdiv_(u.view(p.shape), d.view(p.shape), value=-1)
+
+    def update(self, flat, m, v, grads, bias1, bias2_sqrt):
+        """The update on state tensors given as arguments (the compiled step passes its own, traced,
+        with the bias corrections as 0-dim tensors): m, v and `flat` (the parameters' [members, P]
+        buffer) in place; with `flat` None, returns (numerator, denominator) instead."""
+        g = torch.cat([g.reshape(self.members, -1) for g in grads], 1)
+        m.lerp_(g, 1 - self.beta1)
+        v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+        step_size = (self.lr / bias1).view(-1, 1)
+        denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+        update = m * step_size
+        if flat is None:
+            return update, denom
+        flat.addcdiv_(update, denom, value=-1)
+        return None

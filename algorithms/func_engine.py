@@ -27,13 +27,16 @@ boundaries are kept and each segment is recomputed during the reverse pass, so m
 O(√S) instead of O(S) (measured at S = 100: 33 MB -> 5.5 MB, ~1.4x the time). The autograd
 reference does the same with `torch.utils.checkpoint`.
 
-`compile=True` (the sweep key `compile`) runs the hand-written meta-gradient through
-`torch.compile(fullgraph=True)`: Inductor fuses the ~200-900 small ops of a step into a few
-kernels. One program per pattern of loss weights (a weight that is neither 0 nor 1, MSL's
-annealed ones, enters as a tensor so annealing does not recompile); the first call of each
-pattern is timed into `compile_seconds` (recorded apart from the step time). Its floats differ
-from eager ones by rounding and may differ with the ensemble's size, so a compiled learner does
-not ensemble (a cell's numbers depend on its configuration alone).
+`compile=True` (the sweep key `compile`) compiles the whole step, the hand-written
+meta-gradient and the stacked Adam update, into one Inductor program that updates the
+parameters' buffer and Adam's moments in place: the ~200-900 small ops of a step become a few
+kernels. The step is traced once into an aten graph (`make_fx`) and called without TorchDynamo
+(`MetaLearner._compile_traced`: no guards to check per call, which at S = 1 was a fifth of the
+compiled step). One program per pattern of loss weights and batch shape (a weight that is
+neither 0 nor 1, MSL's annealed ones, enters as a tensor so annealing does not recompile); its
+trace and first call are timed into `compile_seconds` (recorded apart from the step time). Its
+floats differ from eager ones by rounding and may differ with the ensemble's size, so a compiled
+learner does not ensemble (a cell's numbers depend on its configuration alone).
 """
 from __future__ import annotations
 
@@ -138,6 +141,8 @@ class FuncLearner(MetaLearner):
     def step(self, batch, iteration: int = 0):
         if not hasattr(self, "optimizer"):
             self.optimizer = self.make_optimizer()
+        if self.compile:
+            return {"loss": self._compiled_step(batch, iteration)}
         loss, grads = self.meta_gradient(batch, iteration)
         self.optimizer.step(grads)
         return {"loss": loss}
@@ -239,31 +244,71 @@ class FuncLearner(MetaLearner):
                 return self._compiled_meta_gradient(batch, weights)
             return self._meta_gradient(batch, weights)
 
-    def _compiled_meta_gradient(self, batch, weights):
-        """`_meta_gradient` through torch.compile: 0 and 1 weights stay constants (their
-        branches and multiplications are the eager ones), any other weight is a tensor input."""
+    # -- compiled programs (`compile=True`): traced once, called without TorchDynamo ------------
+    def _program(self, kind: str, batch, weights, state: list[torch.Tensor], scalars=()):
+        """Run compiled program `kind` ("meta_gradient" or "step") on `state` tensors and the batch.
+
+        The loss weights 0 and 1 stay constants (their branches and multiplications are the
+        eager ones); any other weight (MSL's annealed ones) enters through one tensor with
+        `scalars` (Adam's bias corrections), so annealing does not recompile. The program is
+        keyed by everything its trace depended on (`MetaLearner._compile_traced`): the kind, the
+        weights' pattern and the inputs' shapes, strides and dtype.
+        """
         pattern = tuple(w if w in (0, 1) else None for w in weights)
+        data = [batch.x_support, batch.y_support, batch.x_query, batch.y_query]
+        values = torch.tensor([*scalars, *weights], dtype=state[0].dtype, device=self.device)
+        inputs = [*state, *data, values]
+        key = (kind, pattern, state[0].dtype, *((tuple(t.shape), t.stride()) for t in data))
 
         def build():
-            def meta_gradient(xs, ys, xq, yq, values):
-                chosen = [values[s] if w is None else w for s, w in enumerate(pattern)]
-                return self._meta_gradient(TaskBatch(xs, ys, xq, yq), chosen)
-            return self._compile(meta_gradient)
+            program = self._traced_step if kind == "step" else self._traced_meta_gradient
+            body = [self.optimizer.m, self.optimizer.v] if kind == "step" else []
+            return self._compile_traced(lambda *args: program(pattern, len(scalars), *args), inputs,
+                                        keep=[*self.meta_parameters, *body])
 
-        values = torch.tensor(weights, dtype=self.params[0].dtype, device=self.device)
-        return self._compiled_call(pattern, build, batch.x_support, batch.y_support, batch.x_query, batch.y_query,
-                                   values)
+        return self._compiled_call(key, build, *inputs)
 
-    def _meta_gradient(self, batch, weights):
+    def _compiled_meta_gradient(self, batch, weights):
+        loss, *grads = self._program("meta_gradient", batch, weights, [p.detach() for p in self.meta_parameters])
+        return loss, grads
+
+    def _compiled_step(self, batch, iteration: int):
+        """Meta-gradient and Adam as one program: the parameters' buffer and Adam's moments are
+        updated in place by it (the eager Adam's ~12 ops and the gradients' concatenation fused
+        into the same kernels)."""
+        optimizer = self.optimizer
+        if optimizer.flat is None:
+            raise RuntimeError("the compiled step needs the meta-parameters as views of one buffer")
+        corrections = optimizer.advance()
+        with torch.no_grad():
+            return self._program("step", batch, self.loss_weights(iteration),
+                                 [optimizer.flat, optimizer.m, optimizer.v], corrections)[0]
+
+    def _traced_meta_gradient(self, pattern, n_scalars, *args):
+        *meta, xs, ys, xq, yq, values = args
+        weights = [values[n_scalars + s] if w is None else w for s, w in enumerate(pattern)]
+        loss, grads = self._meta_gradient(TaskBatch(xs, ys, xq, yq), weights, meta)
+        return (loss, *grads)
+
+    def _traced_step(self, pattern, n_scalars, flat, m, v, xs, ys, xq, yq, values):
+        meta = _split_views(flat, [p.shape for p in self.meta_parameters])
+        loss, *grads = self._traced_meta_gradient(pattern, n_scalars, *meta, xs, ys, xq, yq, values)
+        self.optimizer.update(flat, m, v, grads, values[0], values[1])
+        return (loss,)
+
+    def _meta_gradient(self, batch, weights, meta=None):
+        """`meta`: the meta-parameters to differentiate at (default: the learner's own)."""
+        meta = self.meta_parameters if meta is None else meta
+        params, learned = meta[:len(self.params)], meta[len(self.params):]
         xs, ys, xq, yq = (t.flatten(0, 1) for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
         frozen = 2 * self.frozen_layers
-        body = self.params[:frozen]
+        body = params[:frozen]
         if frozen:  # ANIL: the body's features do not change in the inner loop
             body_s, body_q = mlp_forward(body, xs), mlp_forward(body, xq)
             xs, xq = torch.relu(body_s[0]), torch.relu(body_q[0])
         data = (xs, ys, xq, yq)
-        rates = self._rates_for(xs.shape[0])
-        theta = [p.detach() for p in self.params[frozen:]]
+        rates = self._rates_for(xs.shape[0], learned)
+        theta = [p.detach() for p in params[frozen:]]
         steps = len(weights) - 1
         length = self.segment if self.segment and not self.first_order else steps + 1
         segments = [(first, min(first + length - 1, steps)) for first in range(0, steps + 1, length)]
@@ -287,10 +332,10 @@ class FuncLearner(MetaLearner):
                     bars = mlp_backward(body, inputs, torch.ops.aten.threshold_backward(x_bar, x, 0), into=bars)[0]
             grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(bars or [None] * frozen, body)] + grads
         if self.learned_rates:
-            grads += [g if g is not None else torch.zeros_like(r) for g, r in zip(state["rate_bars"], self.rates)]
+            grads += [g if g is not None else torch.zeros_like(r) for g, r in zip(state["rate_bars"], learned)]
         return loss, grads
 
-    def _rates_for(self, n_rows: int):
+    def _rates_for(self, n_rows: int, learned=None):
         """(loss scale, per-entry rates) of the inner SGD step on n_rows = members·tasks tasks.
 
         A fixed LR_base is folded into the support loss (`mlp_gradients(loss_scale=...)`) as
@@ -300,7 +345,7 @@ class FuncLearner(MetaLearner):
         """
         frozen = 2 * self.frozen_layers
         if self.learned_rates:
-            return 1.0, [self._per_task(r.detach()) for r in self.rates[frozen:]]
+            return 1.0, [self._per_task(r.detach()) for r in (self.rates if learned is None else learned)[frozen:]]
         tasks = n_rows // self.n_members
         return self.lr_base.to(self.params[0].dtype).repeat_interleave(tasks).view(-1, 1, 1), None
 
@@ -409,10 +454,15 @@ def _views_of_one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Copy [members, ...] tensors into one [members, P] buffer; return leaf views of it."""
     members = tensors[0].shape[0]
     buffer = torch.cat([t.reshape(members, -1) for t in tensors], 1)
+    return [view.requires_grad_() for view in _split_views(buffer, [t.shape for t in tensors])]
+
+
+def _split_views(buffer: torch.Tensor, shapes) -> list[torch.Tensor]:
+    """Views of a [members, P] buffer in the given [members, ...] shapes, in order."""
     views, offset = [], 0
-    for t in tensors:
-        size = t[0].numel()
-        views.append(buffer[:, offset:offset + size].view(t.shape).requires_grad_())
+    for shape in shapes:
+        size = math.prod(shape[1:])
+        views.append(buffer[:, offset:offset + size].view(shape))
         offset += size
     return views
 

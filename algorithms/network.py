@@ -200,7 +200,13 @@ def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.T
 
 
 def scaled(t: torch.Tensor, value: float) -> torch.Tensor:
-    """t·value; a cached 0-dim tensor skips the Python-scalar conversion torch does on every call."""
+    """t·value; a cached 0-dim tensor skips the Python-scalar conversion torch does on every call.
+
+    A traced tensor (a fake one, `MetaLearner._compile_traced`) gets a fresh 0-dim tensor: the
+    cache must not keep a tensor that belongs to a trace.
+    """
+    if type(t) is not torch.Tensor and not torch.compiler.is_compiling():
+        return torch.mul(t, torch.full((), value, dtype=t.dtype, device=t.device))
     return torch.mul(t, _constant(value, t.dtype, t.device))
 
 

@@ -3,9 +3,9 @@
 Peers (each a full meta-iteration: meta-gradient and Adam step):
 * `func`: the vectorised engine, eager (`learner.step`);
 * `func-compiled`: the same engine with `compile=True` (the sweep key `compile`): its
-  hand-written meta-gradient (the forward tape and the reverse pass, no autograd) under
-  `torch.compile(fullgraph=True)`, the stacked Adam step eager (a handful of ops on one flat
-  buffer; its Python step counter would recompile every call);
+  hand-written meta-gradient (the forward tape and the reverse pass, no autograd) and the
+  stacked Adam update as one Inductor program, traced once and called without TorchDynamo
+  (`FuncLearner._compiled_step`);
 * `jax`: the standard JAX MAML (`algorithms.jax_engine`: jit + vmap + optax), the jitted step
   called on JAX arrays as a JAX user would (the `jax` backend's torch<->JAX copies are not in it;
   `test_meta_iteration` times the backend as the runner calls it);
