@@ -51,8 +51,9 @@ MEANINGS = {
     "device": "`cpu` or `cuda` (`cuda:N`)",
     "plugins": "modules (names or `.py` paths) imported first: they register algorithms or tasks "
                "(see CONTRIBUTING.md); also `--plugin` on the command line",
-    "compile": "run the meta-gradient of the accelerated (`func`) and generic engines through `torch.compile`: "
-               "a one-off compile (~5-60 s on CPU, recorded as `compile_seconds`, not in s/iter), then "
+    "compile": "compile the accelerated (`func`) engine's step (meta-gradient and Adam, one Inductor program) "
+               "and the generic engine's meta-gradient (`torch.compile`): "
+               "a one-off compile (~3-60 s on CPU, recorded as `compile_seconds`, not in s/iter), then "
                "fewer, fused kernels; compiled runs do not ensemble; loop and library backends ignore it",
     "task_params": "a table of task-family parameters (below), e.g. `task_params = { noise = 0.1 }`",
 }

@@ -217,7 +217,7 @@ def test_learners_declared_thread_invariant_are_bitwise_at_two_threads(tmp_path)
     """Every registered learner that declares `thread_invariant` (its records then leave the
     thread count out of the fingerprint, so a resume at other threads reuses them) computes at 2
     threads bitwise what it computes at 1, on Finn's ReLU network and a Tanh one (the generic
-    engine); a per-task loop backend, which does not declare it, moves: the check can fail."""
+    engine), eager and compiled (Inductor's kernels built for 2 threads); a per-task loop backend, which does not declare it, moves: the check can fail."""
     from algorithms import ALGORITHMS
 
     invariant = sorted({(name, backend) for name, table in ALGORITHMS.items() for backend, cls in table.items()
@@ -226,17 +226,20 @@ def test_learners_declared_thread_invariant_are_bitwise_at_two_threads(tmp_path)
     grids = [f'[[grid]]\nalgorithm = "{name}"\nbackend = "{backend}"\n' for name, backend in invariant]
     grids.append('[[grid]]\nalgorithm = ["maml", "anil"]\nbackend = "generic"\nnetwork = "tanh-64-64"\n')
     grids.append('[[grid]]\nalgorithm = "maml"\nbackend = "torch"\nnetwork = "tanh-64-64"\n')
-    config = tmp_path / "threads.toml"
+    config, compiled = tmp_path / "threads.toml", tmp_path / "compiled.toml"
     config.write_text(THREADS + "\n".join(grids))
+    compiled.write_text(THREADS + 'compile = true\n[[grid]]\nalgorithm = "fomaml"\nbackend = "func"\n')
     threads = torch.get_num_threads()
     try:
         numbers = {}
         for n in (1, 2):
-            assert main(["run", "--config", str(config), "--out", str(tmp_path / f"t{n}"), "--threads", str(n)]) == 0
+            for path, out in ((config, f"t{n}"), (compiled, f"c{n}")):  # compile is a setting: same cell id
+                assert main(["run", "--config", str(path), "--out", str(tmp_path / out), "--threads", str(n)]) == 0
             numbers[n] = _evaluations(tmp_path / f"t{n}")
+            numbers[n].update({f"compiled {cell}": value for cell, value in _evaluations(tmp_path / f"c{n}").items()})
     finally:
         torch.set_num_threads(threads)
-    assert numbers[1].keys() == numbers[2].keys() and len(numbers[1]) == len(invariant) + 3
+    assert numbers[1].keys() == numbers[2].keys() and len(numbers[1]) == len(invariant) + 4
     moved = sorted(cell for cell in numbers[1] if numbers[1][cell] != numbers[2][cell])
     assert moved == ["maml-torch-sine-K10-S3-lrb0.1-lrm0.003-B25-it30-seed0-nettanh-64-64"], moved
 
