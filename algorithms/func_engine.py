@@ -252,13 +252,14 @@ class FuncLearner(MetaLearner):
         eager ones); any other weight (MSL's annealed ones) enters through one tensor with
         `scalars` (Adam's bias corrections), so annealing does not recompile. The program is
         keyed by everything its trace depended on (`MetaLearner._compile_traced`): the kind, the
-        weights' pattern and the inputs' shapes, strides and dtype.
+        weights' pattern and the inputs' shapes, strides and dtypes (Inductor's program also
+        asserts its inputs' sizes and strides on every call).
         """
         pattern = tuple(w if w in (0, 1) else None for w in weights)
         data = [batch.x_support, batch.y_support, batch.x_query, batch.y_query]
         values = torch.tensor([*scalars, *weights], dtype=state[0].dtype, device=self.device)
         inputs = [*state, *data, values]
-        key = (kind, pattern, state[0].dtype, *((tuple(t.shape), t.stride()) for t in data))
+        key = (kind, pattern, state[0].dtype, *((tuple(t.shape), t.stride(), t.dtype) for t in data))
 
         def build():
             program = self._traced_step if kind == "step" else self._traced_meta_gradient
