@@ -1,5 +1,5 @@
-"""The speed tables' contention check and peer tables, on synthetic pytest-benchmark JSON
-(no timing here: timings are never unit tests)."""
+"""The speed tables' contention check and peer tables, on synthetic pytest-benchmark JSON, and
+every peer of the suite running (no timing asserted here: timings are never unit tests)."""
 from __future__ import annotations
 
 import json
@@ -150,3 +150,27 @@ def test_bad_yardstick_exits_2_naming_the_choices(tmp_path, capsys, value):
     assert f"got {value!r}; valid: " in err, err
     assert all(choice in err for choice in ("maml:l2l", "maml:higher", "reptile:torch")), err
     assert not (tmp_path / "out").exists(), "a bad yardstick must write nothing"
+
+
+# ----------------------------------------------------------------------------- every peer runs (issue 13)
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_peer_that_can_run_here_runs_side_by_side():
+    """Each peer of the speed suite (eager, compiled, JAX, the libraries) builds and takes interleaved
+    rounds on a small MAML cell; the ones that cannot run here say why (e.g. no CUDA)."""
+    import torch
+
+    from algorithms import HyperParams
+    from tasks import get_task
+
+    hp = HyperParams(inner_steps=1, meta_batch=5)
+    batch = get_task("sine").sample(5, torch.Generator().manual_seed(0))
+    names = [n for n in peer_timing.PEERS if peer_timing.missing(n, "maml", torch.device("cpu")) is None]
+    assert {"func", "func-compiled", "generic", "generic-compiled", "compile"} <= set(names)
+    assert peer_timing.missing("compile-cudagraphs", "maml", torch.device("cpu")) == "CUDA graphs need a CUDA device"
+    built = [peer_timing.build(n, "maml", hp, batch, "cpu") for n in names]
+    rounds = peer_timing.interleave(built, seconds=0.01, min_rounds=2, max_rounds=2)
+    rows, _ = peer_timing.summarize(built, "cpu", threads=1, memory=False)
+    assert rounds == 2 and [r["peer"] for r in rows] == names and all(r["ms_median"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown peer 'nope'; known peers: func, func-compiled, generic"):
+        peer_timing.build("nope", "maml", hp, batch, "cpu")

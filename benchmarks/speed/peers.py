@@ -6,6 +6,9 @@ Peers (each a full meta-iteration: meta-gradient and Adam step):
   hand-written meta-gradient (the forward tape and the reverse pass, no autograd) and the
   stacked Adam update as one Inductor program, traced once and called without TorchDynamo
   (`FuncLearner._compiled_step`);
+* `generic`, `generic-compiled`: the generic torch.func engine (`algorithms.generic_engine`:
+  any rule on any network, no hand-written derivative), eager and with `compile=True`
+  (`torch.compile` of its meta-gradient, Adam eager): what a researcher's own rule runs at;
 * `jax`: the standard JAX MAML (`algorithms.jax_engine`: jit + vmap + optax), the jitted step
   called on JAX arrays as a JAX user would (the `jax` backend's torch<->JAX copies are not in it;
   `test_meta_iteration` times the backend as the runner calls it);
@@ -46,8 +49,8 @@ from algorithms.network import make_network
 from benchmarks.speed.measure import peak_memory_bytes
 from tasks import TaskBatch
 
-PEERS = ("func", "func-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher")
-COMPILED = ("func-compiled", "compile", "compile-cudagraphs")  # the torch.compile peers (cold compiles: costly)
+PEERS = ("func", "func-compiled", "generic", "generic-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher")
+COMPILED = ("func-compiled", "generic-compiled", "compile", "compile-cudagraphs")  # the torch.compile peers (cold compiles: costly)
 REFERENCE = "func"  # ratios are peer time / func time: > 1 means func is faster
 MIN_CPU_WALL, MAX_CPU_WALL = 0.9, 1.1
 MAX_SPREAD = float(os.environ.get("SPEED_MAX_SPREAD", "0.25"))
@@ -181,17 +184,17 @@ def _compile_peer(name, algorithm, hp, seed, batch, device, mode=None):
     return Peer(name, call, memory=lambda: peak_memory_bytes(call, device))
 
 
-def _func_compiled_peer(algorithm, hp, seed, batch, device):
+def _compiled_learner_peer(name, backend, algorithm, hp, seed, batch, device):
     torch._dynamo.reset()
-    learner = get_learner_class(algorithm, "func")(hp, torch.Generator().manual_seed(seed), device=str(device),
-                                                    compile=True)
-    data = TaskBatch.stack([batch]).to(device)
+    learner = get_learner_class(algorithm, backend)(hp, torch.Generator().manual_seed(seed), device=str(device),
+                                                     compile=True)
+    data = (TaskBatch.stack([batch]) if learner.stacked_batches else batch).to(device)
 
     def call():
         learner.step(data)
         _sync(device)
 
-    return Peer("func-compiled", call, restore=_restorer(learner), memory=lambda: peak_memory_bytes(call, device))
+    return Peer(name, call, restore=_restorer(learner), memory=lambda: peak_memory_bytes(call, device))
 
 
 def missing(name: str, algorithm: str, device: torch.device) -> str | None:
@@ -218,9 +221,9 @@ def build(name: str, algorithm: str, hp: HyperParams, batch: TaskBatch, device, 
     device = torch.device(device)
     if name == "func":
         return _learner_peer("func", "func", algorithm, hp, seed, batch, device)
-    if name == "func-compiled":
-        return _func_compiled_peer(algorithm, hp, seed, batch, device)
-    if name in ("l2l", "higher"):
+    if name in ("func-compiled", "generic-compiled"):
+        return _compiled_learner_peer(name, name.split("-")[0], algorithm, hp, seed, batch, device)
+    if name in ("generic", "l2l", "higher"):
         return _learner_peer(name, name, algorithm, hp, seed, batch, device)
     if name == "jax":
         return _jax_peer(algorithm, hp, seed, batch, device)

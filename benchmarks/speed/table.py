@@ -123,7 +123,8 @@ def contention(frame: pd.DataFrame, device: str = "cpu") -> list[str]:
     return notes
 
 
-PEER_ORDER = ["func", "func-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher"]
+PEER_ORDER = ["func", "func-compiled", "generic", "generic-compiled", "jax", "compile", "compile-cudagraphs", "l2l",
+              "higher"]
 
 
 def _peer_pivot(peers: pd.DataFrame, value) -> pd.DataFrame:
@@ -339,8 +340,8 @@ def _peer_sections(peers: pd.DataFrame) -> list[str]:
         "",
         "### Compile time (s: first call minus the median call; cold caches)",
         "",
-        _markdown(_peer_pivot(peers[peers.peer.isin(["func-compiled", "jax", "compile", "compile-cudagraphs"])],
-                              "compile_s")),
+        _markdown(_peer_pivot(peers[peers.peer.isin(["func-compiled", "generic-compiled", "jax", "compile",
+                                                     "compile-cudagraphs"])], "compile_s")),
         "",
         *(["### Peak memory of one meta-iteration (MB; torch: allocations during the call; JAX: XLA's "
            "buffer plan, temporaries + outputs)", "", _markdown(_peer_pivot(peers, "peak_memory_mb")), ""]

@@ -12,16 +12,17 @@ Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 
   projected to 70,000 iterations.
 - `test_checkpoint_inner`: second-order MAML at S = 100 with and without checkpointing.
 - `test_peers`: MAML and FOMAML at S in {1, 5, 10}, meta-batch in {25, 100}: func (eager, and its
-  meta-gradient under torch.compile), JAX (jit), torch.compile of a torch.func step (CUDA graphs
-  too on a GPU), learn2learn and higher on the same batch and weights, timed in interleaved
-  rounds (`benchmarks.speed.peers`).
+  whole step compiled), the generic engine (eager and compiled), JAX (jit), torch.compile of a
+  torch.func step (CUDA graphs too on a GPU), learn2learn and higher on the same batch and
+  weights, timed in interleaved rounds (`benchmarks.speed.peers`).
 
 Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
 S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
 (default 1.0) is the time aimed at per benchmark (per peer in `test_peers`). Threads:
 SPEED_THREADS (default 1: one thread per process, as the sweeps run; JAX's CPU pool is sized
 to match). Device: SPEED_DEVICE (default cpu). SPEED_COMPILE picks the cells where the
-torch.compile peers run (`func-compiled`, `compile`: a cold compile takes ~30-60 s each on one CPU thread): `finn`
+compiled peers run (`func-compiled`, `generic-compiled`, `compile`: a cold compile takes ~3-60 s each on one
+CPU thread): `finn`
 (default: S = 1, meta-batch 25, both orders), `all`, or `none`. SPEED_PEERS (comma-separated)
 narrows the peers. Every benchmark records its process CPU time over wall time (`cpu_wall`),
 the contention check of `benchmarks.speed.table`. SPEED_PARTIAL=FILE.jsonl appends each
