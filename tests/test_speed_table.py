@@ -81,6 +81,27 @@ def test_interleaved_rounds_pair_the_ratios():
     assert any("spread" in f for f in flags)  # the load swings the times themselves
 
 
+def test_a_round_times_each_peer_in_a_burst_of_back_to_back_calls():
+    """A training run calls its step back to back: each peer's round is a burst of consecutive
+    calls (~burst_s of them, at least one) from its restored state, recorded per call."""
+    counts = {"fast": 0, "restores": 0}
+
+    def fast():
+        counts["fast"] += 1
+
+    def restore():
+        counts["restores"] += 1
+
+    peer = peer_timing.Peer("fast", fast, restore=restore)
+    rounds = peer_timing.interleave([peer], seconds=0.0, min_rounds=3, max_rounds=3, burst_s=0.002)
+    assert rounds == 3 and peer.burst > 10 and len(peer.times) == 3
+    assert counts["fast"] == 1 + 2 + 2 * peer.burst + 3 * peer.burst  # warm-up, sizing, estimate, rounds
+    assert counts["restores"] == 1 + 2 + 2 + 3  # once per timed burst
+    single = peer_timing.Peer("single", fast)
+    peer_timing.interleave([single], seconds=0.0, min_rounds=2, max_rounds=2, burst_s=0.0)
+    assert single.burst == 1
+
+
 # ----------------------------------------------------------------------------- the yardstick is configuration (issue 11)
 
 def _iterations_json(tmp_path):
@@ -172,5 +193,6 @@ def test_every_peer_that_can_run_here_runs_side_by_side():
     rounds = peer_timing.interleave(built, seconds=0.01, min_rounds=2, max_rounds=2)
     rows, _ = peer_timing.summarize(built, "cpu", threads=1, memory=False)
     assert rounds == 2 and [r["peer"] for r in rows] == names and all(r["ms_median"] > 0 for r in rows)
+    assert all(r["calls_per_round"] >= 1 for r in rows)
     with pytest.raises(ValueError, match="unknown peer 'nope'; known peers: func, func-compiled, generic"):
         peer_timing.build("nope", "maml", hp, batch, "cpu")

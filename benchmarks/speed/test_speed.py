@@ -14,7 +14,8 @@ Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 
 - `test_peers`: MAML and FOMAML at S in {1, 5, 10}, meta-batch in {25, 100}: func (eager, and its
   whole step compiled), the generic engine (eager and compiled), JAX (jit), torch.compile of a
   torch.func step (CUDA graphs too on a GPU), learn2learn and higher on the same batch and
-  weights, timed in interleaved rounds (`benchmarks.speed.peers`).
+  weights, timed in interleaved rounds of back-to-back bursts (SPEED_BURST_MS, default 5 ms of
+  calls per peer and round; 0: one call; `benchmarks.speed.peers`).
 
 Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
 S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
