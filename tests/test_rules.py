@@ -286,3 +286,19 @@ def test_compiled_generic_engine_matches_eager():
         _, reference = eager.meta_gradient(batch, iteration)
         _, grads = compiled.meta_gradient(batch, iteration)
         assert _worst(grads, reference) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["maml", "metasgd"])
+def test_compiled_generic_engine_trains_like_eager(name):
+    """Compiled generic runs step with torch's fused Adam (eager ones keep the per-tensor loop):
+    10 steps at S = 5, LR_base 0.05 on fresh batches stay within 2e-6 relative of eager on every
+    meta-parameter, Meta-SGD's learned rates included (measured ≤ 1.2e-7)."""
+    hp = HyperParams(inner_steps=5, lr_base=0.05, meta_batch=5, iterations=10)
+    eager = get_algorithm(name, "generic", hp, torch.Generator().manual_seed(1))
+    compiled = get_algorithm(name, "generic", hp, torch.Generator().manual_seed(1), compile=True)
+    streams = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for iteration in range(10):
+        for learner, generator in zip((eager, compiled), streams):
+            learner.step(FAMILY.sample(5, generator), iteration)
+    assert compiled.optimizer.defaults["fused"] and not eager.optimizer.defaults["fused"]
+    assert _worst(compiled.meta_parameters, eager.meta_parameters) < 2e-6
