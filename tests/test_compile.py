@@ -49,9 +49,10 @@ def test_compiled_accelerated_engine_matches_eager(name, inner_steps):
 @pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "msl"])
 def test_the_compiled_step_trains_like_the_eager_one(name):
     """The compiled step (meta-gradient and Adam in one program, state updated in place) against
-    eager steps: 20 iterations of S = 5 at LR_base 0.05 (5x the default; 0.1 diverges), fresh batches (training amplifies
-    rounding: measured ≤ 2.2e-7 relative on the weights, Meta-SGD and ANIL); the step counter and Adam's moments
-    advance as eager ones do, and MSL's annealing uses one program."""
+    eager steps: 20 iterations of S = 5 at LR_base 0.05 (5x the default; 0.1 diverges) on fresh
+    batches, where training amplifies rounding (measured ≤ 2.2e-7 relative on the weights,
+    Meta-SGD and ANIL); the step counter and Adam's moments advance as eager ones do, and MSL's
+    annealing uses one program."""
     hp = HyperParams(inner_steps=5, lr_base=0.05, meta_batch=5, iterations=20, msl_anneal_iters=10)
     eager = get_algorithm(name, "func", hp, torch.Generator().manual_seed(1))
     compiled = get_algorithm(name, "func", hp, torch.Generator().manual_seed(1), compile=True)
@@ -59,19 +60,20 @@ def test_the_compiled_step_trains_like_the_eager_one(name):
     for iteration in range(20):
         losses = [learner.step(TaskBatch.stack([FAMILY.sample(5, g)]), iteration)["loss"]
                   for learner, g in zip((eager, compiled), streams)]
-        assert losses[0].isfinite().all() and float((losses[1] - losses[0]).abs().max()) <= 1e-4 * float(losses[0].abs().max())
+        gap = float((losses[1] - losses[0]).abs().max())
+        assert losses[0].isfinite().all() and gap <= 1e-4 * float(losses[0].abs().max()), iteration
     assert _relative(compiled.meta_parameters, eager.meta_parameters) < 2e-6
     assert compiled.optimizer.step_count == eager.optimizer.step_count == 20
     assert _relative([compiled.optimizer.v], [eager.optimizer.v]) < 1e-4
-    assert list(compiled._programs) == [k for k in compiled._programs if k[0] == "step"] and len(compiled._programs) == 1
+    assert [key[0] for key in compiled._programs] == ["step"]  # training builds one program
 
 
 def test_a_compiled_program_calls_no_dynamo_and_keys_on_shapes(monkeypatch):
     """The engine's programs run without TorchDynamo (no guard evaluation per call): a step with
     Dynamo's entry point disabled still runs; a new batch shape is a new program, never a call
     of the old one on the wrong shapes."""
-    learner = get_algorithm("fomaml", "func", HyperParams(inner_steps=1, meta_batch=5), torch.Generator().manual_seed(1),
-                            compile=True)
+    learner = get_algorithm("fomaml", "func", HyperParams(inner_steps=1, meta_batch=5),
+                            torch.Generator().manual_seed(1), compile=True)
     learner.step(TaskBatch.stack([FAMILY.sample(5, torch.Generator().manual_seed(3))]))
 
     def no_dynamo(*args, **kwargs):
@@ -87,8 +89,8 @@ def test_a_compiled_program_calls_no_dynamo_and_keys_on_shapes(monkeypatch):
 def test_a_meta_parameter_baked_into_a_program_is_refused():
     """A tensor the traced function reads from outside its inputs becomes a constant of the
     program; a meta-parameter read that way would be frozen at its first value, so it raises."""
-    learner = get_algorithm("maml", "func", HyperParams(inner_steps=1, meta_batch=5), torch.Generator().manual_seed(1),
-                            compile=True)
+    learner = get_algorithm("maml", "func", HyperParams(inner_steps=1, meta_batch=5),
+                            torch.Generator().manual_seed(1), compile=True)
     data = [torch.ones(2)]
     with pytest.raises(RuntimeError, match="baked in"):
         learner._compile_traced(lambda x: (x * learner.meta_parameters[1].detach()[0, 0],), data,

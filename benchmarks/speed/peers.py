@@ -8,7 +8,7 @@ Peers (each a full meta-iteration: meta-gradient and Adam step):
   (`FuncLearner._compiled_step`);
 * `generic`, `generic-compiled`: the generic torch.func engine (`algorithms.generic_engine`:
   any rule on any network, no hand-written derivative), eager and with `compile=True`
-  (`torch.compile` of its meta-gradient, Adam eager): what a researcher's own rule runs at;
+  (`torch.compile` of its meta-gradient, torch's fused Adam): what a researcher's own rule runs at;
 * `jax`: the standard JAX MAML (`algorithms.jax_engine`: jit + vmap + optax), the jitted step
   called on JAX arrays as a JAX user would (the `jax` backend's torch<->JAX copies are not in it;
   `test_meta_iteration` times the backend as the runner calls it);
@@ -56,8 +56,9 @@ from algorithms.network import make_network
 from benchmarks.speed.measure import peak_memory_bytes
 from tasks import TaskBatch
 
-PEERS = ("func", "func-compiled", "generic", "generic-compiled", "jax", "compile", "compile-cudagraphs", "l2l", "higher")
-COMPILED = ("func-compiled", "generic-compiled", "compile", "compile-cudagraphs")  # the torch.compile peers (cold compiles: costly)
+PEERS = ("func", "func-compiled", "generic", "generic-compiled", "jax", "compile", "compile-cudagraphs", "l2l",
+         "higher")
+COMPILED = ("func-compiled", "generic-compiled", "compile", "compile-cudagraphs")  # cold compiles: costly
 REFERENCE = "func"  # ratios are peer time / func time: > 1 means func is faster
 MIN_CPU_WALL, MAX_CPU_WALL = 0.9, 1.1
 MAX_SPREAD = float(os.environ.get("SPEED_MAX_SPREAD", "0.25"))
