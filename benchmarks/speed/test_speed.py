@@ -130,12 +130,14 @@ def _run(benchmark, fn, *, memory: bool = True, learners=(), **info):
         clocks["wall"] += time.perf_counter() - wall
         clocks["cpu"] += time.process_time() - cpu
 
+    call()  # warm-up: compiles (JAX's jit), lazy optimiser state, allocator caches
+    restore()
     started = time.perf_counter()
-    call()  # warm-up: lazy optimiser state, allocator caches
-    first = time.perf_counter() - started
-    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS / max(first, 1e-6))))
+    call()  # sizes the rounds: a first call that compiles would leave a jitted step 3 rounds
+    per_call = time.perf_counter() - started
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(SECONDS / max(per_call, 1e-6))))
     clocks.update(wall=0.0, cpu=0.0)
-    benchmark.pedantic(call, setup=restore, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
+    benchmark.pedantic(call, setup=restore, rounds=rounds, iterations=1, warmup_rounds=1 if per_call < 0.2 else 0)
     restore()
     benchmark.extra_info.update(info)
     benchmark.extra_info.update(machine_info(DEVICE), malloc_tuned=MALLOC_TUNED, cpu_wall=clocks["cpu"] / clocks["wall"])
