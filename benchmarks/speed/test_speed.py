@@ -17,7 +17,7 @@ Run: `pytest benchmarks/speed --benchmark-json=results/bench/speed.json` (about 
   weights, timed in interleaved rounds of back-to-back bursts (SPEED_BURST_MS, default 5 ms of
   calls per peer and round; 0: one call; `benchmarks.speed.peers`).
 
-Each benchmark sizes its rounds from one warm-up call so that slow cells (learn2learn at
+Each benchmark sizes its rounds from a call after the warm-up so that slow cells (learn2learn at
 S = 10, meta-batch 100: ~1 s/iter) take a few rounds and fast ones many; SPEED_SECONDS
 (default 1.0) is the time aimed at per benchmark (per peer in `test_peers`). Threads:
 SPEED_THREADS (default 1: one thread per process, as the sweeps run; JAX's CPU pool is sized
