@@ -24,6 +24,7 @@ from benchmarks import artifacts as store
 from benchmarks.config import Cell, Settings
 from benchmarks.fingerprint import fingerprint
 from benchmarks.plugins import load_plugins
+from benchmarks.speed.measure import tune_malloc
 from benchmarks.training import meta_train
 from tasks import TaskBatch, evaluation_set, get_task
 
@@ -123,6 +124,7 @@ def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, o
     """
     if threads:
         torch.set_num_threads(threads)
+    tune_malloc()  # freed memory stays in the worker: no page faults for an ensemble's tensors every step
     try:
         load_plugins(settings.plugins)  # a spawned worker or Ray task has not imported them yet
         return _run_job(cells, settings, on_iteration)
