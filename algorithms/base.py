@@ -163,11 +163,11 @@ class MetaLearner(ABC):
         with torch.no_grad():
             graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         kept = {t.untyped_storage().data_ptr() for t in keep}
-        for name, value in list(graph.named_buffers()) + [(n, getattr(graph, n)) for n in dir(graph)
-                                                           if n.startswith("_tensor_constant")]:
+        for node in graph.graph.nodes:
+            value = getattr(graph, node.target) if node.op == "get_attr" else None
             if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in kept:
-                raise RuntimeError(f"compiled program: {name} is a meta-parameter or optimiser state baked in "
-                                   "as a constant; pass it as an input")
+                raise RuntimeError(f"compiled program: {node.target} is a meta-parameter or optimiser state "
+                                   "baked in as a constant; pass it as an input")
         return torch._inductor.compile(graph, list(inputs), options=self._inductor_options())
 
     def double(self) -> "MetaLearner":

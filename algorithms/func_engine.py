@@ -261,11 +261,9 @@ class FuncLearner(MetaLearner):
         inputs = [*state, *data, values]
         key = (kind, pattern, state[0].dtype, *((tuple(t.shape), t.stride(), t.dtype) for t in data))
 
-        def build():
+        def build():  # the state is what changes between calls: none of it may be baked in
             program = self._traced_step if kind == "step" else self._traced_meta_gradient
-            body = [self.optimizer.m, self.optimizer.v] if kind == "step" else []
-            return self._compile_traced(lambda *args: program(pattern, len(scalars), *args), inputs,
-                                        keep=[*self.meta_parameters, *body])
+            return self._compile_traced(lambda *args: program(pattern, len(scalars), *args), inputs, keep=state)
 
         return self._compiled_call(key, build, *inputs)
 
