@@ -12,10 +12,12 @@ PAPER_OUT ?= runs/paper
 # Sweeps run WORKERS processes of one torch thread each: at these tiny sizes ops, not flops,
 # bound the time, so two 1-thread processes do ~2x the work of one 2-thread process.
 WORKERS ?= 2
+# pytest processes of `make test` (these machines have 2 cores).
+TEST_WORKERS ?= 2
 # What the speed tables compare every meta-iteration with (ALGORITHM:BACKEND; column x_vs_<backend>_<algorithm>).
 YARDSTICK ?= maml:l2l
 
-.PHONY: setup test bench bench-results speed figures paper paper-results regress baseline clean
+.PHONY: setup test install-check bench bench-results speed figures paper paper-results regress baseline clean
 
 setup: $(STAMP)
 
@@ -27,10 +29,15 @@ $(STAMP): requirements.txt scripts/build_learn2learn_wheel.sh Makefile
 	$(PY) -c "import learn2learn, higher, torch; print('torch', torch.__version__, 'learn2learn', learn2learn.__version__)"
 	touch $(STAMP)
 
-# The tests, then the result-number regression check (CI fails on either).
+# The tests (two processes: pytest-xdist), then the result-number regression check (CI fails on either).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 	$(MAKE) regress
+
+# `pip install -e .` and `pip install .` into fresh virtual environments (no download: they see
+# .venv's packages), then the installed `metabench` command from another folder (CI runs it).
+install-check: setup
+	bash scripts/check_install.sh $(PY)
 
 # The main job: the bench.toml quality sweep, the speed benchmarks, tables and figures, into
 # $(OUT) (default runs/bench/, git-ignored; a rerun resumes its own previous run).

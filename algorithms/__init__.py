@@ -10,7 +10,9 @@ variants, and any researcher's rule), which runs on every backend that covers it
 - `l2l` (learn2learn) and `higher` where those libraries offer the rule;
 
 or a set of learner classes of its own (Reptile, pre-training, the `jax` backend). Plug-ins
-call `register_algorithm` from their own module (see `benchmarks.plugins`).
+call `register_algorithm` from their own module (see `benchmarks.plugins`: names must match
+`NAME`, and `SOURCES` remembers which code registered each algorithm; `source_of(name)` says,
+`BUILTIN_SOURCE` for the suite's own).
 
 `get_algorithm(name, backend, hp, generator, device, network=...)` builds a learner; an
 unknown name or backend raises KeyError listing the known ones.
@@ -18,24 +20,26 @@ unknown name or backend raises KeyError listing the known ones.
 from __future__ import annotations
 
 import functools
-import re
+import sys
 
 from algorithms import func_engine as fe
 from algorithms import jax_engine as je
 from algorithms import loop_backends as lb
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.generic_engine import GenericLearner
-from algorithms.network import NetworkSpec, as_spec
+from algorithms.network import DEFAULT_NETWORK, NetworkSpec, as_spec
 from algorithms.rules import FirstOrder, InnerRule, LastLayerOnly, MultiStepLoss, PerEntryRates
+from benchmarks.plugins import BUILTIN_SOURCE, NAME, Sources, check_name, code_source
 
 ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {}
 RULES: dict[str, InnerRule] = {}  # the algorithms that are inner-update rules
+REFUSALS: dict[str, dict[str, str]] = {}  # algorithm -> {rule backend not offered: why} (Finn's network)
 RULE_BACKENDS: dict[str, type[MetaLearner]] = {
     "torch": lb.TorchRuleLearner, "generic": GenericLearner, "func": fe.FuncLearner,
     "l2l": lb.L2LLearner, "higher": lb.HigherLearner,
 }
 BUILTIN = ("maml", "fomaml", "msl", "metasgd", "anil", "reptile", "pretrain")
-_NAME = re.compile(r"[a-z0-9][a-z0-9_+.-]*")
+SOURCES = Sources()  # which code registered each algorithm (its fingerprint names it unless built in)
 
 NUMERICS_VERSION = 1  # bump with any change that moves a number: records made under another version are never reused
 
@@ -53,10 +57,10 @@ def register_algorithm(name: str, rule: InnerRule | None = None, *, learners: di
     `rule`: an `InnerRule` instance; it gets every backend of `RULE_BACKENDS` that covers it
     (restricted to `backends` when given). `learners`: {backend: MetaLearner subclass} added
     as they are (for algorithms that are not inner-update rules, or a library-specific version).
-    Registering a taken name raises ValueError unless `replace`.
+    Registering a taken name raises ValueError unless `replace`; so does a name not matching
+    `NAME`. The calling module is recorded as the algorithm's source (`source_of`).
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"algorithm name must be lowercase letters, digits and _+.- (e.g. 'lslr'), got {name!r}")
+    check_name("algorithm", name)
     if name in ALGORITHMS and not replace:
         raise ValueError(f"algorithm {name!r} is already registered (pass replace=True to override it)")
     if rule is None and not learners:
@@ -64,6 +68,7 @@ def register_algorithm(name: str, rule: InnerRule | None = None, *, learners: di
     if rule is not None and not isinstance(rule, InnerRule):
         raise TypeError(f"algorithm {name!r}: rule must be an algorithms.rules.InnerRule instance, got {rule!r}")
     table: dict[str, type[MetaLearner]] = {}
+    refusals: dict[str, str] = {}
     if rule is not None:
         unknown = sorted(set(backends or ()) - set(RULE_BACKENDS))
         if unknown:
@@ -71,20 +76,38 @@ def register_algorithm(name: str, rule: InnerRule | None = None, *, learners: di
         for backend, base in RULE_BACKENDS.items():
             if backends is not None and backend not in backends:
                 continue
-            if backend == "func" and not base.covers(rule):
-                base = GenericLearner  # the accelerated engine cannot run this rule
-            if base.covers(rule):
+            if backend == "func" and _refusal(base, rule, DEFAULT_NETWORK):
+                base = GenericLearner  # the accelerated engine cannot run this rule as declared
+            refused = _refusal(base, rule, DEFAULT_NETWORK)
+            if refused:
+                refusals[backend] = refused  # not offered; `get_learner_class` says why
+            else:
                 table[backend] = _bind(base, rule, name)
     for backend, cls in (learners or {}).items():
         if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
             raise TypeError(f"algorithm {name!r}, backend {backend!r}: a MetaLearner subclass is needed, got {cls!r}")
         table[backend] = cls
     ALGORITHMS[name] = table
+    REFUSALS[name] = {b: r for b, r in refusals.items() if b not in table}
+    SOURCES.record(name, table, code_source(sys._getframe(1)))
     if rule is not None:
         RULES[name] = rule
     else:
         RULES.pop(name, None)
     return table
+
+
+def _refusal(base: type[MetaLearner], rule: InnerRule, network) -> str | None:
+    """Why backend class `base` cannot run `rule` as declared on `network` (None: it can)."""
+    refused = base.refusal(rule, network)
+    if refused or base.covers(rule):
+        return refused
+    return f"{base.engine} does not offer this rule's update, order or loss weights"
+
+
+def source_of(name: str) -> str | None:
+    """The code that registered algorithm `name` (None: not registered here)."""
+    return SOURCES.of(name, ALGORITHMS[name]) if name in ALGORITHMS else None
 
 
 def list_algorithms() -> dict[str, list[str]]:
@@ -99,19 +122,27 @@ def meta_learners(baseline: str = "pretrain") -> list[str]:
 def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None = None) -> type[MetaLearner]:
     """The class that runs `name` on `backend` for `network` (default Finn's ReLU 40-40).
 
-    `func` falls back to the generic engine for a network the accelerated one does not cover;
-    another backend that cannot build the network raises KeyError saying so.
+    `func` falls back to the generic engine for a network (or a rule's adapted names) the
+    accelerated one does not cover; another backend that cannot build the network, or cannot run
+    the rule as declared on it (`MetaLearner.refusal`), raises KeyError saying why. A backend not
+    offered at registration (`REFUSALS`: it refused Finn's network) is named with its reason.
     """
     if name not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {name!r}; known algorithms: {', '.join(sorted(ALGORITHMS))}")
     if backend not in ALGORITHMS[name]:
-        raise KeyError(f"algorithm {name!r} has no backend {backend!r}; its backends: {', '.join(sorted(ALGORITHMS[name]))}")
+        why = REFUSALS.get(name, {}).get(backend)
+        raise KeyError(f"algorithm {name!r} has no backend {backend!r}{f' ({why})' if why else ''}; "
+                       f"its backends: {', '.join(sorted(ALGORITHMS[name]))}")
     cls = ALGORITHMS[name][backend]
     spec = as_spec(network)
-    if cls.covers_network(spec):
+    rule = RULES.get(name)
+    refused = None if rule is None or not cls.covers_network(spec) else cls.refusal(rule, spec)
+    if cls.covers_network(spec) and not refused:
         return cls
-    if backend == "func" and name in RULES:
-        return _bind(GenericLearner, RULES[name], name)
+    if backend == "func" and rule is not None:
+        return _bind(GenericLearner, rule, name)
+    if refused:
+        raise KeyError(f"backend {backend!r} of {name!r} cannot run it as declared on network {spec.name!r}: {refused}")
     raise KeyError(f"backend {backend!r} of {name!r} cannot run network {spec.name!r} "
                    f"(it covers ReLU networks; use backend 'torch' or 'generic')")
 
@@ -130,9 +161,12 @@ register_algorithm("metasgd", PerEntryRates())
 register_algorithm("anil", LastLayerOnly())
 register_algorithm("reptile", learners={"torch": lb.TorchReptile, "func": fe.FuncReptile})
 register_algorithm("pretrain", learners={"torch": lb.TorchPretrain, "func": fe.FuncPretrain})
+for _builtin in BUILTIN:  # registered just above, by this module: the suite's own code
+    SOURCES.record(_builtin, ALGORITHMS[_builtin], BUILTIN_SOURCE)
 
 #: algorithms that learn to adapt (compared against the `pretrain` baseline)
 META_LEARNERS = meta_learners()
 
-__all__ = ["ALGORITHMS", "RULES", "META_LEARNERS", "Adaptation", "HyperParams", "InnerRule", "MetaLearner",
-           "NetworkSpec", "list_algorithms", "get_algorithm", "get_learner_class", "register_algorithm"]
+__all__ = ["ALGORITHMS", "RULES", "META_LEARNERS", "NAME", "SOURCES", "Adaptation", "HyperParams", "InnerRule",
+           "MetaLearner", "NetworkSpec", "list_algorithms", "get_algorithm", "get_learner_class", "register_algorithm",
+           "source_of"]

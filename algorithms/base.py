@@ -61,9 +61,10 @@ class Adaptation:
 
     `params` are detached and in the network's order; `lrs` holds each parameter's inner rate
     (None: not adapted). With `rule` None a task adapts by SGD with `lrs` (the built-ins);
-    otherwise by the algorithm's own `rule.update` with its learned `extra` meta-parameters
-    and `hp` (e.g. per-step rates), exactly as in training. `network` says which network
-    `params` belong to.
+    otherwise by the algorithm's own rule with its learned `extra` meta-parameters and `hp`
+    (e.g. per-step rates), exactly as in training: its adapted names, its per-task state
+    (`init_state`) and its context vectors (`context`, reset values) come from the rule itself.
+    `network` says which network `params` belong to.
     """
 
     params: list[torch.Tensor]
@@ -108,6 +109,14 @@ class MetaLearner(ABC):
     def covers_network(cls, network) -> bool:
         """Whether this backend can build and differentiate `network` (a `NetworkSpec`)."""
         return True
+
+    @classmethod
+    def refusal(cls, rule, network) -> str | None:
+        """Why this backend cannot run `rule` exactly as declared on `network` (a `NetworkSpec`):
+        e.g. its adapted parameters (by name), state or context; None when it can. The registry
+        does not offer a backend that refuses the default network; `get_learner_class` refuses
+        another network with this reason. Never a silent fallback to something else."""
+        return None
 
     #: which engine computes the meta-gradient ("accelerated", "generic", a library name): recorded
     engine: str = "reference"

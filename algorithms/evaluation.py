@@ -42,9 +42,10 @@ def adaptation_curve(adaptation: Adaptation, batch, steps: int = 10) -> torch.Te
 
 
 def summarize(losses: torch.Tensor) -> pd.DataFrame:
-    """[steps + 1, tasks] -> one row per step: eval_steps, mse, mse_ci95, n_test_tasks."""
+    """[steps + 1, tasks] -> one row per step: eval_steps, mse, mse_ci95, n_test_tasks. With one task
+    `mse_ci95` is NaN: one task gives no interval (a zero-width one would claim certainty)."""
     n = losses.shape[1]
-    std = losses.std(dim=1, unbiased=True) if n > 1 else torch.zeros(losses.shape[0])
+    std = losses.std(dim=1, unbiased=True) if n > 1 else torch.full((losses.shape[0],), float("nan"))
     return pd.DataFrame({
         "eval_steps": range(losses.shape[0]),
         "mse": losses.mean(dim=1).cpu().double().numpy(),

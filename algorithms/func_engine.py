@@ -49,8 +49,8 @@ from torch.utils.checkpoint import checkpoint
 from algorithms.adam import StackedAdam
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
-                                mse_scale, scaled)
-from algorithms.rules import InnerRule
+                                mse_scale, parameter_names, scaled)
+from algorithms.rules import InnerRule, adapted_mask, has_context, has_state
 from tasks import TaskBatch
 
 
@@ -76,6 +76,19 @@ class FuncLearner(MetaLearner):
     @classmethod
     def covers_network(cls, network) -> bool:
         return as_spec(network).accelerated
+
+    @classmethod
+    def refusal(cls, rule, network):
+        """The hand-written pass adapts the last k >= 1 whole layers (weight and bias), stateless, no context."""
+        if has_state(rule) or has_context(rule):
+            return "the hand-written engine runs stateless SGD without context"
+        names = parameter_names(network)
+        mask = adapted_mask(rule, names)
+        frozen = mask.index(True) if any(mask) else len(mask)
+        if frozen % 2 or frozen == len(mask) or not all(mask[frozen:]):
+            return (f"the hand-written engine adapts the last whole layers only, but the rule adapts "
+                    f"{[n for n, a in zip(names, mask) if a] or 'none'} of {list(names)}")
+        return None
 
     @property
     def first_order(self) -> bool:
@@ -123,8 +136,10 @@ class FuncLearner(MetaLearner):
         self.meta_parameters = _views_of_one_buffer(stacked + rates)
         self.params = self.meta_parameters[:len(stacked)]
         self.rates = self.meta_parameters[len(stacked):]
-        adapted = self.rule.adapted_layers
-        self.frozen_layers = 0 if adapted is None else max(0, len(self.params) // 2 - adapted)
+        refused = self.refusal(self.rule, self.network)
+        if refused:
+            raise ValueError(f"{self.rule!r}: {refused} (the registry runs it on the generic engine)")
+        self.frozen_layers = adapted_mask(self.rule, parameter_names(self.network)).index(True) // 2
         self.compile = compile
         if compile:
             self.engine = "accelerated+compile"

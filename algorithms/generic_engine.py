@@ -13,9 +13,11 @@ formulations of the same meta-loss:
   else per task through `vmap(functional_call)`. The rule's `update`, written for one task, is
   called once on the [tasks, ...] rows when it is elementwise (it broadcasts), else vmapped:
   a rule declares `elementwise`, or leaves it None and the engine checks, the first time each
-  step runs, that the direct call equals the vmapped one bitwise (and vmaps from then on where
-  it does not). Nested functorch transforms (vmap of grad of grad) took 1.3-1.5x the time of
-  the vmapped form, which took 1.6x this one (README, "Speed");
+  step runs, that the direct call equals the vmapped one bitwise, on two copies of the rule (so
+  the rule itself runs once per step), and vmaps from then on where it does not. A rule's
+  inner-optimiser state rides along as more [tasks, ...] rows, its context vectors as rows
+  appended to the parameters (`algorithms.rules`). Nested functorch transforms (vmap of grad of
+  grad) took 1.3-1.5x the time of the vmapped form, which took 1.6x this one (README, "Speed");
 * compiled (`compile=True`, the sweep key `compile`): `grad_and_value` of the vmapped
   per-task meta-loss with `torch.func.grad` inner gradients, through `torch.compile` (autograd's
   double backward does not compile into one graph), and torch's fused Adam. A one-off compile
@@ -31,14 +33,16 @@ a cell's numbers must depend on its configuration alone. Speeds: README, "Speed"
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import as_spec, make_network
-from algorithms.rules import InnerRule, rule_adaptation
+from algorithms.network import as_spec, make_network, with_context
+from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width,
+                              rule_adaptation, rule_context)
 
 
 class SGDWithRates(InnerRule):
@@ -53,15 +57,39 @@ class SGDWithRates(InnerRule):
 
 
 class TaskProgram:
-    """One task's inner loop for a network module and a rule, as pure functions of tensors."""
+    """One task's inner loop for a network module and a rule, as pure functions of tensors.
+
+    A task's parameters are the network's (`adapted`: which of them adapt, from the rule's
+    `adapts(names)`) followed by the rule's context vectors, which always adapt and are fed to
+    the network with the inputs (`with_context`)."""
 
     def __init__(self, net: torch.nn.Module, rule: InnerRule, hp: HyperParams | None, adapted: list[bool]):
         self.net, self.rule, self.hp = net, rule, hp
         self.names = [name for name, _ in net.named_parameters()]
-        self.adapted = adapted
+        self.n_contexts = len(rule_context(rule, hp, torch.empty(0)))
+        self.adapted = list(adapted) + [True] * self.n_contexts
+        if not any(self.adapted):
+            raise ValueError(f"{rule!r} adapts no parameter and has no context: nothing to adapt")
+
+    def contexts(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """The contexts' reset values (one task's) in `like`'s dtype and device."""
+        return rule_context(self.rule, self.hp, like) if self.n_contexts else []
+
+    def start(self, params, extra, tasks: int | None = None):
+        """A task's parameters (network's + contexts) and the rule's fresh state, from the shared
+        network parameters; with `tasks`, as rows [tasks, ...] (every task starts alike). Context
+        rows are leaves of their own (inner gradients are taken with respect to them)."""
+        contexts = self.contexts(params[0])
+        state = list(self.rule.init_state([*params, *contexts], list(extra), self.hp))
+        if tasks is None:
+            return [*params, *contexts], state
+        rows = [p.unsqueeze(0).expand(tasks, *p.shape) for p in params]
+        rows += [c.unsqueeze(0).expand(tasks, *c.shape).clone().requires_grad_() for c in contexts]
+        return rows, [t.unsqueeze(0).expand(tasks, *t.shape) for t in state]
 
     def loss(self, params, x, y) -> torch.Tensor:
         """MSE of one task's points: x, y [points, 1]."""
+        x = with_context(x, params[len(self.names):])
         out = functional_call(self.net, dict(zip(self.names, params)), (x,))
         return (out - y).pow(2).mean()
 
@@ -70,7 +98,8 @@ class TaskProgram:
         batched = getattr(self.net, "batched_forward", None)
         if batched is None:
             return vmap(self.loss)(params, x, y)
-        return (batched(params, x) - y).pow(2).mean(dim=(-2, -1))
+        n = len(self.names)
+        return (batched(params[:n], with_context(x, params[n:])) - y).pow(2).mean(dim=(-2, -1))
 
     def gradients(self, params, x, y) -> list[torch.Tensor | None]:
         """The support loss's gradient for the adapted parameters (None for the others)."""
@@ -90,16 +119,20 @@ class TaskProgram:
             grads[i] = g
         return grads
 
-    def step(self, params, extra, x, y, step: int):
-        return self.rule.update(list(params), self.gradients(params, x, y), list(extra), step, self.hp)
+    def step(self, params, state, extra, x, y, step: int):
+        """One inner step of one task: (params, state)."""
+        return apply_update(self.rule, list(params), self.gradients(params, x, y), list(extra), step, self.hp,
+                            list(state))
 
     def meta_loss(self, params, extra, xs, ys, xq, yq, weights, used=None) -> torch.Tensor:
-        """Σ_s w_s · query loss after s inner steps, for one task. `used[s]` says whether step s's
-        weight is non-zero (given apart when the weights are a tensor, for a compiled program)."""
+        """Σ_s w_s · query loss after s inner steps, for one task (`params`: the network's shared
+        parameters). `used[s]` says whether step s's weight is non-zero (given apart when the
+        weights are a tensor, for a compiled program)."""
         total = None
+        params, state = self.start(list(params), extra)
         for s in range(len(weights)):
             if s > 0:
-                params = self.step(params, extra, xs, ys, s - 1)
+                params, state = self.step(params, state, extra, xs, ys, s - 1)
             if used[s] if used is not None else weights[s]:
                 term = self.loss(params, xq, yq) * weights[s]
                 total = term if total is None else total + term
@@ -124,11 +157,14 @@ class GenericLearner(MetaLearner):
         super().__init__(hp, generator, device)
         self.rule = rule or self.rule
         self.network = as_spec(network)
-        self.net = make_network(generator, network=self.network, device=device)
+        self.net = make_network(generator, network=self.network, device=device,
+                                extra_inputs=context_width(self.rule, hp))
         params = list(self.net.parameters())
-        self.extra = [e.detach().clone().requires_grad_() for e in self.rule.extra([p.detach() for p in params], hp)]
+        names = [name for name, _ in self.net.named_parameters()]
+        self.program = TaskProgram(self.net, self.rule, hp, adapted_mask(self.rule, names))
+        start = [p.detach() for p in params] + self.program.contexts(params[0])
+        self.extra = [e.detach().clone().requires_grad_() for e in self.rule.extra(start, hp)]
         self.meta_parameters = params + self.extra
-        self.program = TaskProgram(self.net, self.rule, hp, self.rule.adapts(len(params)))
         self.compile = compile
         if compile:
             self.engine = "generic+compile"
@@ -161,8 +197,8 @@ class GenericLearner(MetaLearner):
         rows only) and the graph through the steps is ordinary autograd."""
         program, n = self.program, len(self.program.names)
         tasks = xs.shape[0]
-        params = [p.unsqueeze(0).expand(tasks, *p.shape) for p in self.meta_parameters[:n]]
         extra = self.meta_parameters[n:]
+        params, state = program.start(self.meta_parameters[:n], extra, tasks)
         losses = program.batched_losses
         index = [i for i, a in enumerate(program.adapted) if a]
         second_order = not self.rule.first_order
@@ -171,35 +207,56 @@ class GenericLearner(MetaLearner):
             if s > 0:
                 found = torch.autograd.grad(losses(params, xs, ys).sum(), [params[i] for i in index],
                                             create_graph=second_order, retain_graph=True)
-                grads: list = [None] * n
+                grads: list = [None] * len(params)
                 for i, g in zip(index, found):
                     grads[i] = g if second_order else g.detach()
-                params = self._update(params, grads, list(extra), s - 1)
+                params, state = self._update(params, grads, list(extra), s - 1, state)
             if weights[s]:
                 term = losses(params, xq, yq).mean() * weights[s]
                 total = term if total is None else total + term
         return total
 
-    def _update(self, params, grads, extra, step: int):
-        """The rule's update of every task's rows [tasks, ...]: one direct call where the rule is
-        elementwise (declared, or checked bitwise against the vmapped update the first time
-        `step` runs), else vmapped over tasks (the rule is written for one task)."""
+    def _update(self, params, grads, extra, step: int, state):
+        """The rule's update of every task's rows [tasks, ...] (and state): one direct call where the
+        rule is elementwise (declared, or checked bitwise against the vmapped update the first time
+        `step` runs, `_elementwise_at`), else vmapped over tasks (the rule is written for one
+        task). The rule itself runs exactly once per step."""
         direct = self._direct_steps.get(step, self.rule.elementwise)
+        if direct is None:
+            direct = self._direct_steps[step] = self._elementwise_at(params, grads, extra, step, state)
+        before = dict(vars(self.rule))
         if direct:
-            return self.rule.update(params, grads, extra, step, self.hp)
-        in_dims = ([0] * len(params), [None if g is None else 0 for g in grads], None, None, None)
-        per_task = vmap(self.rule.update, in_dims=in_dims)(params, grads, extra, step, self.hp)
-        if direct is None:  # first time at this step: is the direct call the same?
+            found = apply_update(self.rule, params, grads, extra, step, self.hp, state)
+        else:
+            found = self._vmapped(self.rule, params, grads, extra, step, state)
+        check_no_python_state(self.rule, before)
+        return found
+
+    def _vmapped(self, rule, params, grads, extra, step, state):
+        in_dims = ([0] * len(params), [None if g is None else 0 for g in grads], None, None, None, [0] * len(state))
+        mapped = vmap(functools.partial(apply_update, rule), in_dims=in_dims)
+        return mapped(params, grads, extra, step, self.hp, state)
+
+    def _elementwise_at(self, params, grads, extra, step: int, state) -> bool:
+        """Whether the rule's direct call on every task's rows equals the vmapped call, bitwise.
+
+        Checked on two copies of the rule and without a graph, so that the rule itself is called
+        once per step whatever it does (calling it twice advanced state kept on the rule object:
+        issue 21, 161% off). A rule that cannot be copied must declare `elementwise`."""
+        try:
+            direct_rule, mapped_rule = copy.deepcopy(self.rule), copy.deepcopy(self.rule)
+        except Exception as error:  # noqa: BLE001 - whatever deepcopy raises, the answer is the same
+            raise ValueError(f"{self.rule!r}: the generic engine checks on copies of the rule whether its update is "
+                             f"elementwise, but the rule cannot be copied ({error}); declare elementwise = True "
+                             "or False") from None
+        with torch.no_grad():
+            per_task = self._vmapped(mapped_rule, params, grads, extra, step, state)
             try:
-                out = self.rule.update(params, grads, extra, step, self.hp)
-                direct = len(out) == len(per_task) and all(
-                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(out, per_task))
+                out = apply_update(direct_rule, params, grads, extra, step, self.hp, state)
             except (RuntimeError, ValueError, IndexError, TypeError):  # written for one task's shapes only
-                direct = False
-            self._direct_steps[step] = direct
-            if direct:
-                return out
-        return per_task
+                return False
+        pairs = list(zip(out[0] + out[1], per_task[0] + per_task[1]))
+        return all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
 
     def meta_gradient(self, batch, iteration: int = 0):
         weights = tuple(self.rule.loss_weights(self.hp, iteration))
@@ -229,26 +286,34 @@ class GenericLearner(MetaLearner):
 # -- evaluation of any adaptation on any network ------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _module(network, dtype, device) -> torch.nn.Module:
+def _module(network, dtype, device, extra_inputs: int = 0) -> torch.nn.Module:
     """A network module to call through `functional_call` (its own weights are never used)."""
-    return make_network(torch.Generator().manual_seed(0), network=network, dtype=dtype, device=device)
+    return make_network(torch.Generator().manual_seed(0), network=network, dtype=dtype, device=device,
+                        extra_inputs=extra_inputs)
 
 
 def _program_for(adaptation: Adaptation) -> TaskProgram:
-    net = _module(adaptation.network, adaptation.params[0].dtype, adaptation.params[0].device)
-    adapted = [lr is not None for lr in adaptation.lrs]
-    rule = adaptation.rule if adaptation.rule is not None else SGDWithRates(adaptation.lrs)
-    return TaskProgram(net, rule, adaptation.hp, adapted)
+    """The adaptation's task program: its rule's own declaration (adapted names, state, context)
+    where it has one, else SGD with its rates."""
+    like = adaptation.params[0]
+    if adaptation.rule is None:
+        net = _module(adaptation.network, like.dtype, like.device)
+        return TaskProgram(net, SGDWithRates(adaptation.lrs), adaptation.hp, [lr is not None for lr in adaptation.lrs])
+    rule = adaptation.rule
+    net = _module(adaptation.network, like.dtype, like.device, context_width(rule, adaptation.hp))
+    return TaskProgram(net, rule, adaptation.hp, adapted_mask(rule, [name for name, _ in net.named_parameters()]))
 
 
 def adapt_tasks(adaptation: Adaptation, x, y, steps: int, program: TaskProgram | None = None):
-    """Yield each task's parameters [tasks, ...] after 0..`steps` inner steps on (x, y) [tasks, N, 1]."""
+    """Yield each task's parameters [tasks, ...] after 0..`steps` inner steps on (x, y) [tasks, N, 1]:
+    the network's, then the rule's context vectors (if any)."""
     program = program or _program_for(adaptation)
     extra = [e.detach() for e in adaptation.extra]
-    params = [p.detach().unsqueeze(0).expand(x.shape[0], *p.shape) for p in adaptation.params]
+    params, state = program.start([p.detach() for p in adaptation.params], extra, x.shape[0])
+    params = [p.detach() for p in params]
     yield params
     for s in range(steps):
-        params = vmap(program.step, in_dims=(0, None, 0, 0, None))(params, extra, x, y, s)
+        params, state = vmap(program.step, in_dims=(0, 0, None, 0, 0, None))(params, state, extra, x, y, s)
         yield params
 
 
@@ -262,9 +327,10 @@ def curve(adaptation: Adaptation, batch, steps: int) -> torch.Tensor:
 
 
 def first_gradient_norms(adaptation: Adaptation, x, y) -> torch.Tensor:
-    """Frobenius norm of each task's first support gradient over the adapted parameters [tasks]."""
+    """Frobenius norm of each task's first support gradient over the adapted parameters (contexts
+    included) [tasks]."""
     program = _program_for(adaptation)
-    params = [p.detach() for p in adaptation.params]
+    params, _ = program.start([p.detach() for p in adaptation.params], [e.detach() for e in adaptation.extra])
     with torch.no_grad():
         grads = vmap(lambda p, xt, yt: [g for g in program.gradients(p, xt, yt) if g is not None],
                      in_dims=(None, 0, 0))(params, x, y)

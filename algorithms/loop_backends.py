@@ -5,12 +5,46 @@ possible, and they define the numbers the vectorised `func` engine must reproduc
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import io
+import sys
+
 import torch
 import torch.nn.functional as F
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import as_spec, make_network
-from algorithms.rules import InnerRule, rule_adaptation
+from algorithms.network import as_spec, make_network, parameter_names, with_context
+from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width, has_context,
+                              has_state, rule_adaptation, rule_context)
+
+
+def _gym_notice() -> str | None:
+    """The deprecation notice gym prints for its installed version (from `gym_notices`), or None."""
+    try:
+        from gym_notices.notices import notices
+
+        return notices.get(importlib.metadata.version("gym"))
+    except (ImportError, importlib.metadata.PackageNotFoundError):
+        return None
+
+
+def import_gym_quietly() -> None:
+    """Import gym (learn2learn imports it) without its four-line deprecation notice on stderr, a
+    print rather than a warning, which would land in a notebook or inside progress bars. Only that
+    exact text is dropped: anything else gym prints is passed on and its errors propagate; a missing
+    gym is left for the import of learn2learn to report."""
+    if "gym" in sys.modules:
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import gym  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        text, notice = captured.getvalue(), _gym_notice()
+        sys.stderr.write(text.replace(notice + "\n", "", 1) if notice else text)
 
 
 class LoopLearner(MetaLearner):
@@ -28,7 +62,8 @@ class LoopLearner(MetaLearner):
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None):
         super().__init__(hp, generator, device)
         self.network = as_spec(network)
-        self.net = make_network(generator, device=device, network=self.network)
+        self.net = make_network(generator, device=device, network=self.network,
+                                extra_inputs=context_width(self.rule, hp))
         self.meta_parameters = list(self.net.parameters())
 
     def double(self) -> "LoopLearner":
@@ -65,7 +100,7 @@ class LoopLearner(MetaLearner):
         return total, grads
 
     def adaptation(self, member: int = 0) -> Adaptation:
-        adapted = self.rule.adapts(len(list(self.net.parameters())))
+        adapted = adapted_mask(self.rule, [name for name, _ in self.net.named_parameters()])
         return Adaptation([p.detach() for p in self.net.parameters()],
                           [self.hp.lr_base if a else None for a in adapted], network=self.network)
 
@@ -92,7 +127,11 @@ class TorchRuleLearner(LoopLearner):
     def __init__(self, hp, generator, device="cpu", network=None):
         super().__init__(hp, generator, device, network)
         self.names = [name for name, _ in self.net.named_parameters()]
+        self.adapted = adapted_mask(self.rule, self.names)
         params = [p.detach() for p in self.net.parameters()]
+        params += rule_context(self.rule, hp, params[0])
+        if not any(self.adapted) and len(params) == len(self.names):
+            raise ValueError(f"{self.rule!r} adapts no parameter and has no context: nothing to adapt")
         self.extra = [e.detach().clone().requires_grad_() for e in self.rule.extra(params, hp)]
         self.meta_parameters = self._meta_parameters()
 
@@ -106,12 +145,18 @@ class TorchRuleLearner(LoopLearner):
         return self
 
     def _loss(self, params, x, y):
+        """One task's MSE; `params` past the network's are the rule's context vectors."""
+        x = with_context(x, params[len(self.names):])
         return F.mse_loss(torch.func.functional_call(self.net, dict(zip(self.names, params)), (x,)), y)
 
     def task_loss(self, batch, t, weights):
         xs, ys, xq, yq = (v[t] for v in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
         params = list(self.net.parameters())
-        adapted = [i for i, a in enumerate(self.rule.adapts(len(params))) if a]
+        contexts = [c.requires_grad_() for c in rule_context(self.rule, self.hp, params[0])]  # reset for every task
+        params += contexts
+        adapted = [i for i, a in enumerate(self.adapted + [True] * len(contexts)) if a]
+        extra = list(self.extra)
+        state = list(self.rule.init_state(params, extra, self.hp))
         loss = 0.0
         for s, weight in enumerate(weights):
             if s > 0:
@@ -120,13 +165,21 @@ class TorchRuleLearner(LoopLearner):
                 grads: list = [None] * len(params)
                 for i, g in zip(adapted, found):
                     grads[i] = g
-                params = self.rule.update(params, grads, list(self.extra), s - 1, self.hp)
+                before = dict(vars(self.rule))
+                params, state = apply_update(self.rule, params, grads, extra, s - 1, self.hp, state)
+                check_no_python_state(self.rule, before)
             if weight:
                 loss = loss + weight * self._loss(params, xq, yq)
         return loss
 
     def adaptation(self, member: int = 0) -> Adaptation:
         return rule_adaptation(self.rule, self.net, self.extra, self.hp, self.network)
+
+
+def _head_only(names) -> list[bool]:
+    """The parameters of the last module (learn2learn's head, `net[-1]`)."""
+    last = names[-1].rpartition(".")[0]
+    return [name.rpartition(".")[0] == last for name in names]
 
 
 class L2LLearner(LoopLearner):
@@ -138,18 +191,30 @@ class L2LLearner(LoopLearner):
 
     @classmethod
     def covers(cls, rule):
-        return (rule.fast_update == "sgd" and rule.adapted_layers in (None, 1)) or \
-            (rule.fast_update == "per-entry" and rule.adapted_layers is None)
+        return rule.fast_update in ("sgd", "per-entry")
+
+    @classmethod
+    def refusal(cls, rule, network):
+        if has_state(rule) or has_context(rule):
+            return "learn2learn's MAML/MetaSGD have no inner-optimiser state or context"
+        names = parameter_names(network)
+        mask = adapted_mask(rule, names)
+        if all(mask) or (rule.fast_update == "sgd" and mask == _head_only(names)):
+            return None
+        adapted = [n for n, a in zip(names, mask) if a]
+        return (f"learn2learn adapts every parameter or ({'MAML' if rule.fast_update == 'sgd' else 'not for MetaSGD'}) "
+                f"the last module's, but the rule adapts {adapted or 'none'} of {list(names)}")
 
     def __init__(self, hp, generator, device="cpu", network=None):
         super().__init__(hp, generator, device, network)
+        import_gym_quietly()
         import learn2learn as l2l
 
         rule = self.rule
         if rule.fast_update == "per-entry":
             self.wrapper = l2l.algorithms.MetaSGD(self.net, lr=hp.lr_base, first_order=rule.first_order)
             self.body = None
-        elif rule.adapted_layers == 1:
+        elif not all(adapted_mask(rule, parameter_names(self.network))):  # the head (`refusal` checked it)
             self.body, head = self.net[:-1], self.net[-1]
             self.wrapper = l2l.algorithms.MAML(head, lr=hp.lr_base, first_order=rule.first_order)
         else:
@@ -189,7 +254,18 @@ class HigherLearner(LoopLearner):
     @classmethod
     def covers(cls, rule):
         plain_weights = type(rule).loss_weights is InnerRule.loss_weights  # what the examples here use
-        return rule.fast_update == "sgd" and rule.adapted_layers is None and not rule.first_order and plain_weights
+        return rule.fast_update == "sgd" and not rule.first_order and plain_weights
+
+    @classmethod
+    def refusal(cls, rule, network):
+        if has_state(rule) or has_context(rule):
+            return "higher's differentiable SGD here has no inner-optimiser state or context"
+        names = parameter_names(network)
+        mask = adapted_mask(rule, names)
+        if not all(mask):
+            adapted = [n for n, a in zip(names, mask) if a]
+            return f"higher adapts every parameter, but the rule adapts {adapted or 'none'}"
+        return None
 
     def __init__(self, hp, generator, device="cpu", network=None):
         super().__init__(hp, generator, device, network)

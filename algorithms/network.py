@@ -111,15 +111,18 @@ class MLP(nn.Sequential):
 
 
 def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.float32, device="cpu",
-                 network: "NetworkSpec | str | None" = None) -> MLP:
+                 network: "NetworkSpec | str | None" = None, extra_inputs: int = 0) -> MLP:
     """The network with torch's default Linear init, drawn from `generator` (not the global RNG).
 
     `network` (a spec or its name) overrides `sizes` and sets the activation (default ReLU).
+    `extra_inputs` widens the first layer for a rule's context vectors (CAVIA; `algorithms.rules`).
     """
     name = "relu"
     if network is not None:
         spec = as_spec(network)
         sizes, name = spec.sizes, spec.activation
+    if extra_inputs:
+        sizes = (sizes[0] + extra_inputs, *sizes[1:])
     activation = ACTIVATIONS[name][0]
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -133,6 +136,20 @@ def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.floa
         if i < len(sizes) - 2:
             layers.append(activation())
     return MLP(*layers, activation=name).to(device)
+
+
+def with_context(x: torch.Tensor, contexts: list[torch.Tensor]) -> torch.Tensor:
+    """x [..., N, in] with each context vector [..., k] appended to every point: [..., N, in + Σk]
+    (CAVIA's input concatenation; `algorithms.rules.InnerRule.context`)."""
+    if not contexts:
+        return x
+    return torch.cat([x, *(c.unsqueeze(-2).expand(*x.shape[:-1], c.shape[-1]) for c in contexts)], dim=-1)
+
+
+@lru_cache(maxsize=64)
+def parameter_names(network: "NetworkSpec | str | None" = None) -> tuple[str, ...]:
+    """The network's `named_parameters()` names (what a rule's `adapts(names)` is asked about)."""
+    return tuple(name for name, _ in make_network(torch.Generator(), network=network).named_parameters())
 
 
 def forward(params: list[torch.Tensor], x: torch.Tensor, activation: str = "relu") -> torch.Tensor:

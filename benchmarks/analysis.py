@@ -1,6 +1,10 @@
 """What the report computes from run records: frames, seed pooling, selection by validation,
 and the per-task statistics of the chosen configurations. Nothing here draws or writes.
 
+Cells are grouped by the cell schema (`benchmarks.config.SCHEMA`), never by a list kept here: a
+configuration is a cell without its pooled keys (the seed), and table (a) chooses one per group
+of compared keys (task, algorithm, backend, K, network); the other keys are what is chosen.
+
 Selection is by validation, never by test: a "best configuration" is the one with the lowest
 seed-pooled meta-validation MSE after SELECT_STEPS adaptation step at the final iteration, at
 the K it was trained for; configurations with a diverged or failed seed rank after complete
@@ -20,18 +24,21 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks import statistics
+from benchmarks.config import SCHEMA
 
 log = logging.getLogger(__name__)
 
-CELL_COLUMNS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch",
-                "iterations", "seed"]
+#: every list of cell keys below comes from the cell schema (`benchmarks.config.SCHEMA`)
+CELL_COLUMNS = SCHEMA.names
 RUN_COLUMNS = ["status", "engine", "sec_per_iter", "sec_per_iter_member", "compile_seconds", "ensemble_size",
                "peak_memory_mb", "device"]
 EVAL_COLUMNS = ["iteration", "split", "eval_k_shot", "eval_steps", "mse", "mse_ci95", "n_test_tasks", "n_sets",
                 "set_sd"]
 #: a configuration is a cell without its seed: seeds are pooled
-CONFIG_COLUMNS = [c for c in CELL_COLUMNS if c != "seed"]
-GROUP_COLUMNS = ["task", "algorithm", "backend", "k_shot"]  # table (a): one best configuration each
+CONFIG_COLUMNS = SCHEMA.config
+GROUP_COLUMNS = SCHEMA.compared  # table (a): one best configuration each (task, algorithm, backend, K, network)
+SHOWN_COLUMNS = SCHEMA.shown  # a configuration in the tables: its group, then what was chosen
+SPEED_COLUMNS = ["device"] + SCHEMA.timed  # the speed table: one row each
 SELECT_STEPS = 1  # adaptation steps of the validation MSE that chooses a configuration
 TABLE_STEPS = (1, 5, 10)
 #: every algorithm is compared, task by task, with each of these (when the folder has it)
@@ -165,6 +172,15 @@ def matching(frame: pd.DataFrame, config) -> pd.DataFrame:
     return frame[mask]
 
 
+def config_columns(config, keys: list[str]) -> dict:
+    """`keys` of a configuration as the tables print them: cell keys under their schema labels (K,
+    S, LR_base...), integers as integers and rates in `%g`; other columns (device) as they are."""
+    def text(key):
+        kind = SCHEMA.types.get(key)
+        return int(config[key]) if kind == "int" else f"{config[key]:g}" if kind == "float" else config[key]
+    return {SCHEMA.labels.get(key, key): text(key) for key in keys}
+
+
 def mode(series: pd.Series, prefer=None):
     """The most common value; ties go to `prefer` if tied, else to the largest (K=10 over K=5)."""
     counts = series.value_counts()
@@ -196,35 +212,48 @@ class TaskErrors:
 
     def __init__(self, cells: pd.DataFrame, artifacts: dict | None = None):
         self.cells = cells[cells["status"] == "ok"]
+        self.statuses = cells["status"].value_counts()
         self.artifacts = artifacts or {}
         self._memo: dict[tuple, object] = {}
 
     def __bool__(self) -> bool:
         return bool(self.artifacts)
 
-    def errors(self, config, split: str, eval_k: int) -> tuple[np.ndarray, float] | None:
-        """([n_seeds, eval_steps + 1, n_tasks] in seed order, blow-up threshold) of the configuration's
-        `ok` seeds; None unless every one stored errors for (split, eval K) on the same tasks."""
+    def missing(self) -> str:
+        """Why there are no per-task errors, for the tables and figures that have none to show: no
+        cell finished `ok` (only those store them), or the records predate the per-task store."""
+        if self.cells.empty:
+            counts = ", ".join(f"{n} {status}" for status, n in self.statuses.items()) or "no records"
+            return f"no cell finished `ok` ({counts}; see (c)), and only finished cells store per-task errors"
+        return "these records have no per-task errors (made before the per-task store)"
+
+    def errors(self, config, split: str, eval_k: int) -> tuple[np.ndarray, float, float] | None:
+        """([n_seeds, eval_steps + 1, n_tasks] in seed order, blow-up threshold, zero-predictor MSE) of
+        the configuration's `ok` seeds; None unless every one stored errors for (split, eval K) on the
+        same tasks (the zero predictor's MSE identifies them; the threshold also depends on the seeds'
+        untrained networks, `statistics.error_scale`)."""
         key = ("errors", _key(config), split, int(eval_k))
         if key not in self._memo:
             self._memo[key] = self._stack(config, split, int(eval_k))
         return self._memo[key]
 
     def _stack(self, config, split: str, eval_k: int):
-        arrays, zeros = [], set()
+        arrays, zeros, untrained = [], set(), []
         for cell_id in matching(self.cells, config).sort_values("seed")["cell_id"]:
             found = self.artifacts.get(cell_id)
             if found is None or (split, eval_k) not in found.errors:
                 return None
             arrays.append(found.errors[(split, eval_k)])
             zeros.add(float(found.zero_mse[(split, eval_k)]))
+            untrained.append(getattr(found, "untrained_mse", np.nan))
         if not arrays:
             return None
         if len({a.shape for a in arrays}) > 1 or len(zeros) > 1:
             log.warning("seeds of %s were scored on different %s tasks at K=%d: no per-task statistics",
                         config_label(config), split, eval_k)
             return None
-        return np.stack(arrays), statistics.blowup_threshold(zeros.pop())
+        zero = zeros.pop()
+        return np.stack(arrays), statistics.blowup_threshold(zero, untrained), zero
 
     def summary(self, config, split: str, eval_k: int, steps: int, bootstrap: bool = True) -> dict | None:
         """`statistics.summarize` at one step (Estimates mean, median, iqm, blowup) plus n_seeds and
@@ -237,7 +266,7 @@ class TaskErrors:
             if found is None or steps >= found[0].shape[1]:
                 self._memo[(key, bootstrap)] = None
             else:
-                values, threshold = found
+                values, threshold, _ = found
                 result = statistics.summarize(values[:, steps], threshold,
                                               n_resamples=statistics.N_RESAMPLES if bootstrap else 0)
                 self._memo[(key, bootstrap)] = {**result, "n_seeds": values.shape[0], "n_tasks": values.shape[2]}
@@ -260,7 +289,7 @@ class TaskErrors:
                 "n_seeds_reference": found["n_seeds"]}
         if key not in self._memo:
             a, b = self.errors(config, split, eval_k), self.errors(reference, split, eval_k)
-            same = a is not None and b is not None and a[0].shape[2] == b[0].shape[2] and a[1] == b[1]
+            same = a is not None and b is not None and a[0].shape[2] == b[0].shape[2] and a[2] == b[2]
             if a is not None and b is not None and not same:
                 log.warning("%s and %s were not scored on the same %s tasks at K=%d: not compared",
                             config_label(config), config_label(reference), split, eval_k)
@@ -329,14 +358,15 @@ def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskEr
 # ----------------------------------------------------------------------------- speed
 
 def speed_frame(cells: pd.DataFrame) -> pd.DataFrame:
-    """Median s/iter over cells per (device, algorithm, backend, S, meta-batch), and the ratio to
-    learn2learn MAML on the same device, S and meta-batch (NaN where it was not run).
+    """Median s/iter over cells per (device, algorithm, backend, S, meta-batch, network: `SPEED_COLUMNS`),
+    and the ratio to learn2learn MAML on the same device, S, meta-batch and network (NaN where it was
+    not run).
 
     A compiled engine's one-off compile is not in s/iter: `compile_seconds` (median) is apart and
     `train_seconds`, the projected training time of one program over the cells' iterations, adds it
     once (compile + s/iter x iterations), so a compile that never pays off shows there."""
     timed = cells[np.isfinite(cells["sec_per_iter"].astype(float))]
-    keys = ["device", "algorithm", "backend", "inner_steps", "meta_batch"]
+    keys = SPEED_COLUMNS
     columns = keys + ["sec_per_iter", "sec_per_iter_member", "compile_seconds", "train_seconds", "ensemble_min",
                       "ensemble_max", "n_cells", "ratio", "ratio_member"]
     if timed.empty:
@@ -350,9 +380,9 @@ def speed_frame(cells: pd.DataFrame) -> pd.DataFrame:
     frame["train_seconds"] = frame["compile_seconds"] + frame["sec_per_iter"] * frame["iterations"]
     frame["sec_per_iter_member"] = frame["sec_per_iter_member"].fillna(frame["sec_per_iter"])
     reference = frame[(frame["algorithm"] == SPEED_REFERENCE[0]) & (frame["backend"] == SPEED_REFERENCE[1])]
-    reference = reference[["device", "inner_steps", "meta_batch", "sec_per_iter"]].rename(
-        columns={"sec_per_iter": "_ref"})
-    frame = frame.merge(reference, on=["device", "inner_steps", "meta_batch"], how="left")
+    same = [c for c in keys if c not in ("algorithm", "backend")]  # the yardstick runs the same program size
+    reference = reference[same + ["sec_per_iter"]].rename(columns={"sec_per_iter": "_ref"})
+    frame = frame.merge(reference, on=same, how="left")
     frame["ratio"] = frame["sec_per_iter"] / frame["_ref"]
     frame["ratio_member"] = frame["sec_per_iter_member"] / frame["_ref"]
     return frame[columns]

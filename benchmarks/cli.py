@@ -1,4 +1,4 @@
-"""Command line: `python -m benchmarks {list,run,report,re-evaluate,regress}`.
+"""Command line: `metabench {list,run,report,re-evaluate,regress}` (installed) = `python -m benchmarks ...`.
 
 Exit status, one meaning each:
   0    success
@@ -28,13 +28,15 @@ quiet_dependencies()  # before algorithms/ imports learn2learn (and with it gym'
 
 from algorithms import list_algorithms  # noqa: E402
 from benchmarks.config import LIMITS, ConfigError, check_device_available, load_sweep, parse_limit  # noqa: E402
-from benchmarks.lock import LockHeld, folder_lock  # noqa: E402
+from benchmarks.atomic import refuse_links  # noqa: E402
+from benchmarks.lock import LOCK_NAME, LockHeld, folder_lock  # noqa: E402
 from benchmarks.plugins import PluginError, load_plugins  # noqa: E402
 from benchmarks.records import RecordError, runs_dir  # noqa: E402
 from benchmarks.signals import Interrupted, interruptible  # noqa: E402
 from tasks import list_tasks  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ENVIRONMENT = 0, 1, 2, 3
+EXECUTORS = ("local", "ray")
 #: What a report writes into OUT: checked before training, so a folder named summary.csv does not
 #: cost the sweep. (The report module owns the list; a name missing here is still written safely.)
 REPORT_FILES = ("summary.csv", "curves.csv", "tables.md", "paper_comparison.csv", "robust.csv", "paired.csv")
@@ -48,7 +50,8 @@ class EnvironmentProblem(RuntimeError):
 
 
 def check_output_path(out: Path) -> None:
-    """Bad input (exit 2), found without writing: --out names a file or a path under a file."""
+    """Bad input (exit 2), found without writing: --out names a file or a path under a file, or
+    holds a symbolic link where a command writes (the lock, runs/, figures/: see benchmarks.atomic)."""
     too_long = [part for part in out.parts if len(part.encode()) > 255]
     if too_long:
         raise ConfigError(f"output folder {str(out)!r} has a name longer than 255 bytes: {too_long[0][:40]}...")
@@ -59,6 +62,7 @@ def check_output_path(out: Path) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"output folder {str(out)!r} is not writable: {str(parent)!r} is a file")
             break
+    refuse_links(out, (LOCK_NAME, runs_dir(out).name, *REPORT_FOLDERS))
 
 
 def prepare_output(out: Path, n_cells: int) -> None:
@@ -114,49 +118,74 @@ def _print_skipped(skipped, show_all: bool) -> None:
           f"(--show-skipped lists them all)", file=sys.stderr)
 
 
-def cmd_run(args) -> int:
-    from benchmarks.report import write_report
-    from benchmarks.sweep import pending_cells, run_sweep
-
-    limits = {**LIMITS, **dict(parse_limit(text) for text in args.limit or [])}
-    for name in ("threads", "workers"):
-        value = getattr(args, name)
+def check_run_options(out, executor: str = "local", workers: int = 1, threads: int = 1, address: str | None = None,
+                      limits: dict | None = None) -> dict:
+    """`run`'s options, checked before the sweep file is read; returns the limits in force."""
+    limits = {**LIMITS, **(limits or {})}
+    for name, value in (("threads", threads), ("workers", workers)):
         if not 1 <= value <= limits[name]:
             raise ConfigError(f"--{name} must be between 1 and {limits[name]}, got {value}"
                               + (f" (if meant, raise the limit with --limit {name}=N)" if value > 1 else ""))
-    if not args.out.strip():
+    if not str(out).strip():
         raise ConfigError("--out is empty: name an output folder")
-    if args.address is not None and args.executor != "ray":
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
         raise ConfigError("--address needs --executor ray")
-    if args.address:
+    if address:
         from benchmarks.executors import parse_address
 
-        parse_address(args.address)
-    overrides = list(args.set or [])
-    if args.device:
-        overrides.append(f'device="{args.device}"')
-    sweep = load_sweep(args.config, overrides, limits)
-    if args.plugin:  # the jobs import them again (a spawned worker has not)
-        sweep.settings = replace(sweep.settings, plugins=tuple(dict.fromkeys(sweep.settings.plugins + tuple(args.plugin))))
-    if not (args.executor == "ray" and args.address):  # a remote cluster's devices are its own business
+        parse_address(address)
+    return limits
+
+
+def execute_sweep(sweep, out, executor: str = "local", workers: int = 1, address: str | None = None,
+                  threads: int = 1, plugins=(), show_skipped: bool = False, progress: bool = True):
+    """`run` once its sweep is loaded (also `metabench.run`): every check that can refuse is made
+    before anything is written, then the unfinished cells train under the folder's lock and the
+    report is rewritten. Returns (the records trained now, the `Report`)."""
+    from benchmarks.records import sweep_stale
+    from benchmarks.report import write_report
+    from benchmarks.sweep import pending_cells, run_sweep
+
+    if plugins:  # the jobs import them again (a spawned worker has not)
+        sweep.settings = replace(sweep.settings, plugins=tuple(dict.fromkeys(sweep.settings.plugins + tuple(plugins))))
+    if not (executor == "ray" and address):  # a remote cluster's devices are its own business
         check_device_available(sweep.settings.device)
-    _print_skipped(sweep.skipped, args.show_skipped)
-    out = Path(args.out)
+    _print_skipped(sweep.skipped, show_skipped)
+    out = Path(out)
     check_output_path(out)
     if runs_dir(out).is_dir():  # read-only: records made under other settings refuse here, before anything is written
-        pending_cells(sweep, out, args.executor, args.threads)
-    if args.executor == "ray":  # the cluster answers (or not) before anything is written
+        pending_cells(sweep, out, executor, threads)
+    if executor == "ray":  # the cluster answers (or not) before anything is written
         from benchmarks.executors import start_ray
 
-        start_ray(args.address, args.workers)
+        start_ray(address, workers)
     prepare_output(out, len(sweep.cells))
     with folder_lock(out):
-        from benchmarks.records import sweep_stale
-
         sweep_stale(out)
-        records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                            threads=args.threads)
-        write_report(out)
+        records = run_sweep(sweep, out, executor=executor, workers=workers, address=address, threads=threads,
+                            progress=progress)
+        report = write_report(out, sweep.limits)
+    return records, report
+
+
+def print_report_location(report) -> None:
+    """Where a command's report went (stdout), so nobody has to know the folder layout."""
+    out = report.tables.parent
+    print(f"report: {report.tables} (tables), {out / 'figures'}{os.sep} (figures), {out / 'summary.csv'} (numbers)")
+
+
+def cmd_run(args) -> int:
+    limits = check_run_options(args.out, args.executor, args.workers, args.threads, args.address,
+                               dict(parse_limit(text) for text in args.limit or []))
+    overrides = list(args.set or [])
+    if args.device:  # a (key, value) pair: validated like the config's own device, whatever it holds
+        overrides.append(("device", args.device))
+    sweep = load_sweep(args.config, overrides, limits)
+    records, report = execute_sweep(sweep, args.out, args.executor, args.workers, args.address, args.threads,
+                                    args.plugin, args.show_skipped)
+    print_report_location(report)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"FAILED {r['cell_id']}: {r['error']}", file=sys.stderr)
@@ -172,16 +201,17 @@ def cmd_report(args) -> int:
     check_poolable(load_records(Path(args.dir)))  # seeds made under other settings are never pooled
     default, figures.QUALITATIVE_PAIR = figures.QUALITATIVE_PAIR, args.qualitative_pair
     try:
-        write_report(Path(args.dir))
+        report = write_report(Path(args.dir))
     finally:
         figures.QUALITATIVE_PAIR = default
-    print(f"report written to {args.dir}")
+    print_report_location(report)
     return 0
 
 
 def cmd_reevaluate(args) -> int:
-    """Into a new folder (or one without records): the checks and the lock of `run`."""
-    from benchmarks.records import scan_records, sweep_stale
+    """Into a new folder, or the folder of an interrupted run of the same command (it resumes):
+    the checks and the lock of `run`."""
+    from benchmarks.records import sweep_stale
     from benchmarks.reevaluate import evaluation_overrides, reevaluate
     from benchmarks.report import write_report
 
@@ -190,8 +220,6 @@ def cmd_reevaluate(args) -> int:
         check_device_available(overrides["device"])
     out = Path(args.out)
     check_output_path(out)
-    if runs_dir(out).is_dir() and scan_records(out):
-        raise ConfigError(f"re-evaluate writes a new folder, but {out} already holds records; choose another --out")
     with contextlib.ExitStack() as held:
         def prepare(dst: Path) -> None:
             prepare_output(dst, len(list(runs_dir(args.dir).glob("*.json"))))
@@ -199,8 +227,9 @@ def cmd_reevaluate(args) -> int:
             sweep_stale(dst)
 
         reevaluate(Path(args.dir), out, overrides, prepare=prepare)
-        write_report(out)
-    print(f"re-evaluated records and report written to {out}")
+        report = write_report(out)
+    print(f"re-evaluated records: {runs_dir(out)}{os.sep}")
+    print_report_location(report)
     return 0
 
 
@@ -221,76 +250,101 @@ def _qualitative_pair(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+def _device(text: str) -> str:
+    """`--device`: exactly what a config's `device` accepts (the pattern is benchmarks/config.py's)."""
+    from benchmarks.config import _DEVICE
+
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be 'cpu', 'cuda' or 'cuda:N' (N a device index), got {text!r}")
+    return text
+
+
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      epilog="exit status:\n" + __doc__.split("Exit status, one meaning each:\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first: it registers its algorithms or tasks (repeatable)")
+                        help="import MODULE (a module name or a .py file) first: it registers its algorithms or "
+                             "tasks (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered tasks and algorithms/backends", parents=[common]).set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="train every cell of a sweep (resumes: finished cells are skipped)",
                          epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
-    run.add_argument("--config", required=True, help="sweep TOML file")
+    run.add_argument("--config", required=True, metavar="TOML",
+                     help="sweep file (e.g. benchmarks/configs/smoke.toml; keys: docs/sweep-reference.md)")
     run.add_argument("--out", required=True, help="output folder (records under OUT/runs/; one sweep at a time)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a config key (TOML value), in every [[grid]] table too")
+                     help="override a config key (TOML value), in every [[grid]] table too (repeatable)")
     run.add_argument("--limit", action="append", metavar="KEY=N",
                      help="raise a size limit for this run, e.g. cells=50000 or iterations=5000000 "
                           "(limits: benchmarks/config.py LIMITS)")
-    run.add_argument("--executor", choices=["local", "ray"], default="local")
-    run.add_argument("--workers", type=int, default=1, help="parallel jobs (processes or Ray tasks)")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
-    run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="overrides the config's device")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="local: this machine (--workers processes); ray: Ray tasks, on a local instance or the "
+                          "cluster at --address (default: local)")
+    run.add_argument("--workers", type=int, default=1, help="parallel jobs (processes or Ray tasks; default 1)")
+    run.add_argument("--address", default=None, metavar="HOST:PORT",
+                     help="Ray cluster address (default: start a local instance)")
+    run.add_argument("--device", type=_device, default=None,
+                     help="cpu, cuda or cuda:N (N a device index); overrides the config's device")
     run.add_argument("--threads", type=int, default=1,
                      help="torch threads per job process (default 1: on these small problems two 1-thread "
                           "workers do more than one 2-thread process, and one thread does not stall under load)")
     run.add_argument("--show-skipped", action="store_true", help="list every skipped combination")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/", parents=[common])
-    report.add_argument("dir")
+    report.add_argument("dir", metavar="DIR", help="a sweep's output folder (its records are in DIR/runs/)")
     report.add_argument("--qualitative-pair", type=_qualitative_pair, default="maml,pretrain", metavar="A,B",
                         help="the two algorithms the qualitative figure (fig3) shows side by side")
     report.set_defaults(func=cmd_report)
     again = sub.add_parser("re-evaluate", help="recompute DIR's final evaluations from the stored initialisations "
                                                "(no training) into --out, e.g. with more test sets", parents=[common])
-    again.add_argument("dir")
-    again.add_argument("--out", required=True, help="new output folder")
+    again.add_argument("dir", metavar="DIR", help="a sweep's output folder whose records are re-evaluated (read only)")
+    again.add_argument("--out", required=True,
+                       help="output folder for the re-evaluated records and report (a new one, or that of an "
+                            "interrupted re-evaluation: it resumes)")
     again.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="an evaluation setting: eval_steps, eval_k_shot, n_test_tasks, n_test_sets, "
-                            "n_validation_tasks, device")
+                            "n_validation_tasks, device (repeatable)")
     again.set_defaults(func=cmd_reevaluate)
     regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression", parents=[common])
-    regress.add_argument("--baseline", required=True)
-    regress.add_argument("--candidate", required=True)
-    regress.add_argument("--tolerances", default=None, help="TOML of per-metric rtol/atol (default: benchmarks/configs/tolerances.toml)")
+    regress.add_argument("--baseline", required=True, metavar="DIR",
+                         help="the reference sweep's output folder (e.g. results/baseline)")
+    regress.add_argument("--candidate", required=True, metavar="DIR",
+                         help="the sweep to check, run from the same config (e.g. .cache/regress-candidate)")
+    regress.add_argument("--tolerances", default=None, metavar="TOML",
+                         help="per-metric rtol/atol (default: benchmarks/configs/tolerances.toml)")
     regress.set_defaults(func=cmd_regress)
     return parser
 
 
-def _resume_command(argv: list[str]) -> str:
-    return f"{shlex.quote(sys.executable)} -m benchmarks {shlex.join(argv)}"
+def _resume_command(argv: list[str], prog: str) -> str:
+    if prog == "python -m benchmarks":
+        return f"{shlex.quote(sys.executable)} -m benchmarks {shlex.join(argv)}"
+    return shlex.join([prog, *argv])
 
 
 def _error(message) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    """The command line: `argv` (default sys.argv[1:]) in, an exit status out; `prog` is how the
+    user called it (`python -m benchmarks` or the installed `metabench`), for help and resume lines."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     with interruptible():
         try:
             load_plugins(args.plugin)
             return args.func(args)
         except Interrupted as interrupt:
-            if args.command == "run" and hasattr(interrupt, "total"):
-                print(f"interrupted by {interrupt.name}: {interrupt.finished} of {interrupt.total} cells finished "
-                      f"and stored; resume with: {_resume_command(argv)}", file=sys.stderr)
+            if args.command in ("run", "re-evaluate") and hasattr(interrupt, "total"):
+                done = "cells finished" if args.command == "run" else "records re-evaluated"
+                print(f"interrupted by {interrupt.name}: {interrupt.finished} of {interrupt.total} {done} "
+                      f"and stored; resume with: {_resume_command(argv, prog)}", file=sys.stderr)
             elif args.command == "run":
                 print(f"interrupted by {interrupt.name}; every stored record is whole; resume with: "
-                      f"{_resume_command(argv)}", file=sys.stderr)
+                      f"{_resume_command(argv, prog)}", file=sys.stderr)
             else:
                 print(f"interrupted by {interrupt.name}; nothing half-written is left", file=sys.stderr)
             return interrupt.exit_code

@@ -9,11 +9,13 @@ they would hang or exhaust memory, so the user raises a limit explicitly (`--lim
 """
 from __future__ import annotations
 
+import copy
+import difflib
 import itertools
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from algorithms import ALGORITHMS, HyperParams, get_learner_class
@@ -26,30 +28,123 @@ class ConfigError(ValueError):
     """A bad configuration; the message names the key, the bad value and what is allowed."""
 
 
+def suggest(value, choices) -> str:
+    """`value`, quoted, with " (did you mean 'x'?)" when it is a near miss of one of `choices`
+    (difflib): a typo gets the right name, not only the list to search it in."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"{value!r} (did you mean {close[0]!r}?)" if close else repr(value)
+
+
+# ----------------------------------------------------------------------------- the cell schema
+# A cell key is declared once, as a `Cell` field whose metadata says everything a consumer needs
+# (how the id spells it, how the report treats it, how a sweep validates it, its meaning in the
+# sweep reference, its value in records written before it existed). Every list of cell keys in
+# the project is derived from `SCHEMA`, so a new key cannot be dropped by one consumer.
+
+def _one_of(registry: dict, what: str):
+    def check(key: str, value):
+        if value not in registry:  # read at call time: a plug-in may have registered more
+            raise ConfigError(f"unknown {what} {suggest(value, registry)}; "
+                              f"valid choices: {', '.join(sorted(registry))}")
+        return value
+    return check
+
+
+def _backend(key: str, value):
+    if not any(value in b for b in ALGORITHMS.values()):
+        known = sorted({b for bs in ALGORITHMS.values() for b in bs})
+        raise ConfigError(f"unknown backend {suggest(value, known)}; valid choices: {', '.join(known)}")
+    return value
+
+
+def _network(key: str, value):
+    try:
+        return NetworkSpec.parse(value).name  # one spelling per network: "ReLU-40-40" is "relu-40-40"
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _at_least(minimum: int, name: str | None = None):
+    def check(key: str, value):
+        if value < minimum:
+            raise ConfigError(f"{name or key} must be >= {minimum}, got {value!r}")
+        return value
+    return check
+
+
+def _rate(key: str, value):
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def _seed(key: str, value):
+    if not 0 <= value < MAX_TRAIN_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_TRAIN_SEED}) (higher seeds are reserved for evaluation sets), "
+                          f"got {value!r}")
+    return value
+
+
+def cell_key(default=MISSING, *, help: str, check, id: str = "", label: str | None = None,
+             compared: int | None = None, pooled: bool = False, ensemble_key: bool = True, timed: bool = False,
+             added=MISSING):
+    """A `Cell` field with its schema: how to declare a cell key (the arguments are `CellKey`'s
+    fields, which say what each means). A new key needs `added`, the value that reproduces the
+    records written before it existed."""
+    return field(default=default, metadata={"help": help, "check": check, "id": id, "label": label,
+                                            "compared": compared, "pooled": pooled, "ensemble_key": ensemble_key,
+                                            "timed": timed, "added": added})
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One training run: everything that determines its numbers."""
+    """One training run: everything that determines its numbers. Each field is a cell key,
+    declared with its schema (`cell_key`, read through `SCHEMA`)."""
 
-    algorithm: str
-    backend: str
-    task: str = "sine"
-    k_shot: int = 10
-    inner_steps: int = 1
-    lr_base: float = 0.01
-    lr_meta: float = 1e-3
-    meta_batch: int = 25
-    iterations: int = 1000
-    seed: int = 0
-    network: str = DEFAULT_NETWORK.name  # "<activation>-<width>-...", e.g. "tanh-64-64"
+    algorithm: str = cell_key(
+        help="meta-learning algorithm (`python -m benchmarks list`)",
+        check=_one_of(ALGORITHMS, "algorithm"), compared=1, timed=True)
+    backend: str = cell_key(
+        help="implementation of the algorithm: `func` (hand-written vectorised engine, or the generic one where it "
+             "does not cover the rule or network), `generic` (torch.func engine: any rule, any network), `l2l` "
+             "(learn2learn), `higher`, `jax`, `torch` (plain per-task loop)",
+        check=_backend, compared=2, timed=True)
+    task: str = cell_key(
+        "sine", help="task family",
+        check=_one_of(TASKS, "task"), compared=0)
+    k_shot: int = cell_key(
+        10, help="K: support points per task, in training (and evaluation unless `eval_k_shot` adds others)",
+        check=_at_least(1), id="K", label="K", compared=3)
+    inner_steps: int = cell_key(
+        1, help="S: inner SGD steps per task in training (0: no adaptation in training)",
+        check=_at_least(0, "inner_steps (S)"), id="S", label="S", timed=True)
+    lr_base: float = cell_key(
+        0.01, help="LR_base: inner SGD rate (Meta-SGD: the initial value of its learned rates)",
+        check=_rate, id="lrb", label="LR_base", ensemble_key=False)
+    lr_meta: float = cell_key(
+        1e-3, help="LR_meta: outer Adam rate",
+        check=_rate, id="lrm", label="LR_meta", ensemble_key=False)
+    meta_batch: int = cell_key(
+        25, help="tasks per meta-batch",
+        check=_at_least(1), id="B", label="B", timed=True)
+    iterations: int = cell_key(
+        1000, help="meta-training iterations (outer steps)",
+        check=_at_least(1), id="it", label="iters")
+    seed: int = cell_key(
+        0, help="training seed: tasks from `seed`, initial weights from `seed + 1`; must be < 1,000,000 (higher "
+                "seeds are the evaluation sets')",
+        check=_seed, id="seed", pooled=True, ensemble_key=False)
+    network: str = cell_key(
+        DEFAULT_NETWORK.name,
+        help="the base network: `<activation>-<width>-<width>...` (activations `relu`, `tanh`), e.g. `relu-40-40` "
+             "(Finn's) or `tanh-64-64`; `func` runs non-ReLU networks on the generic engine",
+        check=_network, id="net", compared=4, timed=True,
+        added=DEFAULT_NETWORK.name)  # a record written before `network` existed trained Finn's ReLU 40-40
 
     @property
     def cell_id(self) -> str:
-        """Readable and collision-free: every value enters exactly (see `exact_number`); the
-        network only when it is not Finn's (the ids of committed results keep their names)."""
-        network = "" if self.network == DEFAULT_NETWORK.name else f"-net{self.network}"
-        return (f"{self.algorithm}-{self.backend}-{self.task}-K{self.k_shot}-S{self.inner_steps}"
-                f"-lrb{exact_number(self.lr_base)}-lrm{exact_number(self.lr_meta)}-B{self.meta_batch}"
-                f"-it{self.iterations}-seed{self.seed}{network}")
+        """Readable and collision-free (see `Schema.cell_id`)."""
+        return SCHEMA.cell_id(asdict(self))
 
     def hyperparams(self, msl_anneal_iters: int | None = None) -> HyperParams:
         return HyperParams(inner_steps=self.inner_steps, lr_base=self.lr_base, lr_meta=self.lr_meta,
@@ -64,7 +159,122 @@ def exact_number(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
-SWEEP_KEYS = [f.name for f in fields(Cell)]
+@dataclass(frozen=True)
+class CellKey:
+    """One cell key as every consumer reads it: a `Cell` field and its metadata."""
+
+    name: str
+    type: str  # the field's annotation: "str", "int" or "float" (sweeps and records are type-checked with it)
+    default: object  # the sweep's default; dataclasses.MISSING: required in a sweep
+    help: str  # its meaning in the sweep reference (docs/sweep-reference.md)
+    check: object  # (key, value) -> the value in its one spelling, or ConfigError naming both
+    id: str  # its prefix in the cell id ("" for the bare value)
+    label: str | None  # its column in the report's tables (None: the key's name)
+    compared: int | None  # the report compares per this key (table (a): a best configuration per such
+    #                       group; this is its column and sort position); None: selected by validation or pooled
+    pooled: bool  # the report pools over it (a configuration is a cell without its pooled keys)
+    ensemble_key: bool  # cells of one ensemble (one batched program) share it; False: members may differ in it
+    timed: bool  # the report's speed table keeps cells apart by it (it changes a program's cost)
+    added: object  # for a key added after records were first written: the value that reproduces older
+    #                records (they are read with it, and the id spells the key only at another value,
+    #                so committed results keep their file names); dataclasses.MISSING otherwise
+
+    @property
+    def column(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The cell keys in `Cell`'s field order, and every list of them a consumer uses."""
+
+    keys: tuple[CellKey, ...]
+
+    @classmethod
+    def of(cls, cell_class: type) -> "Schema":
+        """The schema of `cell_class` (`Cell`, or in a test a dataclass with one more field)."""
+        keys = []
+        for f in fields(cell_class):
+            if "check" not in f.metadata:
+                raise TypeError(f"cell key {f.name!r} has no schema: declare it with benchmarks.config.cell_key(...)")
+            keys.append(CellKey(f.name, getattr(f.type, "__name__", f.type), f.default, **f.metadata))
+        return cls(tuple(keys))
+
+    def __getitem__(self, name: str) -> CellKey:
+        for key in self.keys:
+            if key.name == name:
+                return key
+        raise KeyError(f"{name!r} is not a cell key; cell keys: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        """Every cell key: a sweep's keys, a record's cell, the report's and regression's cell columns."""
+        return [k.name for k in self.keys]
+
+    @property
+    def pooled(self) -> list[str]:
+        return [k.name for k in self.keys if k.pooled]
+
+    @property
+    def config(self) -> list[str]:
+        """A configuration: a cell without its pooled keys (the seed)."""
+        return [k.name for k in self.keys if not k.pooled]
+
+    @property
+    def compared(self) -> list[str]:
+        """The report's groups (one best configuration each), in column order."""
+        return sorted((k.name for k in self.keys if k.compared is not None), key=lambda n: self[n].compared)
+
+    @property
+    def shown(self) -> list[str]:
+        """A configuration's columns in the report: its groups first, then the rest in field order."""
+        return self.compared + [n for n in self.config if n not in self.compared]
+
+    @property
+    def ensemble(self) -> list[str]:
+        return [k.name for k in self.keys if k.ensemble_key]
+
+    @property
+    def timed(self) -> list[str]:
+        return [k.name for k in self.keys if k.timed]
+
+    @property
+    def added(self) -> dict:
+        return {k.name: k.added for k in self.keys if k.added is not MISSING}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {k.name: k.column for k in self.keys}
+
+    @property
+    def types(self) -> dict[str, str]:
+        return {k.name: k.type for k in self.keys}
+
+    def cell_id(self, values: dict) -> str:
+        """Readable and collision-free: each key's `id` prefix and value, in field order, joined by
+        "-"; every number enters exactly (see `exact_number`). A key added after records were first
+        written appears only at another value than its `added` one, so committed ids keep their names."""
+        parts = []
+        for key in self.keys:
+            value = values[key.name]
+            if key.added is not MISSING and value == key.added:
+                continue
+            parts.append(key.id + (exact_number(value) if isinstance(value, float) else str(value)))
+        return "-".join(parts)
+
+
+SCHEMA = Schema.of(Cell)
+SWEEP_KEYS = SCHEMA.names
+POOLED_KEYS = SCHEMA.pooled
+#: cell keys added after records were first written, at the value that reproduces older records
+ADDED_CELL_KEYS = SCHEMA.added
+
+
+def ensemble_key(cell: Cell) -> tuple:
+    """What cells trained as one batched program share: all but the keys an ensemble's members may
+    differ in (seed, LR_base, LR_meta)."""
+    return tuple(getattr(cell, name) for name in SCHEMA.ensemble)
+
 
 #: Largest accepted sizes. Beyond them a value is almost surely a typo and would hang or exhaust
 #: memory (10**7 iterations, K = 2**62, a grid of millions of cells); each is raised per run with
@@ -118,9 +328,9 @@ class Sweep:
     cells: list[Cell]
     skipped: list[tuple[dict, str]]
     settings: Settings
+    limits: dict = field(default_factory=lambda: dict(LIMITS))  # in force: the folder's records are read within them
 
 
-_TYPES = {f.name: f.type for f in fields(Cell)}
 _CHECK = {"int": int, "float": (int, float), "str": str}
 
 
@@ -137,27 +347,12 @@ def _check_limit(key: str, value, limits: dict) -> None:
                           f"if meant, raise it with --limit {key}=N)")
 
 
-def _validate_cell_values(key: str, value):
-    if key == "algorithm" and value not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {value!r}; valid choices: {', '.join(sorted(ALGORITHMS))}")
-    if key == "backend" and not any(value in b for b in ALGORITHMS.values()):
-        known = sorted({b for bs in ALGORITHMS.values() for b in bs})
-        raise ConfigError(f"unknown backend {value!r}; valid choices: {', '.join(known)}")
-    if key == "network":
-        try:
-            return NetworkSpec.parse(value).name  # one spelling per network: "ReLU-40-40" is "relu-40-40"
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    if key == "task" and value not in TASKS:
-        raise ConfigError(f"unknown task {value!r}; valid choices: {', '.join(sorted(TASKS))}")
-    if key in ("lr_base", "lr_meta") and not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
-    if key in ("k_shot", "meta_batch", "iterations") and value < 1:
-        raise ConfigError(f"{key} must be >= 1, got {value!r}")
-    if key == "inner_steps" and value < 0:
-        raise ConfigError(f"inner_steps (S) must be >= 0, got {value!r}")
-    if key == "seed" and not 0 <= value < MAX_TRAIN_SEED:
-        raise ConfigError(f"seed must be in [0, {MAX_TRAIN_SEED}) (higher seeds are reserved for evaluation sets), got {value!r}")
+def _check_value(key: str, value, limits: dict):
+    """One cell key's value, type-checked, validated and limited; back in its one spelling."""
+    schema = SCHEMA[key]
+    value = schema.check(key, _check_type(key, value, schema.type))
+    _check_limit(key, value, limits)
+    return value
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -229,24 +424,47 @@ def _values(key: str, value, where: str, limits: dict) -> list:
     if len(values) > limits["cells"]:
         raise ConfigError(f"{key} lists {len(values):,} values{where}, more than the limit of {limits['cells']:,} "
                           f"cells per sweep (if meant, raise it with --limit cells=N)")
-    checked = []
-    for v in values:
-        v = _check_type(key, v, _TYPES[key])
-        v = _validate_cell_values(key, v) or v
-        _check_limit(key, v, limits)
-        checked.append(v)
-    return list(dict.fromkeys(checked))
+    return list(dict.fromkeys(_check_value(key, v, limits) for v in values))
+
+
+def cell_from_dict(values: dict, limits: dict | None = None) -> Cell:
+    """The Cell a record (or any untrusted table) describes, validated exactly like a sweep's cell.
+
+    Keys added after records were first written take the value that reproduces older records
+    (`ADDED_CELL_KEYS`); every other key must be present, because a default may have changed
+    since the record was written. Unknown keys, missing keys, types, values (against the
+    algorithms, backends and tasks registered now: load a record's plug-ins first), sizes beyond
+    `LIMITS` (raised per key by `limits`), and a combination a sweep skips (an algorithm without
+    that backend, a network the backend cannot build) raise ConfigError naming the key and value.
+    Values come back in their one spelling ("ReLU-40-40" is "relu-40-40", an integer rate is a
+    float), so compare the result, not the input, with a cell.
+    """
+    limits = {**LIMITS, **(limits or {})}
+    if not isinstance(values, dict):
+        raise ConfigError(f"a cell must be a table of {', '.join(SWEEP_KEYS)}, "
+                          f"got a {type(values).__name__}: {values!r:.80}")
+    unknown = sorted(set(values) - set(SWEEP_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown cell key(s) {', '.join(suggest(k, SWEEP_KEYS) for k in unknown)}; "
+                          f"valid keys: {', '.join(SWEEP_KEYS)}")
+    values = {**ADDED_CELL_KEYS, **values}
+    missing = [key for key in SWEEP_KEYS if key not in values]
+    if missing:
+        raise ConfigError(f"missing cell key(s) {', '.join(map(repr, missing))}")
+    checked = {key: _check_value(key, values[key], limits) for key in SWEEP_KEYS}
+    try:
+        get_learner_class(checked["algorithm"], checked["backend"], checked["network"])
+    except KeyError as error:  # a combination a sweep skips: a backend the algorithm lacks, a network it cannot build
+        raise ConfigError(f"backend = {checked['backend']!r}: {error.args[0]}") from None
+    return Cell(**checked)
 
 
 def _expand_grid(raw: dict, where: str, limits: dict) -> dict[str, list]:
     """Validated value lists for every Cell key of one grid table."""
-    for key in ("algorithm", "backend"):
-        if key not in raw:
-            raise ConfigError(f"missing required key {key!r}{where}")
-    grid = {}
-    defaults = {f.name: f.default for f in fields(Cell) if f.name not in ("algorithm", "backend")}
-    for key in SWEEP_KEYS:
-        grid[key] = _values(key, raw.get(key, defaults.get(key)), where, limits)
+    for key in SCHEMA.keys:
+        if key.default is MISSING and key.name not in raw:
+            raise ConfigError(f"missing required key {key.name!r}{where}")
+    grid = {key.name: _values(key.name, raw.get(key.name, key.default), where, limits) for key in SCHEMA.keys}
     size = math.prod(len(v) for v in grid.values())
     if size > limits["cells"]:
         raise ConfigError(f"the grid{where} has {size:,} cells, more than the limit of {limits['cells']:,} "
@@ -271,14 +489,15 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)} | {"grid"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown key(s) {', '.join(suggest(k, known) for k in unknown)}; "
+                          f"valid keys: {', '.join(sorted(known))}")
     tables = raw.get("grid", [{}])
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise ConfigError("grid must be a non-empty array of tables ([[grid]])")
     for i, table in enumerate(tables):
         bad = sorted(set(table) - set(SWEEP_KEYS))
         if bad:
-            raise ConfigError(f"unknown key(s) {', '.join(map(repr, bad))} in [[grid]] #{i + 1}; "
+            raise ConfigError(f"unknown key(s) {', '.join(suggest(k, SWEEP_KEYS) for k in bad)} in [[grid]] #{i + 1}; "
                               f"valid keys there: {', '.join(SWEEP_KEYS)}")
     top = {k: v for k, v in raw.items() if k in SWEEP_KEYS}
     for key, value in top.items():
@@ -296,11 +515,7 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     for grid in grids:
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo))
-            if values["backend"] not in ALGORITHMS[values["algorithm"]]:
-                skipped.append((values, f"algorithm {values['algorithm']!r} has no backend {values['backend']!r} "
-                                        f"(its backends: {', '.join(sorted(ALGORITHMS[values['algorithm']]))})"))
-                continue
-            try:
+            try:  # a backend the algorithm lacks (and why, where the registry knows), a network it cannot run
                 get_learner_class(values["algorithm"], values["backend"], values.get("network"))
             except KeyError as error:
                 skipped.append((values, str(error).strip("'\"")))
@@ -313,7 +528,7 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     if not cells:
         raise ConfigError("the grid is empty: every combination was skipped"
                           + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
-    return Sweep(cells, skipped, settings)
+    return Sweep(cells, skipped, settings, limits)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -333,7 +548,7 @@ def parse_limit(text: str) -> tuple[str, int]:
     key, _, value = text.partition("=")
     key = key.strip()
     if key not in LIMITS:
-        raise ConfigError(f"--limit: unknown limit {key!r}; valid limits: {', '.join(LIMITS)}")
+        raise ConfigError(f"--limit: unknown limit {suggest(key, LIMITS)}; valid limits: {', '.join(LIMITS)}")
     try:
         number = int(value.replace("_", ""))
     except ValueError:
@@ -373,15 +588,19 @@ def apply_override(raw: dict, key: str, value) -> None:
                 table.pop(key, None)
 
 
-def load_sweep(path: str | Path, overrides: list[str] = (), limits: dict | None = None) -> Sweep:
-    """Read, override (`--set`), then validate everything: overridden values are checked like the file's."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(read_config_text(path))
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"malformed TOML in {path}: {error}") from None
+def load_sweep(path: str | Path | dict, overrides: list = (), limits: dict | None = None) -> Sweep:
+    """Read, override (`--set`), then validate everything: overridden values are checked like the file's.
+    `path` may also be a table already in memory (the Python API's dict), `overrides` (key, value) pairs."""
+    if isinstance(path, dict):
+        raw = copy.deepcopy(path)
+    else:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(read_config_text(path))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"malformed TOML in {path}: {error}") from None
     for text in overrides:
-        apply_override(raw, *parse_override(text))
+        apply_override(raw, *(parse_override(text) if isinstance(text, str) else text))
     return parse_sweep(raw, limits)
 
 

@@ -5,7 +5,9 @@ Worker processes die with their parent: each asks the kernel for SIGKILL when it
 sweep, even with SIGKILL, never leaves ~570 MB workers training for nobody. Workers ignore
 SIGINT: Ctrl-C reaches the whole process group, and the parent decides (it kills them).
 A cluster that cannot be reached or dies is an environment problem (`ClusterError`, exit 3),
-found within seconds rather than after a multi-minute hang.
+found within seconds rather than after a multi-minute hang. SIGINT/SIGTERM end a Ray sweep as
+they end a local one (`benchmarks.signals`): Ray's handlers are not kept, and an interrupt that
+Ray's C++ wait turns into a SystemError is raised as the interrupt it is.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from queue import Empty
+
+from benchmarks.signals import handlers_kept, interrupt_behind
 
 PR_SET_PDEATHSIG = 1
 CONNECT_TIMEOUT_S = 10.0  # an unreachable --address fails after this, not after Ray's minutes of retries
@@ -196,8 +200,8 @@ def start_ray(address: str | None, workers: int):
         return ray
     if address:
         check_reachable(address)
-    try:
-        with _stderr_silenced():  # Ray's C++ client logs every connection retry; we report the outcome once
+    try:  # Ray's C++ client logs every connection retry (we report the outcome once); ray.init takes SIGTERM over
+        with _stderr_silenced(), handlers_kept():
             ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
                      ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.RayError) as error:
@@ -213,7 +217,7 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
     """Each job is a Ray task; `address` joins a cluster, default a local Ray instance.
     `finish` and `report` as in `run_pool` (progress travels through a Ray queue actor)."""
     ray = start_ray(address, workers)
-    import ray.exceptions
+    from ray.exceptions import RayError
 
     try:
         queue = None
@@ -233,8 +237,13 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
                     raise ClusterError("every Ray node died (a dead raylet?); finished cells are kept, rerun to resume")
                 continue
             finish(index[ready[0]], ray.get(ready[0]))
-    except ray.exceptions.RayError as error:
+    except RayError as error:
         raise ClusterError(f"the Ray cluster failed: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    except SystemError as error:  # a signal handler raised inside Ray's C++ code (CoreWorker.wait, get)
+        interrupt = interrupt_behind(error)
+        if interrupt is None:
+            raise
+        raise interrupt from None
     finally:
         if not address:
             ray.shutdown()

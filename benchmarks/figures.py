@@ -1,25 +1,47 @@
-"""The report's figures: an `Analysis` -> matplotlib figures rendered to bytes (PNG, SVG).
+"""The report's figures: an `Analysis` -> matplotlib figures rendered to bytes (PNG, SVG, PDF)
+and one caption each.
 
 Each maker picks the data and the layout and calls the ax-level functions of
 `benchmarks.plots`; one that lacks its data raises Skip with the reason, which the report
 lists. Nothing here writes files.
+
+Every figure answers one question, the first sentence of its caption (FIGURES, written beside
+it as `<name>.caption.txt` with any notes its data called for). Decisions:
+- Robust statistics first: per-algorithm error curves show the IQM of the per-task errors
+  (the mean of the middle half of seeds x tasks); the mean appears only at steps where it is
+  finite and no task blew up (elsewhere it measures how far the blow-ups went: fig7 counts them).
+- Intervals at every step: the tables' bootstrap (2,000 resamples) at 1, 5 and 10 steps, and
+  FIGURE_RESAMPLES resamples at the other steps (a 2,000-resample bootstrap per step and line
+  would cost minutes on the paper's 18,000 tasks; 200 give the band's shape).
+- Legends name algorithms; the configuration each line is (chosen by validation) is in the
+  caption, once.
+- Sizes are a paper's: TWO_COLUMN (6.9 in) wide, or ONE_COLUMN (3.3 in) for a single panel,
+  8-pt text (`plots.PAPER_RC`).
 """
 from __future__ import annotations
 
 import io
 import logging
+import weakref
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.analysis import SELECT_STEPS, TABLE_STEPS, Analysis, matching, mode, ranked
+from benchmarks import statistics
+from benchmarks.analysis import (CONFIG_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS, TABLE_STEPS, Analysis,
+                                 best_per_algorithm, matching, mode, pool_seeds, ranked, summary_frame)
 from benchmarks.tables import scope_text
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("png", "svg")
-DPI = 150
+FORMATS = ("png", "svg", "pdf")
+CAPTION = "caption.txt"
+#: what the report writes per figure: `<name>.<suffix>`
+OUTPUTS = FORMATS + (CAPTION,)
+DPI = 200
+FIGURE_RESAMPLES = 200  # bootstrap resamples at the steps the tables do not bootstrap (see the module docstring)
 HEATMAP_COLUMNS = 4  # panels per row: a wide sweep wraps instead of becoming a 4000-px strip
+HEATMAP_DECADES = 3.0  # colour scale from the best value to at most 1000x it; every cell prints its value
 #: The two algorithms fig3 shows side by side (`python -m benchmarks report --qualitative-pair A,B`).
 QUALITATIVE_PAIR = ("maml", "pretrain")
 #: The task of a stored qualitative fit that does not name one: every run made before the
@@ -27,33 +49,86 @@ QUALITATIVE_PAIR = ("maml", "pretrain")
 QUALITATIVE_DEFAULT_TASK = "sine-half"
 TASK_CAPTIONS = {"sine-half": "support only on x ∈ [0, 5]", "sine-freq": "y = A·sin(w·x + φ)"}
 DISPLAY_NAMES = {"maml": "MAML", "pretrain": "pre-training"}
-HEATMAP_DECADES = 1.0  # colour scale from the best value to 10x it; every cell prints its value
-CONTENTION = ("measured under contention (quality sweep, parallel workers; `make speed` measures cleanly)")
+#: the paired comparisons whose per-task differences fig9 draws in full: (A, B) -> A − B
+HEADLINE_PAIRS = (("metasgd", "maml"), ("maml", "pretrain"))
+CONTENTION = "measured under contention (quality sweep, parallel workers; `make speed` measures cleanly)"
+#: this suite's engine, and the peers its speed-up is measured against (fig5)
+SPEED_ENGINE = "func"
+SPEED_PEERS = {"l2l": "learn2learn", "jax": "JAX"}
+METRIC = "MSE"  # the error's name on every axis (from one place: classification will bring accuracy)
 FIGURES = {
-    "fig1_adaptation_steps": "meta-test MSE vs adaptation steps, best configuration per algorithm, one column per "
-                             "eval K: the mean with its 95% CI and, where per-task errors are stored, the IQM below it "
-                             "(95% bootstrap CIs at 1, 5 and 10 steps)",
-    "fig2_gradient_norm": "initial-gradient Frobenius norm over meta-training, best configuration per algorithm",
-    "fig3_qualitative_sine_half": "fits on the one fixed task every run stores (named in the title; `sine-half` so "
-                                  "far): the qualitative pair (default MAML vs pre-training, `report "
-                                  "--qualitative-pair`), before and after 1 and 10 steps",
-    "fig4_lr_heatmaps": "final test MSE (1 step) over LR_base x LR_meta, one panel per (algorithm, S), one colour "
-                        "scale spanning a decade from the best value (every cell prints its value)",
-    "fig5a_speed_by_backend": "s/iter per (algorithm, backend) at one (S, meta-batch): the speed suite's clean "
-                              "measurement if this folder has one (speed.csv), else the sweep's own timings, "
-                              "labelled as measured under contention",
-    "fig5b_speed_vs_inner_steps": "s/iter against inner steps S per (algorithm, backend), same source as 5a",
-    "fig6_learning_curves": "meta-training loss vs iteration, best configuration per algorithm",
-    "fig7_blowup_rate": "share of test tasks x seeds whose adaptation blew up vs adaptation steps, best "
-                        "configuration per algorithm, one panel per eval K (95% bootstrap CIs at 1, 5 and 10 steps)",
-    "fig8_paired_comparison": "every algorithm against MAML and against pre-training on the shared test tasks "
-                              "(trained and evaluated at the figures' K): median paired difference and probability "
-                              "of improvement with 95% bootstrap CIs after 1, 5 and 10 steps",
+    "fig1_adaptation_steps":
+        f"How fast does each algorithm's typical test error fall with adaptation steps? Test {METRIC} against "
+        "adaptation steps, best configuration per algorithm (chosen by validation), one column per test K: the IQM "
+        "of the per-task errors with its 95% bootstrap band (log axis), and below it the mean with its 95% CI, "
+        "drawn only where it is finite and no task blew up. Points above the axis are arrows on the edge.",
+    "fig2_gradient_norm":
+        "Does meta-training move the initialisation to where the loss is steep? Frobenius norm of the "
+        "initial gradient on one fixed probe batch over meta-training, best configuration per algorithm, "
+        "mean over seeds with the min-max band.",
+    "fig3_qualitative_sine_half":
+        "What do the adapted functions look like? Fits on the one fixed task every run stores (named in the "
+        "title): the qualitative pair (default MAML vs pre-training, `report --qualitative-pair`), before and after "
+        "1 and 10 steps.",
+    "fig4_lr_heatmaps":
+        f"How sensitive is each algorithm to LR_base and LR_meta, and which pair did validation choose? Final "
+        f"validation {METRIC} after {SELECT_STEPS} step (the selection statistic) over LR_base x LR_meta, one panel "
+        "per (algorithm, S), one log colour scale; every cell prints its value. Framed: the configuration the "
+        "other figures show. Hatched: a configuration that lost seeds (diverged or failed), its value from the "
+        "surviving seeds. Grey: not run or no finite value.",
+    "fig5a_speed_by_backend":
+        "How much faster is this suite's engine than learn2learn and JAX per meta-iteration? Left: milliseconds "
+        "per meta-iteration per (algorithm, backend) at one (S, meta-batch), median with the inter-quartile range "
+        "(log axis). Right: the speed-up of the `func` engine, the peer's time over ours, per algorithm. Source: "
+        "the speed suite's clean measurement if this folder has one (speed.csv), else the sweep's own timings, "
+        "labelled as measured under contention.",
+    "fig5b_speed_vs_inner_steps":
+        "Does the speed-up over learn2learn and JAX hold as inner steps S grow? The peer's time per "
+        "meta-iteration over the `func` engine's, against S, one line per algorithm; same source as 5a.",
+    "fig6_learning_curves":
+        "Did meta-training converge? Each algorithm's own meta-training loss (one batch per logged iteration, "
+        "a rolling mean over 5 points drawn over the raw values), one panel per algorithm: the objectives differ, "
+        "so the panels are not compared with each other (fig12 compares the algorithms on validation).",
+    "fig7_blowup_rate":
+        "When does adaptation diverge? Share of test tasks x seeds whose adapted error is non-finite or above "
+        f"{statistics.BLOWUP_FACTOR:g}x the zero predictor's, against adaptation steps, best configuration per "
+        "algorithm, one panel per test K, 95% bootstrap bands; symlog axis, linear (shaded) below 0.1%.",
+    "fig8_paired_comparison":
+        "Task by task, which algorithm beats MAML and pre-training, and by how much? On the shared test tasks "
+        "(trained and evaluated at the figures' K): the median per-task difference, one panel per adaptation step "
+        "(symlog axis, linear part shaded; interval ends far beyond every estimate are arrows on the edge), and "
+        "the probability of improvement, with 95% bootstrap CIs.",
+    "fig9_paired_ecdf":
+        "How are the per-task differences of the headline pairs distributed? Empirical CDF over the shared test "
+        "tasks of A's error minus B's (each averaged over seeds; below 0: A better) for Meta-SGD − MAML and "
+        "MAML − pre-training, after 1, 5 and 10 steps; symlog axis, linear part shaded.",
+    "fig10_stability_map":
+        "At which inner learning rates and step counts does adaptation blow up? Blow-up rate of the test tasks "
+        "x seeds over LR_base x adaptation steps, per (algorithm, S), LR_meta (and the rest) chosen by validation "
+        "for each LR_base; symlog colour scale, linear below 0.1%.",
+    "fig11_error_vs_k":
+        f"How much does each algorithm gain from more support examples? Test {METRIC} (IQM with 95% bootstrap "
+        "CI, log axis) against K, trained and tested at that K, best configuration per algorithm and K, after 1 "
+        "and after 10 adaptation steps.",
+    "fig12_validation_curves":
+        f"When during meta-training does each algorithm reach its validation error? Validation {METRIC} after "
+        f"{SELECT_STEPS} step at the trained K (the selection statistic) at every evaluated iteration, best "
+        "configuration per algorithm, mean over seeds with its 95% CI (log axis).",
+    "fig13_reproduction":
+        f"Does this suite reproduce Finn et al. (2017)'s sinusoid numbers? Test {METRIC} at K = 5 of models trained "
+        "at K = 10 in Finn's setup, after 1, 5 and 10 steps: the published value (open diamond, grey bar: the "
+        "±25% tolerance of tables.md (d)), our mean with its 95% CI (the statistic the paper reports) and our "
+        "median (hollow) with its bootstrap CI. Means above the axis are arrows on the edge.",
 }
 
 
 class Skip(Exception):
     """A figure that cannot be drawn from these records; the message says why."""
+
+
+def _note(fig, text: str) -> None:
+    """A sentence for this figure's caption file (what its data called for, e.g. the configurations)."""
+    fig._metabench_notes = [*getattr(fig, "_metabench_notes", []), text]
 
 
 def _best(a: Analysis) -> pd.DataFrame:
@@ -63,79 +138,119 @@ def _best(a: Analysis) -> pd.DataFrame:
     return _registry_sorted(a.figure_best)
 
 
+def _configurations(best: pd.DataFrame) -> str:
+    return "Configurations (chosen by validation): " + "; ".join(best["label"]) + "."
+
+
 def _need_task_errors(a: Analysis) -> None:
     if not a.task_errors:
-        raise Skip("these records have no per-task errors (made before the per-task store)")
+        raise Skip(a.task_errors.missing())
 
 
-def _legend_below(fig, axes) -> None:
+def _legend_below(fig, axes, columns: int = 4) -> None:
     """One legend for the figure, below the panels (clear of data, notes and title): every line's
     label once."""
     handles = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=2 if len(handles) > 3 else 1,
-               fontsize="small")
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(columns, len(handles)))
+
+
+# ----------------------------------------------------------------------------- per-step statistics
+
+_FIGURE_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _summary(a: Analysis, config, split: str, eval_k: int, step: int, bootstrap: bool = True) -> dict | None:
+    """`TaskErrors.summary` at one step; where the tables do not bootstrap (steps other than
+    TABLE_STEPS), a FIGURE_RESAMPLES bootstrap, memoised per analysis."""
+    if step in TABLE_STEPS or not bootstrap:
+        return a.task_errors.summary(config, split, eval_k, step, bootstrap=bootstrap)
+    memo = _FIGURE_MEMO.setdefault(a.task_errors, {})
+    key = (tuple(config[c] for c in CONFIG_COLUMNS), split, int(eval_k), int(step))
+    if key not in memo:
+        found = a.task_errors.errors(config, split, eval_k)
+        memo[key] = None if found is None or step >= found[0].shape[1] else statistics.summarize(
+            found[0][:, step], found[1], n_resamples=FIGURE_RESAMPLES)
+    return memo[key]
 
 
 def _per_step(a: Analysis, config, eval_k: int, name: str) -> pd.DataFrame:
-    """One row per adaptation step: estimate `name` of the configuration's per-task test errors,
-    with its bootstrap interval at the tables' steps (TABLE_STEPS; a bootstrap per step and line
-    would cost minutes)."""
+    """One row per adaptation step: estimate `name` of the configuration's per-task test errors
+    with its bootstrap interval (see `_summary`)."""
     found = a.task_errors.errors(config, "test", eval_k)
     if found is None:
         return pd.DataFrame()
     rows = []
     for step in range(found[0].shape[1]):
-        estimate = a.task_errors.summary(config, "test", eval_k, step, bootstrap=step in TABLE_STEPS)[name]
+        estimate = _summary(a, config, "test", eval_k, step)[name]
         rows.append({"eval_steps": step, name: estimate.value, "low": estimate.low, "high": estimate.high})
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------- error curves
+
 def _fig_adaptation(a: Analysis, plt):
+    from benchmarks import plots
+
+    best = _best(a)
     rows = []
-    for _, config in _best(a).iterrows():
+    for _, config in best.iterrows():
         test = matching(a.pooled, config)
-        rows.append(test[test["split"] == "test"].assign(label=config["label"]))
+        rows.append(test[test["split"] == "test"].assign(label=config["algorithm"]))
     frame = pd.concat(rows)
     if frame.empty:
         raise Skip("the best configurations have no test evaluations")
     eval_ks = sorted(frame["eval_k_shot"].unique())
-    robust = {}
+    robust, omitted = {}, []
     if a.task_errors:
         for k in eval_ks:
-            parts = [_per_step(a, config, k, "iqm").assign(label=config["label"], algorithm=config["algorithm"])
-                     for _, config in _best(a).iterrows()]
-            parts = [p for p in parts if "iqm" in p]
+            parts = []
+            for _, config in best.iterrows():
+                part = _per_step(a, config, k, "iqm")
+                if part.empty:
+                    continue
+                parts.append(part.assign(label=config["algorithm"], algorithm=config["algorithm"]))
+                # the mean only where it is finite and no task blew up
+                blowup = [_summary(a, config, "test", k, s, bootstrap=False)["blowup"].value
+                          for s in part["eval_steps"]]
+                blown = part["eval_steps"][np.asarray(blowup) > 0]
+                if not blown.empty:
+                    first = int(blown.min())
+                    omitted.append(f"{config['algorithm']} from step {first} at K={int(k)}")
+                    mask = (frame["algorithm"] == config["algorithm"]) & (frame["eval_k_shot"] == k) & (
+                        frame["eval_steps"] >= first)
+                    frame = frame[~mask]
             if parts:
                 robust[k] = pd.concat(parts)
     n_rows = 2 if robust else 1
-    fig, axes = plt.subplots(n_rows, len(eval_ks), figsize=(max(6.0 * len(eval_ks), 10.0), 4.2 * n_rows + 1.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(n_rows, len(eval_ks), figsize=(plots.TWO_COLUMN, 2.3 * n_rows + 1.0), squeeze=False,
+                             layout="constrained")
     for j, k in enumerate(eval_ks):
-        _draw_adaptation(axes[0, j], frame[frame["eval_k_shot"] == k], "mse", "mean test MSE (95% CI)",
-                         f"{int(k)}-shot meta-test: mean")
+        mean_row = axes[n_rows - 1, j]
         if robust:
             if k in robust:
-                _draw_adaptation(axes[1, j], robust[k], "iqm", "IQM of test MSE (95% bootstrap CI at 1, 5, 10 steps)",
-                                 f"{int(k)}-shot meta-test: interquartile mean")
+                plots.plot_adaptation(axes[0, j], robust[k], value="iqm", title=f"{int(k)}-shot test: IQM",
+                                      ylabel=f"IQM of test {METRIC} (95% CI)", legend=False, notes="caption")
             else:
-                axes[1, j].set_visible(False)
+                axes[0, j].set_visible(False)
+        part = frame[frame["eval_k_shot"] == k]
+        part = part[np.isfinite(part["mse"].astype(float))]
+        plots.plot_adaptation(mean_row, part, title=f"{int(k)}-shot test: mean"
+                              + (" (where no task blew up)" if omitted else ""),
+                              ylabel=f"mean test {METRIC} (95% CI)", legend=False, notes="caption")
     _legend_below(fig, axes)
-    fig.suptitle(f"Meta-test MSE vs adaptation steps ({scope_text(a)}; best configuration per algorithm by "
-                 f"validation MSE@{SELECT_STEPS})", fontsize="medium")
+    fig.suptitle(f"Test {METRIC} vs adaptation steps ({scope_text(a)})")
+    _note(fig, _configurations(best))
+    if omitted:
+        _note(fig, "Mean omitted from the first step at which a task blew up (fig7): " + "; ".join(omitted) + ".")
     return fig
 
 
-def _draw_adaptation(ax, frame: pd.DataFrame, value: str, ylabel: str, title: str) -> None:
-    from benchmarks import plots
-
-    plots.plot_adaptation(ax, frame, title=title, value=value, ylabel=ylabel, legend=False, notes="caption")
-
-
 def _curves_of_best(a: Analysis, value: str) -> pd.DataFrame:
-    parts = [matching(a.curves, config).assign(label=config["label"]) for _, config in _best(a).iterrows()]
+    parts = [matching(a.curves, config).assign(label=config["algorithm"]) for _, config in _best(a).iterrows()]
     frame = pd.concat(parts)
     frame = frame[np.isfinite(frame[value].astype(float))] if not frame.empty else frame
     if frame.empty:
@@ -143,27 +258,109 @@ def _curves_of_best(a: Analysis, value: str) -> pd.DataFrame:
     return frame
 
 
-def _fig_training(a: Analysis, plt, value: str, ylabel: str, title: str):
+def _fig_grad_norm(a: Analysis, plt):
     from benchmarks import plots
 
-    frame = _curves_of_best(a, value)
-    fig, ax = plt.subplots(figsize=(10, 6), layout="constrained")
-    plots.plot_training_curves(ax, frame, value, ylabel=ylabel,
-                               title=f"{title}\nmean over seeds, band min–max; {scope_text(a)}")
-    ax.get_legend().remove()
+    frame = _curves_of_best(a, "grad_norm")
+    fig, ax = plt.subplots(figsize=(plots.TWO_COLUMN, 2.8), layout="constrained")
+    plots.plot_training_curves(ax, frame, "grad_norm", ylabel=r"$\|\nabla_\theta \mathcal{L}_{support}\|_F$",
+                               title=f"Initial-gradient norm on a fixed probe batch ({scope_text(a)})", legend=False)
     _legend_below(fig, [ax])
-    ax.title.set_fontsize("medium")
+    _note(fig, _configurations(_best(a)))
     return fig
 
 
-def _fig_grad_norm(a: Analysis, plt):
-    return _fig_training(a, plt, "grad_norm", r"$\|\nabla_\theta \mathcal{L}_{support}\|_F$",
-                         "Initial-gradient Frobenius norm on a fixed probe batch")
-
-
 def _fig_learning_curves(a: Analysis, plt):
-    return _fig_training(a, plt, "loss", "meta-training loss", "Meta-training loss (each algorithm's own objective)")
+    from benchmarks import plots
 
+    frame = _curves_of_best(a, "loss")
+    algorithms = list(dict.fromkeys(frame["algorithm"]))
+    columns = min(4, len(algorithms))
+    n_rows = -(-len(algorithms) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(plots.TWO_COLUMN, 1.6 * n_rows + 0.5), squeeze=False,
+                             layout="constrained", sharex=True)
+    for ax, algorithm in zip(axes.ravel(), algorithms):
+        plots.plot_training_curves(ax, frame[frame["algorithm"] == algorithm], "loss", ylabel="own loss",
+                                   title=algorithm, smooth=5, legend=False)
+    for ax in axes.ravel()[len(algorithms):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Meta-training loss, each algorithm's own objective ({scope_text(a)})")
+    _note(fig, _configurations(_best(a)))
+    return fig
+
+
+def _fig_validation_curves(a: Analysis, plt):
+    from benchmarks import plots
+
+    best = _best(a)
+    evaluations = summary_frame(a.records)
+    evaluations = evaluations[(evaluations["status"] == "ok") & (evaluations["split"] == "validation")
+                              & (evaluations["eval_k_shot"] == evaluations["k_shot"])
+                              & (evaluations["eval_steps"] == SELECT_STEPS)]
+    for column in ("mse", "mse_ci95", "iteration"):
+        evaluations[column] = pd.to_numeric(evaluations[column], errors="coerce")
+    parts = []
+    for _, config in best.iterrows():
+        pooled = pool_seeds(matching(evaluations, config), CONFIG_COLUMNS + ["iteration"])
+        if pooled["iteration"].nunique() >= 2:
+            parts.append(pooled.assign(label=config["algorithm"]))
+    if not parts:
+        raise Skip("no best configuration was evaluated at ≥2 iterations (`eval_every`)")
+    frame = pd.concat(parts)
+    fig, ax = plt.subplots(figsize=(plots.TWO_COLUMN, 2.8), layout="constrained")
+    plots.plot_lines(ax, frame, "iteration", "mse", f"validation {METRIC} after {SELECT_STEPS} step (95% CI)",
+                     "meta-training iteration", legend=False, notes="caption",
+                     title=f"Validation {METRIC} during meta-training ({scope_text(a)})")
+    _legend_below(fig, [ax])
+    _note(fig, _configurations(best))
+    return fig
+
+
+def _fig_error_vs_k(a: Analysis, plt):
+    from benchmarks import plots
+
+    _need_task_errors(a)
+    if not a.scope:
+        raise Skip("no `ok` cell with a validation MSE")
+    task = a.scope["task"]
+    scores = a.scores[(a.scores["task"] == task) & a.scores["val_n_seeds"].notna()]
+    ks = sorted(int(k) for k in scores["k_shot"].unique())
+    if len(ks) < 2:
+        raise Skip(f"needs models trained at ≥2 values of K on task {task}; found K = {ks}")
+    steps = (TABLE_STEPS[0], TABLE_STEPS[-1])
+    rows, configurations = [], []
+    for k in ks:
+        for _, config in _registry_sorted(best_per_algorithm(scores, task, k)).iterrows():
+            configurations.append(f"K={k}: {config['label']}")
+            for step in steps:
+                found = a.task_errors.summary(config, "test", k, step)
+                if found is not None:
+                    iqm = found["iqm"]
+                    rows.append({"label": config["algorithm"], "algorithm": config["algorithm"], "k_shot": k,
+                                 "eval_steps": step, "iqm": iqm.value, "low": iqm.low, "high": iqm.high})
+    frame = pd.DataFrame(rows)
+    if frame.empty or frame.groupby("label")["k_shot"].nunique().max() < 2:
+        raise Skip("no algorithm has per-task test errors at its trained K for ≥2 values of K")
+    # one y axis for both panels, up to 2x the worst one-step error: more steps should only lower it, and
+    # what blew up after 10 steps is an arrow on the edge
+    values = frame["iqm"].to_numpy(dtype=float)
+    ymin = float(values[np.isfinite(values) & (values > 0)].min()) / 2
+    ymax = 2.0 * float(frame.loc[frame["eval_steps"] == steps[0], "iqm"].replace(np.inf, np.nan).max())
+    fig, axes = plt.subplots(1, len(steps), figsize=(plots.TWO_COLUMN, 2.8), squeeze=False, layout="constrained")
+    for ax, step in zip(axes[0], steps):
+        plots.plot_lines(ax, frame[frame["eval_steps"] == step], "k_shot", "iqm", f"IQM of test {METRIC} (95% CI)",
+                         "K (support examples, trained and tested)", legend=False, notes="caption",
+                         ymin=ymin, ymax=ymax, title=f"after {step} step{'s' if step > 1 else ''}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+    _legend_below(fig, axes)
+    fig.suptitle(f"Test {METRIC} against K (task {task})")
+    _note(fig, "Configurations (chosen by validation per K): " + "; ".join(configurations) + ".")
+    return fig
+
+
+# ----------------------------------------------------------------------------- fits
 
 def _qualitative_of(a: Analysis, algorithm: str):
     rows = a.figure_best[a.figure_best["algorithm"] == algorithm]
@@ -187,13 +384,13 @@ def _fig_qualitative(a: Analysis, plt):
     tasks = sorted({qualitative.get("task", QUALITATIVE_DEFAULT_TASK) for _, _, qualitative in panels})
     if len(tasks) > 1:
         raise Skip(f"the stored fits of {', '.join(QUALITATIVE_PAIR)} are on different tasks ({', '.join(tasks)})")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(plots.TWO_COLUMN, 2.6), sharey=True, layout="constrained")
     for ax, (config, seed, qualitative), algorithm in zip(axes, panels, QUALITATIVE_PAIR):
         name = DISPLAY_NAMES.get(algorithm, algorithm)
-        plots.plot_qualitative(ax, qualitative, title=f"{name}: {config['label']}, seed {seed}")
-        ax.title.set_fontsize("small")
+        plots.plot_qualitative(ax, qualitative, title=f"{name}: seed {seed}")
+        _note(fig, f"{name}: {config['label']}, seed {seed}.")
     caption = f" ({TASK_CAPTIONS[tasks[0]]})" if tasks[0] in TASK_CAPTIONS else ""
-    fig.suptitle(f"Task `{tasks[0]}`{caption}; models from {scope_text(a)}", fontsize="medium")
+    fig.suptitle(f"Task `{tasks[0]}`{caption}; models from {scope_text(a)}")
     return fig
 
 
@@ -210,12 +407,24 @@ def parse_pair(text: str) -> tuple[str, str]:
     return pair
 
 
-def _heatmap_panels(a: Analysis) -> dict[tuple, pd.DataFrame]:
+# ----------------------------------------------------------------------------- hyperparameters
+
+def _panel_order(panels: dict) -> dict:
     from benchmarks.plots import ALGORITHM_ORDER
 
+    order = {name: i for i, name in enumerate(ALGORITHM_ORDER)}
+    return dict(sorted(panels.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0])))
+
+
+def _scope_scores(a: Analysis) -> pd.DataFrame:
     if not a.scope:
         raise Skip("no `ok` cell with a validation MSE")
-    scores = a.scores[(a.scores["task"] == a.scope["task"]) & (a.scores["k_shot"] == a.scope["k_shot"])]
+    return a.scores[(a.scores["task"] == a.scope["task"]) & (a.scores["k_shot"] == a.scope["k_shot"])]
+
+
+def _heatmap_panels(a: Analysis) -> dict[tuple, pd.DataFrame]:
+    scores = _scope_scores(a)
+    chosen_keys = {tuple(row[c] for c in CONFIG_COLUMNS) for _, row in a.figure_best.iterrows()}
     panels, shapes = {}, []
     for (algorithm, steps), group in scores.groupby(["algorithm", "inner_steps"]):
         n_base, n_meta = group["lr_base"].nunique(), group["lr_meta"].nunique()
@@ -224,14 +433,39 @@ def _heatmap_panels(a: Analysis) -> dict[tuple, pd.DataFrame]:
             continue
         # one value per LR pair: the configuration (backend, B, iterations) chosen by validation
         chosen = ranked(group).groupby(["lr_base", "lr_meta"], sort=False).head(1)
-        note = np.where(chosen["n_ok"] == 0, "div./failed", "non-finite")
-        panels[(algorithm, int(steps))] = pd.DataFrame({"lr_base": chosen["lr_base"], "lr_meta": chosen["lr_meta"],
-                                                        "mse": chosen["test_mse"], "note": note})
+        value = chosen["val_mse"].astype(float)
+        value = value.where(np.isfinite(value), chosen["val_mse_finite"].astype(float))  # a seed non-finite
+        lost = (chosen["n_ok"] < chosen["n_cells"]) | (chosen["val_n_finite"].fillna(0) < chosen["val_n_seeds"])
+        finite_seeds = chosen["val_n_finite"].fillna(0).astype(int)
+        seeds = [f"{f}/{n} seeds" for f, n in zip(finite_seeds, chosen["n_cells"])]
+        partial = np.where(lost & np.isfinite(value), seeds, "")
+        note = np.where(chosen["n_ok"] == 0, "diverged", "non-finite")
+        panels[(algorithm, int(steps))] = pd.DataFrame({
+            "lr_base": chosen["lr_base"], "lr_meta": chosen["lr_meta"], "mse": value, "note": note,
+            "partial": partial,
+            "chosen": [tuple(row[c] for c in CONFIG_COLUMNS) in chosen_keys for _, row in chosen.iterrows()]})
     if not panels:
         raise Skip("needs ≥2 values of both LR_base and LR_meta for some (S, algorithm) at "
                    f"{scope_text(a)}; LR_base×LR_meta values found: {', '.join(shapes)}")
-    order = {name: i for i, name in enumerate(ALGORITHM_ORDER)}
-    return dict(sorted(panels.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0])))
+    return _panel_order(panels)
+
+
+def _grid_of_panels(plt, n: int, height: float):
+    columns = min(HEATMAP_COLUMNS, n)
+    n_rows = -(-n // columns)
+    from benchmarks.plots import TWO_COLUMN
+
+    fig, axes = plt.subplots(n_rows, columns, figsize=(TWO_COLUMN, height * n_rows + 0.7), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _outer_labels_only(ax, index: int, columns: int) -> None:
+    """Axis titles on the left column only: the panels of a grid share them."""
+    if index % columns:
+        ax.set_ylabel("")
 
 
 def _fig_heatmaps(a: Analysis, plt):
@@ -247,22 +481,55 @@ def _fig_heatmaps(a: Analysis, plt):
     if values.size:
         low = values.min()
         norm = LogNorm(low, max(min(values.max(), low * 10 ** HEATMAP_DECADES), low * 1.01), clip=True)
-    n_columns = min(HEATMAP_COLUMNS, len(panels))
-    n_rows = -(-len(panels) // n_columns)
-    fig, axes = plt.subplots(n_rows, n_columns, figsize=(3.3 * n_columns + 1.2, 2.9 * n_rows + 0.6), squeeze=False,
-                             layout="constrained")
-    for ax, ((algorithm, steps), frame) in zip(axes.ravel(), panels.items()):
-        plots.plot_lr_heatmap(ax, frame, norm=norm, title=f"{algorithm}, S={steps}", colorbar=norm is None)
-        ax.title.set_fontsize("small")
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
+    fig, axes = _grid_of_panels(plt, len(panels), 1.55)
+    for i, (ax, ((algorithm, steps), frame)) in enumerate(zip(axes.ravel(), panels.items())):
+        chosen = " (chosen)" if frame["chosen"].any() else ""
+        plots.plot_lr_heatmap(ax, frame, norm=norm, title=f"{algorithm}, S={steps}{chosen}", colorbar=norm is None)
+        _outer_labels_only(ax, i, axes.shape[1])
     if norm is not None:  # one scale for every panel
         clipped = values.max() > norm.vmax
-        fig.colorbar(ScalarMappable(norm=norm, cmap=plots.HEATMAP_CMAP), ax=axes, shrink=0.8,
-                     label="test MSE" + (" (darkest: ≥ scale end)" if clipped else ""),
+        fig.colorbar(ScalarMappable(norm=norm, cmap=plots.HEATMAP_CMAP), ax=axes, shrink=0.6,
+                     label=f"validation {METRIC}@{SELECT_STEPS}" + (" (darkest: ≥ scale end)" if clipped else ""),
                      extend="max" if clipped else "neither")
-    fig.suptitle(f"Final test MSE after {SELECT_STEPS} step, mean over seeds ({scope_text(a)}; grey: not run "
-                 "or no finite value)", fontsize="medium")
+    fig.suptitle(f"Validation {METRIC} after {SELECT_STEPS} step, mean over seeds ({scope_text(a)})")
+    return fig
+
+
+def _fig_stability(a: Analysis, plt):
+    from matplotlib.cm import ScalarMappable
+
+    from benchmarks import plots
+
+    _need_task_errors(a)
+    scores = _scope_scores(a)
+    scores = scores[scores["val_n_seeds"].notna()]
+    k = a.scope["k_shot"]
+    panels = {}
+    for (algorithm, steps), group in scores.groupby(["algorithm", "inner_steps"]):
+        rows = []
+        for lr_base, candidates in group.groupby("lr_base"):
+            for _, config in ranked(candidates).iterrows():  # the LR_meta validation chooses, if it has errors
+                found = a.task_errors.errors(config, "test", k)
+                if found is not None:
+                    rows += [{"lr_base": lr_base, "eval_steps": s,
+                              "blowup": _summary(a, config, "test", k, s, bootstrap=False)["blowup"].value}
+                             for s in range(found[0].shape[1])]
+                    break
+        frame = pd.DataFrame(rows)
+        if not frame.empty and frame["lr_base"].nunique() >= 2:
+            panels[(algorithm, int(steps))] = frame
+    if not panels:
+        raise Skip(f"needs per-task test errors at ≥2 values of LR_base for some (algorithm, S) at {scope_text(a)}")
+    panels = _panel_order(panels)
+    fig, axes = _grid_of_panels(plt, len(panels), 1.9)
+    for i, (ax, ((algorithm, steps), frame)) in enumerate(zip(axes.ravel(), panels.items())):
+        plots.plot_stability_map(ax, frame, title=f"{algorithm}, S={steps}")
+        _outer_labels_only(ax, i, axes.shape[1])
+    bar = fig.colorbar(ScalarMappable(norm=plots.STABILITY_NORM, cmap=plots.STABILITY_CMAP), ax=axes, shrink=0.6,
+                       label="blow-up rate (% of tasks × seeds; linear below 0.1)")
+    bar.set_ticks([0, 0.1, 1, 10, 100], labels=["0", "0.1", "1", "10", "100"])
+    bar.ax.axhline(0.1, color="white", linewidth=1.0, linestyle="--")  # the switch from linear to log
+    fig.suptitle(f"Blow-up rate over LR_base × adaptation steps ({scope_text(a)}, test K={k})")
     return fig
 
 
@@ -270,14 +537,19 @@ def _fig_heatmaps(a: Analysis, plt):
 
 def _suite_meta_iterations(a: Analysis) -> pd.DataFrame:
     """The speed suite's meta-iteration timings as (algorithm, backend, inner_steps, meta_batch,
-    sec_per_iter, sec_per_iter_member); empty if there is no usable speed.csv."""
+    sec_per_iter, sec_per_iter_member, low, high); empty if there is no usable speed.csv. The
+    suite stores each timing's median and the width of its inter-quartile range, not the
+    quartiles: the interval drawn is median ± IQR/2."""
     suite = a.speed_suite
     needed = {"kind", "algorithm", "backend", "inner_steps", "meta_batch", "ms_median"}
     if suite.empty or not needed <= set(suite):
         return pd.DataFrame()
     rows = suite[suite["kind"] == "meta_iteration"]
-    rows = rows.assign(sec_per_iter=rows["ms_median"] / 1e3, sec_per_iter_member=rows["ms_median"] / 1e3)
-    return rows[["algorithm", "backend", "inner_steps", "meta_batch", "sec_per_iter", "sec_per_iter_member"]]
+    half = (rows["ms_iqr"] if "ms_iqr" in rows else pd.Series(np.nan, index=rows.index)) / 2
+    rows = rows.assign(sec_per_iter=rows["ms_median"] / 1e3, sec_per_iter_member=rows["ms_median"] / 1e3,
+                       low=(rows["ms_median"] - half) / 1e3, high=(rows["ms_median"] + half) / 1e3)
+    return rows[["algorithm", "backend", "inner_steps", "meta_batch", "sec_per_iter", "sec_per_iter_member", "low",
+                 "high"]]
 
 
 def _suite_ensembles(a: Analysis, steps: int, batch: int) -> list[dict]:
@@ -301,21 +573,40 @@ def _registry_sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _speed_source(a: Analysis):
-    """(timings, pair-choosing counts, source text): the speed suite's if present, else the sweep's."""
+    """(timings, source text): the speed suite's if present, else the sweep's (no intervals)."""
     suite = _suite_meta_iterations(a)
     if not suite.empty:
-        return suite, suite, "speed suite (`speed.md`): one process, fixed batch, median over rounds"
+        return suite, "speed suite (`speed.md`): one process, fixed batch, median and IQR over rounds"
     if a.speed.empty:
         raise Skip("no cell recorded its seconds per iteration, and no speed suite (speed.csv) in this folder")
     device = mode(a.speed.loc[a.speed.index.repeat(a.speed["n_cells"]), "device"])
     on_device = a.speed[a.speed["device"] == device]
-    return on_device, on_device, f"quality-sweep cells on {device}, {CONTENTION}"
+    return on_device, f"quality-sweep cells on {device}, {CONTENTION}"
+
+
+def _speedups(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per (algorithm, S, meta-batch, peer): the peer's time over SPEED_ENGINE's (> 1: ours faster),
+    with an interval from the two timings' intervals where both have one (the ratio of the far
+    ends: conservative)."""
+    keys = ["algorithm", "inner_steps", "meta_batch"]
+    ours = timings[timings["backend"] == SPEED_ENGINE]
+    rows = []
+    for peer in SPEED_PEERS:
+        theirs = timings[timings["backend"] == peer]
+        both = ours.merge(theirs, on=keys, suffixes=("", "_peer"))
+        for _, row in both.iterrows():
+            entry = {**{k: row[k] for k in keys}, "backend": peer, "peer": SPEED_PEERS[peer],
+                     "speedup": row["sec_per_iter_peer"] / row["sec_per_iter"], "low": np.nan, "high": np.nan}
+            if "low" in row and np.isfinite([row["low"], row["high"], row["low_peer"], row["high_peer"]]).all():
+                entry.update(low=row["low_peer"] / row["high"], high=row["high_peer"] / row["low"])
+            rows.append(entry)
+    return pd.DataFrame(rows)
 
 
 def _fig_speed_bars(a: Analysis, plt):
     from benchmarks import plots
 
-    timings, _, source = _speed_source(a)
+    timings, source = _speed_source(a)
     pairs = timings.groupby(["inner_steps", "meta_batch"]).size().reset_index(name="n")
     pair = pairs.sort_values(["n", "inner_steps", "meta_batch"], ascending=[False, True, True]).iloc[0]
     steps, batch = int(pair["inner_steps"]), int(pair["meta_batch"])
@@ -324,38 +615,60 @@ def _fig_speed_bars(a: Analysis, plt):
     for _, row in frame.iterrows():
         ensemble = "ensemble_max" in row and row["ensemble_max"] > 1
         name = f"{row['algorithm']} [{row['backend']}]"
+        interval = {"low": row.get("low", np.nan), "high": row.get("high", np.nan)}
         rows.append({"algorithm": row["algorithm"], "backend": row["backend"], "sec_per_iter": row["sec_per_iter"],
-                     "series": f"{name[:-1]}, ensemble program]" if ensemble else name})
+                     "series": f"{name[:-1]}, ensemble program]" if ensemble else name, **interval})
         if ensemble:
             rows.append({"algorithm": row["algorithm"], "backend": row["backend"],
                          "sec_per_iter": row["sec_per_iter_member"], "series": f"{name[:-1]}, per member]"})
     if not a.speed_suite.empty:
         rows += _suite_ensembles(a, steps, batch)
     data = _registry_sorted(pd.DataFrame(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(data) + 1.6), layout="constrained")
-    plots.plot_speed_bars(ax, data, title=f"Meta-training speed, S={steps}, meta-batch {batch}\n{source}",
-                          xlabel="s / meta-iteration (log; colour: algorithm, hatch: backend)")
-    ax.title.set_fontsize("small")
+    speedups = _speedups(frame)
+    height = max(0.115 * len(data) + 1.0, 2.2)
+    if speedups.empty:
+        fig, ax = plt.subplots(figsize=(plots.TWO_COLUMN, height), layout="constrained")
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(plots.TWO_COLUMN, height), layout="constrained",
+                                 gridspec_kw={"width_ratios": [1.5, 1]})
+    plots.plot_speed_points(axes[0], data, title=f"S={steps}, meta-batch {batch}\n{source}",
+                            xlabel="ms / meta-iteration (log; marker: backend)")
+    axes[0].title.set_fontsize(6.5)
+    if not speedups.empty:
+        speedups = _registry_sorted(speedups).assign(
+            series=lambda f: f["algorithm"] + " vs " + f["peer"], sec_per_iter=lambda f: f["speedup"])
+        plots.plot_speed_points(axes[1], speedups, title=f"speed-up of `{SPEED_ENGINE}`", scale=1.0,
+                                xlabel=f"peer's time / {SPEED_ENGINE}'s (log; > 1: {SPEED_ENGINE} faster)")
+        axes[1].axvline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+        for _, row in speedups.iterrows():
+            _note(fig, f"{row['algorithm']}: {row['speedup']:.3g}x faster than {row['peer']}.")
     return fig
 
 
 def _fig_speed_steps(a: Analysis, plt):
     from benchmarks import plots
 
-    timings, _, source = _speed_source(a)
+    timings, source = _speed_source(a)
     batch = int(mode(timings["meta_batch"], prefer=25))
     frame = timings[timings["meta_batch"] == batch]
-    counts = frame.groupby(["algorithm", "backend"])["inner_steps"].nunique()
-    if counts.max() < 2:
-        raise Skip(f"needs ≥2 values of S for one (algorithm, backend) at meta-batch {batch}; "
-                   f"S values found: {sorted(int(s) for s in frame['inner_steps'].unique())}")
-    keep = counts[counts >= 2].index
-    frame = frame.set_index(["algorithm", "backend"]).loc[keep].reset_index()
-    frame = _registry_sorted(frame.assign(label=frame["algorithm"] + " [" + frame["backend"] + "]"))
-    fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
-    plots.plot_speed_vs_steps(ax, frame, title=f"Cost of inner steps, meta-batch {batch}\n{source}",
-                              ylabel="s / meta-iteration (log)")
-    ax.title.set_fontsize("small")
+    speedups = _speedups(frame)
+    counts = speedups.groupby(["algorithm", "peer"])["inner_steps"].nunique() if not speedups.empty else pd.Series()
+    if counts.empty or counts.max() < 2:
+        raise Skip(f"needs `{SPEED_ENGINE}` and a peer ({', '.join(SPEED_PEERS)}) timed at ≥2 values of S for one "
+                   f"algorithm at meta-batch {batch}; S values found: "
+                   f"{sorted(int(s) for s in frame['inner_steps'].unique())}")
+    peers = [p for p in SPEED_PEERS.values() if p in set(speedups["peer"])]
+    fig, axes = plt.subplots(1, len(peers), figsize=(plots.TWO_COLUMN if len(peers) > 1 else plots.ONE_COLUMN + 0.6,
+                                                     2.6), squeeze=False, layout="constrained", sharey=True)
+    for i, (ax, peer) in enumerate(zip(axes[0], peers)):
+        part = _registry_sorted(speedups[speedups["peer"] == peer]).assign(label=lambda f: f["algorithm"])
+        plots.plot_speed_vs_steps(ax, part, value="speedup", legend=False,
+                                  title=(f"meta-batch {batch}; {source}\n" if i == 0 else "") + f"over {peer}",
+                                  ylabel=f"speed-up of `{SPEED_ENGINE}` (log)")
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.title.set_fontsize(6.5)
+    _legend_below(fig, axes)
     return fig
 
 
@@ -372,48 +685,148 @@ def _fig_blowup(a: Analysis, plt):
         for k in sorted(tested[tested["split"] == "test"]["eval_k_shot"].unique()):
             part = _per_step(a, config, k, "blowup")
             if not part.empty:
-                panels.setdefault(int(k), []).append(part.assign(label=config["label"], algorithm=config["algorithm"]))
+                panels.setdefault(int(k), []).append(part.assign(label=config["algorithm"],
+                                                                 algorithm=config["algorithm"]))
     if not panels:
         raise Skip("the best configurations have no stored per-task test errors")
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0 * len(panels), 10.0), 5.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(panels), figsize=(plots.TWO_COLUMN, 3.0), squeeze=False, layout="constrained",
+                             sharey=True)
     for ax, (k, parts) in zip(axes[0], sorted(panels.items())):
-        plots.plot_blowup(ax, pd.concat(parts), title=f"{k}-shot meta-test", legend=False)
+        plots.plot_blowup(ax, pd.concat(parts), title=f"{k}-shot test", legend=False)
     _legend_below(fig, axes)
-    from benchmarks.statistics import BLOWUP_FACTOR
-
-    fig.suptitle(f"Blow-up rate vs adaptation steps ({scope_text(a)}): test MSE non-finite or > {BLOWUP_FACTOR:g}× "
-                 "the zero predictor's; 95% bootstrap CI at 1, 5, 10 steps", fontsize="medium")
+    fig.suptitle(f"Blow-up rate vs adaptation steps ({scope_text(a)})")
+    _note(fig, _configurations(best))
     return fig
 
 
-def _fig_paired(a: Analysis, plt):
-    from benchmarks import plots
-    from benchmarks.analysis import PAIRED_REFERENCES
-
-    _best(a)
-    _need_task_errors(a)
+def _scoped_paired(a: Analysis) -> pd.DataFrame:
     paired = a.paired
     if not paired.empty:
         paired = paired[(paired["task"] == a.scope["task"]) & (paired["k_shot"] == a.scope["k_shot"])
                         & (paired["eval_k_shot"] == a.scope["k_shot"])]
+    return paired
+
+
+def _fig_paired(a: Analysis, plt):
+    from benchmarks import plots
+
+    best = _best(a)
+    _need_task_errors(a)
+    paired = _scoped_paired(a)
     references = [r for r in PAIRED_REFERENCES if not paired.empty and r in set(paired["reference"])]
     if not references:
         raise Skip(f"no reference algorithm ({', '.join(PAIRED_REFERENCES)}) with a chosen configuration beside "
                    f"another algorithm at {scope_text(a)}")
-    fig, axes = plt.subplots(len(references), 2, figsize=(12, 0.45 * paired["algorithm"].nunique() * len(references)
-                                                          + 2.5), squeeze=False, layout="constrained")
+    steps = sorted(paired["eval_steps"].unique())
+    n_algorithms = paired["algorithm"].nunique()
+    fig, axes = plt.subplots(len(references), len(steps) + 1, figsize=(plots.TWO_COLUMN, (
+        0.17 * n_algorithms + 1.0) * len(references) + 0.4), squeeze=False, layout="constrained")
     for i, reference in enumerate(references):
         part = _registry_sorted(paired[paired["reference"] == reference])
-        plots.plot_paired(axes[i, 0], part, "median_difference", 0.0,
-                          f"median paired difference of test MSE vs {reference} (negative: better)",
-                          title=f"against {reference}: median difference per task")
-        plots.plot_paired(axes[i, 1], part, "p_improvement", 0.5, f"P(algorithm's MSE < {reference}'s)",
-                          title=f"against {reference}: probability of improvement")
-        axes[i, 1].set_xlim(-0.02, 1.02)
-    n_tasks = int(paired["n_tasks"].iloc[0])
-    fig.suptitle(f"Paired comparisons on the same {n_tasks} test tasks ({scope_text(a)}, eval K={a.scope['k_shot']}; "
-                 f"steps {', '.join(str(s) for s in TABLE_STEPS)}; 95% bootstrap CIs)", fontsize="medium")
+        for j, step in enumerate(steps):
+            ax = axes[i, j]
+            plots.plot_paired(ax, part[part["eval_steps"] == step], "median_difference", 0.0,
+                              f"median difference vs {reference}" if j == 0 else "vs " + reference, symlog=True,
+                              title=f"{step} step{'s' if step > 1 else ''}: median difference", name_switch=False)
+            if j:
+                ax.set_yticklabels([])
+        ax = axes[i, -1]
+        plots.plot_paired(ax, part, "p_improvement", 0.5, f"P({METRIC} < {reference}'s)",
+                          title=f"vs {reference}: P(improvement)", limits=(-0.02, 1.02))
+        ax.set_yticklabels([])
+    from matplotlib.lines import Line2D
+
+    fig.legend(handles=[Line2D([], [], marker=plots.STEP_MARKERS.get(int(s), "o"), color="0.3", linestyle="",
+                               label=f"after {int(s)} step{'s' if s > 1 else ''}") for s in steps],
+               loc="outside lower center", ncols=len(steps))
+    fig.suptitle(f"Paired comparisons on the same {int(paired['n_tasks'].iloc[0])} test tasks ({scope_text(a)}, "
+                 f"test K={a.scope['k_shot']}; negative difference: better than the reference; 95% bootstrap CIs;\n"
+                 "difference axes symlog, linear in the shaded band)")
+    _note(fig, _configurations(best))
+    return fig
+
+
+def _fig_ecdf(a: Analysis, plt):
+    from benchmarks import plots
+
+    best = _best(a)
+    _need_task_errors(a)
+    chosen = best.set_index("algorithm", drop=False)
+    k = a.scope["k_shot"]
+    panels = []
+    for first, second in HEADLINE_PAIRS:
+        if first not in chosen.index or second not in chosen.index:
+            continue
+        ours, theirs = (a.task_errors.errors(chosen.loc[name], "test", k) for name in (first, second))
+        if ours is None or theirs is None or ours[0].shape[2] != theirs[0].shape[2]:
+            continue
+        differences = {s: statistics.paired_differences(ours[0][:, s], theirs[0][:, s]) for s in TABLE_STEPS
+                       if s < min(ours[0].shape[1], theirs[0].shape[1])}
+        panels.append((first, second, differences))
+    if not panels:
+        raise Skip(f"no headline pair ({', '.join(f'{x} vs {y}' for x, y in HEADLINE_PAIRS)}) with per-task test "
+                   f"errors on shared tasks at {scope_text(a)}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(plots.TWO_COLUMN if len(panels) > 1 else plots.ONE_COLUMN,
+                                                      2.8), squeeze=False, layout="constrained")
+    for ax, (first, second, differences) in zip(axes[0], panels):
+        plots.plot_ecdf(ax, differences, plots.algorithm_style(first)["color"],
+                        f"{first}'s {METRIC} − {second}'s, per task", title=f"{first} − {second}")
+    n_tasks = len(next(iter(panels[0][2].values())))
+    fig.suptitle(f"Per-task paired differences on {n_tasks} shared test tasks ({scope_text(a)}, test K={k})")
+    _note(fig, _configurations(best))
+    return fig
+
+
+def _fig_reproduction(a: Analysis, plt):
+    from benchmarks import paper, plots
+
+    frame = paper.comparison(a.final, a.task_errors)
+    if frame.empty:
+        raise Skip(f"no cells in Finn et al.'s setup ({', '.join(f'{k}={v}' for k, v in paper.SETUP.items())})")
+    frame = frame[frame["published"].notna()]
+    if frame.empty:
+        raise Skip("no algorithm with a published number (" + ", ".join(sorted(set(paper.PUBLISHED["algorithm"])))
+                   + ") in Finn et al.'s setup")
+    series = list(dict.fromkeys(zip(frame["algorithm"], frame["backend"])))
+    fig, ax = plt.subplots(figsize=(plots.ONE_COLUMN + 0.4, 3.2), layout="constrained")
+    steps = list(paper.STEPS)
+    published = frame["published"].to_numpy(dtype=float)
+    top, bottom = 3.0 * published.max(), published.min() / 4
+    width = 0.8 / len(series)
+    for i, (algorithm, backend) in enumerate(series):
+        style = plots.algorithm_style(algorithm)
+        rows = frame[(frame["algorithm"] == algorithm) & (frame["backend"] == backend)].set_index("eval_steps")
+        base = np.array([steps.index(s) for s in rows.index]) + (i - (len(series) - 1) / 2) * width
+        ax.bar(base, rows["published"] * 2 * paper.REL_TOL, bottom=rows["published"] * (1 - paper.REL_TOL),
+               width=width * 0.9, color="0.88", linewidth=0)
+        ax.plot(base - width * 0.25, rows["published"], marker="D", markerfacecolor="white", color="black",
+                linestyle="", markersize=4.5, label="Finn et al. 2017" if i == 0 else None)
+        mean = rows["mse"].to_numpy(dtype=float)
+        ci = rows["mse_ci95"].to_numpy(dtype=float)
+        shown = np.isfinite(mean) & (mean <= top)
+        ci = np.where(np.isfinite(ci), ci, 0.0)  # an interval stops at the axis ends
+        ax.errorbar(base[shown], mean[shown], yerr=[np.clip(ci, None, mean - bottom)[shown],
+                                                    np.clip(ci, None, top - mean)[shown]],
+                    marker=style["marker"], color=style["color"], linestyle="", markersize=4,
+                    label=f"{algorithm} [{backend}] mean")
+        plots.mark_overflow(ax, base, np.where(np.isfinite(mean), mean, np.inf), None, top, style["color"])
+        median = rows["median"].to_numpy(dtype=float)
+        if np.isfinite(median).any():
+            lows, highs = rows["median_low"].to_numpy(dtype=float), rows["median_high"].to_numpy(dtype=float)
+            ax.errorbar(base + width * 0.25, median,
+                        yerr=[np.clip(median - lows, 0, None), np.clip(highs - median, 0, None)],
+                        marker=style["marker"], markerfacecolor="white", color=style["color"], linestyle="",
+                        markersize=4, label=f"{algorithm} [{backend}] median")
+    ax.set_yscale("log")
+    plots.plain_ticks(ax, "y")
+    ax.set_ylim(bottom, top)
+    ax.set_xticks(range(len(steps)), [f"{s} step{'s' if s > 1 else ''}" for s in steps])
+    ax.set_ylabel(f"test {METRIC} at K = {paper.EVAL_K}")
+    ax.set_title("Finn et al. 2017, Table 2, vs this suite")
+    fig.legend(loc="outside lower center", ncols=2)
+    verdicts = [f"{r['algorithm']}@{int(r['eval_steps'])}: {'✓' if r['reproduced'] else '✗'} "
+                f"({r['relative_difference']:+.0%})" for _, r in frame.iterrows()]
+    _note(fig, "Within ±25% of the published mean: " + ", ".join(verdicts) + ".")
     return fig
 
 
@@ -427,21 +840,44 @@ FIGURE_MAKERS = {
     "fig6_learning_curves": _fig_learning_curves,
     "fig7_blowup_rate": _fig_blowup,
     "fig8_paired_comparison": _fig_paired,
+    "fig9_paired_ecdf": _fig_ecdf,
+    "fig10_stability_map": _fig_stability,
+    "fig11_error_vs_k": _fig_error_vs_k,
+    "fig12_validation_curves": _fig_validation_curves,
+    "fig13_reproduction": _fig_reproduction,
 }
 
 
+def make_figure(name: str, a: Analysis, plt):
+    """One figure in the paper style (`plots.PAPER_RC`); raises Skip. The caller closes it."""
+    import matplotlib
+
+    from benchmarks.plots import PAPER_RC
+
+    with matplotlib.rc_context(PAPER_RC):
+        return FIGURE_MAKERS[name](a, plt)
+
+
+def caption(name: str, fig) -> str:
+    """The caption file's text: the figure's question and reading (FIGURES), then its notes."""
+    return " ".join([FIGURES[name], *getattr(fig, "_metabench_notes", [])]) + "\n"
+
+
 def render_figures(a: Analysis) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
-    """Draw every figure into memory: ({name: {format: bytes}}, {skipped name: reason})."""
+    """Draw every figure into memory: ({name: {output suffix (OUTPUTS): bytes}}, {skipped name: reason})."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.plots import PAPER_RC
+
     rendered, skipped = {}, {}
-    with matplotlib.rc_context({"svg.hashsalt": "metabench", "figure.max_open_warning": 0}):
-        for name, make in FIGURE_MAKERS.items():
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
+    with matplotlib.rc_context({"svg.hashsalt": "metabench", "figure.max_open_warning": 0, **PAPER_RC}):
+        for name in FIGURE_MAKERS:
             try:
-                fig = make(a, plt)
+                fig = make_figure(name, a, plt)
             except Skip as reason:
                 skipped[name] = str(reason)
                 log.warning("figure %s skipped: %s", name, reason)
@@ -452,9 +888,9 @@ def render_figures(a: Analysis) -> tuple[dict[str, dict[str, bytes]], dict[str, 
                 rendered[name] = {}
                 for fmt in FORMATS:
                     buffer = io.BytesIO()
-                    fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight",
-                                metadata={"Date": None} if fmt == "svg" else None)
+                    fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata.get(fmt))
                     rendered[name][fmt] = buffer.getvalue()
+                rendered[name][CAPTION] = caption(name, fig).encode()
             finally:
                 plt.close(fig)
     return rendered, skipped

@@ -15,11 +15,22 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
 - the device type, the torch version, the version of the library a backend runs on
   (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
   version of this suite's numerical code, bumped by whoever changes a number on purpose).
+- the code that registered the cell's algorithm and task, when it is not the suite's own
+  (`code.algorithm`, `code.task`: `"lslr.py sha256:<16 hex digits>"`, the plug-in's module or file
+  name and the hash of its source, `benchmarks.plugins`): what produced a number is part of its
+  identity. A plug-in that re-registers `maml` (`replace=True`) makes other `maml` numbers, so its
+  records are never resumed or pooled as the built-in's; an edited plug-in makes another
+  configuration. Only what the cell names enters: an unrelated plug-in loaded alongside changes
+  nothing. The suite's own algorithms and tasks add no key, so the fingerprints of built-in cells
+  are those of before; a record without the key is taken as built in for a built-in name and as
+  "(not recorded)" for any other (a plug-in's record made before sources were recorded: a sweep
+  does not resume into it, `re-evaluate` accepts the plug-in the record names by file name).
 
 Left out, on purpose (recorded in the record's `environment`, not compared):
 - `ensemble`: an ensemble member computes bitwise what the run alone computes (tested);
 - the device index (`cuda:1` vs `cuda:0`): only its type;
-- `plugins`: loading another plug-in does not change a cell's numbers (its algorithm name does);
+- `plugins`, the list of plug-ins a sweep loaded: loading another plug-in does not change a cell's
+  numbers (the code of the ones that registered what the cell names is in, above);
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
 - torch threads where they change no number (learners with `thread_invariant`: the `func`,
   `generic` and `jax` engines, bitwise the same at 1 and 2 threads, tested); for the per-task
@@ -46,9 +57,12 @@ from pathlib import Path
 
 import torch
 
+import algorithms
+import tasks
 from algorithms import NUMERICS_VERSION
-from benchmarks.config import Cell, ConfigError, Settings
+from benchmarks.config import POOLED_KEYS, Cell, ConfigError, Settings
 from benchmarks.hardware import hardware
+from benchmarks.plugins import BUILTIN_SOURCE
 from benchmarks.records import RecordError, identity
 from tasks import get_task
 
@@ -60,6 +74,10 @@ EXECUTION_KEYS = ("hardware", "threads")
 EXCLUDED_SETTINGS = ("ensemble", "device", "plugins")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
+#: fingerprint key -> the cell key whose code it names, that registry's built-in names, its lookup
+CODE_KEYS = {"code.algorithm": ("algorithm", algorithms.BUILTIN, algorithms.source_of),
+             "code.task": ("task", tasks.BUILTIN, tasks.source_of)}
+NOT_REGISTERED = "(not registered here)"
 
 
 class FingerprintError(ConfigError):
@@ -78,6 +96,25 @@ def _task_params(cell: Cell, settings: Settings) -> dict:
     if not dataclasses.is_dataclass(family):
         return {f"task.{k}": v for k, v in settings.task_params.items()}
     return {f"task.{k}": v for k, v in asdict(family).items() if k not in ("k_shot", "n_query")}
+
+
+def _code(cell: Cell) -> dict:
+    """The code keys of `cell`: those whose name is registered by other code than the suite's."""
+    values = {}
+    for key, (part, _, source_of) in CODE_KEYS.items():
+        source = source_of(getattr(cell, part))
+        if source != BUILTIN_SOURCE:
+            values[key] = NOT_REGISTERED if source is None else source
+    return values
+
+
+def recorded_source(values: dict, key: str) -> str:
+    """The code a fingerprint says made its cell's algorithm (`key` "code.algorithm") or task; absent:
+    built in for a built-in name, else not recorded (a record from before sources were recorded)."""
+    if key in values:
+        return values[key]
+    part, builtin, _ = CODE_KEYS[key]
+    return BUILTIN_SOURCE if values.get(part) in builtin else NOT_RECORDED
 
 
 @functools.cache
@@ -118,6 +155,7 @@ def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None
     values.update(_task_params(cell, settings))
     if numerics_version != NOT_RECORDED:  # a record from before fingerprints did not record them
         values.update({f"lib.{package}": _version(package) for package in LIBRARIES.get(cell.backend, ())})
+        values.update(_code(cell))
     return _jsonable(values)
 
 
@@ -170,14 +208,18 @@ def record_fingerprint(record: dict) -> dict:
 
 def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
     """`key: old -> new` for every key whose value differs; a key absent on one side is taken at
-    its default (for `cell`), else shown as not recorded."""
+    its default (for `cell`), else shown as not recorded. An absent code key is read by
+    `recorded_source` on its own side (never from this process's registrations)."""
     default = fingerprint(cell, Settings()) if cell is not None else {}
     for key in EXECUTION_KEYS:  # never assumed: a record that does not name its machine is from an unknown one
         default.pop(key, None)
     lines = []
     for key in list(new) + [k for k in old if k not in new]:
-        before = old.get(key, default.get(key, NOT_RECORDED))
-        after = new.get(key, default.get(key, NOT_RECORDED))
+        if key in CODE_KEYS:
+            before, after = recorded_source(old, key), recorded_source(new, key)
+        else:
+            before = old.get(key, default.get(key, NOT_RECORDED))
+            after = new.get(key, default.get(key, NOT_RECORDED))
         if before != after:
             lines.append(f"{key}: {before!r} -> {after!r}".replace(repr(NOT_RECORDED), NOT_RECORDED))
     return lines
@@ -216,7 +258,7 @@ def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], s
             f"to retrain them there")
 
 
-def check_poolable(records: list[dict], pooled_over: tuple[str, ...] = ("seed",)) -> None:
+def check_poolable(records: list[dict], pooled_over: tuple[str, ...] = tuple(POOLED_KEYS)) -> None:
     """Raise RecordError when records that would be pooled into one number (same cell except
     `pooled_over`; `()` for copies of one cell) were made under different fingerprints.
 

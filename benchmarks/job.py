@@ -19,8 +19,9 @@ from algorithms import get_algorithm, get_learner_class
 from algorithms import generic_engine as generic
 from algorithms.evaluation import adaptation_curve, initial_gradient_norm, needs_generic, summarize
 from algorithms.functional import adapt, expand_per_task
-from algorithms.network import forward
+from algorithms.network import forward, with_context
 from benchmarks import artifacts as store
+from benchmarks import statistics
 from benchmarks.config import Cell, Settings
 from benchmarks.fingerprint import fingerprint
 from benchmarks.plugins import load_plugins
@@ -30,9 +31,14 @@ from tasks import TaskBatch, evaluation_set, get_task
 
 QUALITATIVE_STEPS = (0, 1, 10)
 PROBE_SEED_OFFSET = 7  # the fixed probe batch for gradient norms (validation stream, own offset)
-# A training loss this many times the MSE of predicting 0 (the targets' mean square on the
-# probe batch) counts as diverged even while it is still finite: with LR_base far too large
-# the float32 loss can sit at 1e19 for thousands of iterations without overflowing.
+# A training loss this many times the error scale counts as diverged even while it is still
+# finite: with LR_base far too large the float32 loss can sit at 1e19 for thousands of iterations
+# without overflowing. The scale (`statistics.error_scale`, the same as the evaluation's blow-ups)
+# is the larger of the MSE of predicting 0 (the targets' mean square on the probe batch) and the
+# member's untrained network's MSE on zero targets (its outputs' mean square on the probe's query
+# points, before the first step): free of the targets' scale, so targets of 1e-4 are not
+# "diverged" at an untrained network's ordinary error. On sine-scale targets the zero predictor's
+# is the larger (about 4 against 0.02-0.5), so the threshold is exactly the zero predictor's x 1e4.
 DIVERGENCE_FACTOR = 1e4
 
 
@@ -47,7 +53,8 @@ def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
     family = get_task(name, k_shot=k_shot, n_query=1)
     task = family.sample(1, torch.Generator().manual_seed(12345))
     x = torch.linspace(-5, 5, 100).view(1, -1, 1)
-    preds = {str(step): _short(forward(params, x, adaptation.network.activation))
+    n = len(adaptation.params)  # past the network's parameters: a rule's context vectors, fed with x
+    preds = {str(step): _short(forward(params[:n], with_context(x, params[n:]), adaptation.network.activation))
              for step, params in enumerate(_adapted_on_cpu(adaptation, task)) if step in QUALITATIVE_STEPS}
     truth = family.function(x, task.params)
     return {"task": name, "x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
@@ -89,6 +96,29 @@ def zero_predictor_mse(sets: dict[tuple[str, int], list[TaskBatch]]) -> dict[tup
     """Per (split, K): the query MSE of predicting 0, averaged over all its tasks (the blow-up yardstick)."""
     return {key: float(torch.cat([b.y_query.pow(2).mean(dim=(1, 2)) for b in batches]).double().mean())
             for key, batches in sets.items()}
+
+
+def untrained_mse(adaptation, probe: TaskBatch) -> float:
+    """The network's MSE on zero targets at the probe's query points (its outputs' mean square):
+    how large an untrained network's outputs are, whatever the targets (`statistics.error_scale`)."""
+    silent = dataclasses.replace(probe, y_query=torch.zeros_like(probe.y_query))
+    with torch.no_grad():
+        return float(adaptation_curve(adaptation, silent, 0).double().mean())
+
+
+def _divergence(loss: float, zero: float, untrained: float) -> str | None:
+    """Why a training loss counts as diverged (None: it does not); see DIVERGENCE_FACTOR."""
+    scale = statistics.error_scale(zero, untrained)
+    if math.isfinite(loss) and loss <= DIVERGENCE_FACTOR * scale:
+        return None
+    if not math.isfinite(loss):
+        kind = "non-finite"
+    elif scale == zero:  # the words of every record before the untrained network's term
+        kind = f"above {DIVERGENCE_FACTOR:g} x the zero predictor's MSE ({zero:.3g})"
+    else:
+        kind = (f"above {DIVERGENCE_FACTOR:g} x the error scale {scale:.3g} (the untrained network's MSE on zero "
+                f"targets {untrained:.3g}; the zero predictor's {zero:.3g})")
+    return kind
 
 
 def evaluate_sets(adaptation, sets, steps: int, iteration: int):
@@ -170,16 +200,16 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     evaluations = [[] for _ in cells]
     final = [None] * len(cells)  # each member's artifacts from its final evaluation
     diverged = [None] * len(cells)  # the reason, once a member's training loss blows up
-    blowup = DIVERGENCE_FACTOR * float(probe.y_query.pow(2).mean())
+    probe_zero = float(probe.y_query.pow(2).mean())
+    untrained = [untrained_mse(learner.adaptation(m), probe) for m in range(len(cells))]  # before any step
     zero_mse = zero_predictor_mse(eval_sets)
     train_seconds, last_iteration = 0.0, 0
     for report in meta_train(learner, family, generators, base.iterations, log_at, on_iteration):
         train_seconds, last_iteration = report["train_seconds"], report["iteration"]
         losses = [float(loss) for loss in report["loss"]]
         for m, loss in enumerate(losses):
-            if diverged[m] is None and (not math.isfinite(loss) or loss > blowup):
-                kind = "non-finite" if not math.isfinite(loss) else \
-                    f"above {DIVERGENCE_FACTOR:g} x the zero predictor's MSE ({blowup / DIVERGENCE_FACTOR:.3g})"
+            kind = _divergence(loss, probe_zero, untrained[m]) if diverged[m] is None else None
+            if kind is not None:
                 diverged[m] = f"training loss {loss:.3g} at iteration {report['iteration']}: {kind}"
         live = [m for m in range(len(cells)) if diverged[m] is None]
         if on_iteration is not None and report["iteration"] in eval_at:
@@ -196,6 +226,7 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
                     final[m].errors = errors
                     final[m].n_sets = {split: len(batches) for (split, _), batches in eval_sets.items()}
                     final[m].zero_mse = zero_mse
+                    final[m].untrained_mse = untrained[m]
         if all(d is not None for d in diverged):
             break
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"

@@ -14,11 +14,16 @@ The baseline the "beats the baseline" invariant compares against is configuratio
 `[invariants] baseline_algorithm` (default `pretrain`; any name in `algorithms.ALGORITHMS`, an
 unknown one is bad input) and `beats_baseline_margin` (default 0; `beats_pretrain_margin` is its
 old name, still accepted while the baseline is `pretrain`). Every meta-learner other than the
-baseline itself must reach a lower 1-step test MSE than the baseline's mean in the same task, K,
-S, meta-batch and iterations. Decision: when the candidate has no record of the baseline
-algorithm at all, the invariant is skipped with a printed note (not a regression: a baseline
-cell that disappeared is already reported as a status change); meta-learner settings without
-a baseline run in the same setting are counted in a note, not checked.
+baseline itself must reach a lower 1-step test MSE than the baseline's mean in the same setting
+(`SETTING`, from the cell schema: task, K, S, meta-batch, iterations and network). Decision: when
+the candidate has no record of the baseline algorithm at all, the invariant is skipped with a
+printed note (not a regression: a baseline cell that disappeared is already reported as a status
+change); meta-learner settings without a baseline run in the same setting are counted in a note,
+not checked.
+
+Cell keys (the merge keys, the setting, the columns that name a moved number) come from the cell
+schema (`benchmarks.config.SCHEMA`): a moved number is shown with the cell keys that take more than
+one value among the compared cells.
 """
 from __future__ import annotations
 
@@ -30,22 +35,25 @@ import numpy as np
 import pandas as pd
 
 from algorithms import ALGORITHMS, META_LEARNERS
-from benchmarks.config import Cell, ConfigError, read_config_text
-from benchmarks.fingerprint import EXECUTION_KEYS, check_poolable, differences, record_fingerprint
+from benchmarks.config import SCHEMA, Cell, ConfigError, read_config_text
+from benchmarks.fingerprint import CODE_KEYS, EXECUTION_KEYS, check_poolable, differences, record_fingerprint
 from benchmarks.records import identity, load_records
 from benchmarks.report import summary_frame
 
 DEFAULT_TOLERANCES = Path(__file__).parent / "configs" / "tolerances.toml"
 TOP_WITHIN = 10  # numbers that moved but stayed within tolerance, shown closest-first
-KEYS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations",
-        "seed", "iteration", "split", "eval_k_shot", "eval_steps"]
+KEYS = SCHEMA.names + ["iteration", "split", "eval_k_shot", "eval_steps"]  # one compared number: cell, evaluation
+#: what a meta-learner and the baseline algorithm share to be compared ("the same setting"): what an
+#: ensemble shares except the algorithm and backend (task, K, S, meta-batch, iterations, network)
+SETTING = [k for k in SCHEMA.ensemble if k not in ("algorithm", "backend")]
 
 
 METRICS = ("mse", "mse_ci95")  # every number compared; each needs a tolerance
 INVARIANTS = {"diverged_above": 0.0, "beats_baseline_margin": -math.inf, "backend_agreement_rtol": 0.0}  # key: minimum
 INVARIANT_ALIASES = {"beats_pretrain_margin": "beats_baseline_margin"}  # old name -> name (valid with baseline pretrain)
 DEFAULT_BASELINE_ALGORITHM = "pretrain"  # `[invariants] baseline_algorithm`: what every meta-learner must beat
-EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", *EXECUTION_KEYS)  # what a regression check compares across
+#: what a regression check compares across (a plug-in's code too: an edited plug-in is what it checks)
+EXPECTED_TO_DIFFER = ("torch", "numerics_version", "device", *EXECUTION_KEYS, *CODE_KEYS)
 
 
 def load_tolerances(path: Path = DEFAULT_TOLERANCES) -> dict:
@@ -112,8 +120,7 @@ def check_comparable(base_records: list[dict], cand_records: list[dict]) -> None
         other = base.get(identity(record))
         if other is None:
             continue
-        names = {f for f in Cell.__dataclass_fields__}
-        cell = Cell(**{k: v for k, v in record["cell"].items() if k in names})
+        cell = Cell(**{k: v for k, v in record["cell"].items() if k in SCHEMA.names})
         old = {k: v for k, v in record_fingerprint(other).items() if k not in EXPECTED_TO_DIFFER}
         new = {k: v for k, v in record_fingerprint(record).items() if k not in EXPECTED_TO_DIFFER}
         for line in differences(old, new, cell):
@@ -164,9 +171,8 @@ def invariants(frame: pd.DataFrame, tolerances: dict, notes: list[str] | None = 
     one = final[final.eval_steps == 1]
     baseline = inv.get("baseline_algorithm", DEFAULT_BASELINE_ALGORITHM)
     margin = inv.get("beats_baseline_margin", inv.get("beats_pretrain_margin", 0.0))
-    group = ["task", "k_shot", "inner_steps", "lr_base", "lr_meta", "meta_batch", "iterations", "backend"]
-    setting = ["task", "k_shot", "inner_steps", "meta_batch", "iterations"]
-    base = one[one.algorithm == baseline].groupby(setting).mse.mean()
+    group = [k for k in SCHEMA.config if k != "algorithm"]  # one learner's configuration, seeds pooled
+    base = one[one.algorithm == baseline].groupby(SETTING).mse.mean()
     learners = one[one.algorithm.isin([a for a in META_LEARNERS if a != baseline])]
     if base.empty:
         notes.append(f"invariant 'every meta-learner beats {baseline}' skipped: the candidate has no finished "
@@ -174,17 +180,19 @@ def invariants(frame: pd.DataFrame, tolerances: dict, notes: list[str] | None = 
         learners = learners.iloc[0:0]
     unmatched = 0
     for keys, sub in learners.groupby(["algorithm"] + group):
-        pkey = (keys[1], keys[2], keys[3], keys[6], keys[7])
+        config = dict(zip(["algorithm"] + group, keys))
+        pkey = tuple(config[k] for k in SETTING)
         if pkey not in base.index:
             unmatched += 1
             continue
         mse = sub.mse.mean()
         if not mse < base[pkey] - margin:
-            problems.append(f"{keys[0]} ({keys[-1]}) does not beat {baseline} after 1 step at S = {keys[3]}, "
-                            f"LR_base = {keys[4]}: MSE {mse:.4f} vs {base[pkey]:.4f}")
+            problems.append(f"{config['algorithm']} ({config['backend']}) does not beat {baseline} after 1 step at "
+                            f"S = {config['inner_steps']}, LR_base = {config['lr_base']}: "
+                            f"MSE {mse:.4f} vs {base[pkey]:.4f}")
     if unmatched:
         notes.append(f"invariant 'every meta-learner beats {baseline}': {unmatched} (algorithm, backend, setting) "
-                     f"groups have no {baseline} run with the same task, K, S, meta-batch and iterations; not checked")
+                     f"groups have no {baseline} run with the same {', '.join(SETTING)}; not checked")
     rtol = inv.get("backend_agreement_rtol", 1e-3)
     cell = [k for k in KEYS if k != "backend"]
     for keys, sub in final.groupby(cell):  # every algorithm run on several backends, MAML first of all
@@ -223,8 +231,9 @@ def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEF
     bad = table[table.verdict != "ok"]
     lines = [f"compared {len(table)} numbers ({', '.join(METRICS)}) "
              f"of {len(cand_records)} cells against {baseline_dir}"]
-    shown = ["algorithm", "backend", "inner_steps", "seed", "split", "eval_k_shot", "eval_steps", "metric",
-             "baseline", "candidate", "delta", "tolerance", "verdict"]
+    # a moved number is named by the cell keys that tell the compared cells apart (one value everywhere says nothing)
+    shown = [k for k in SCHEMA.names if table[k].nunique(dropna=False) > 1] + [
+        "split", "eval_k_shot", "eval_steps", "metric", "baseline", "candidate", "delta", "tolerance", "verdict"]
     if len(bad):
         lines.append("moved beyond tolerance:")
         lines.append(bad[shown].to_string(index=False, float_format=lambda v: f"{v:.6g}"))

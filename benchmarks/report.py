@@ -6,7 +6,9 @@ statistics via `benchmarks.statistics`), `benchmarks.tables`, `benchmarks.figure
 with `benchmarks.plots`) and `benchmarks.paper` (section (d)). This module only loads and
 writes. Every output is computed (figures rendered to bytes) before anything is written, and
 the set is then written as one unit (staged in a hidden folder, then renamed into place), so
-a report that fails leaves the previous report whole.
+a report that fails leaves the previous report whole. A folder an interrupted `re-evaluate`
+left unfinished (`records.PARTIAL_MARKER`) gets "partial re-evaluation: N of M records" under the
+title of tables.md (and a warning), since every table would otherwise silently lack the rest.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import pandas as pd
 from benchmarks import paper
 from benchmarks.analysis import analyse, summary_frame
 from benchmarks.artifacts import load_task_errors
-from benchmarks.figures import FIGURES, FORMATS, render_figures
-from benchmarks.records import load_records, write_atomic
+from benchmarks.figures import FIGURES, FORMATS, OUTPUTS, render_figures
+from benchmarks.records import load_records, read_partial_marker, write_atomic
 from benchmarks.tables import tables_markdown
 
 try:  # the shared primitive (benchmarks.records) where it exists
@@ -85,28 +87,44 @@ def write_summary(out: Path, records: list[dict] | None = None) -> pd.DataFrame:
     return frame
 
 
-def write_report(out: Path) -> Report:
+def partial_line(out: Path, n_records: int) -> str | None:
+    """The line a report of an unfinished re-evaluation carries (None for any other folder): its
+    records are a subset of the source's, and every table would silently lack the rest."""
+    marker = read_partial_marker(out)
+    if marker is None:
+        return None
+    return (f"partial re-evaluation: {n_records} of {marker['records']} records (an interrupted `re-evaluate` of "
+            f"{marker.get('from', 'its source')}; rerun the same command to finish it)")
+
+
+def write_report(out: Path, limits: dict | None = None) -> Report:
     """Everything a reader opens, from the stored runs: CSV, Markdown tables, figures.
 
     Raises RecordError (before writing anything) when DIR/runs/ is empty or a record is corrupt.
     """
     out = Path(out)
-    records = load_records(out)
+    records = load_records(out, limits)  # `limits`: the command's, e.g. `run --limit` (default config.LIMITS)
+    partial = partial_line(out, len(records))
     analysis = analyse(records, load_task_errors(out, records), load_speed_suite(out))
     comparison = paper.comparison(analysis.final, analysis.task_errors)
     rendered, skipped = render_figures(analysis)
+    tables = tables_markdown(analysis, out, FIGURES, skipped,
+                             paper.comparison_markdown(comparison) if not comparison.empty else None)
+    if partial:  # under the title, where nobody reads past it
+        title, _, rest = tables.partition("\n")
+        tables = f"{title}\n\n**{partial}**\n{rest}"
+        log.warning("%s: %s", out, partial)
     files: dict[str, str | bytes | None] = {
         "summary.csv": summary_frame(records).to_csv(index=False),
         "curves.csv": analysis.curves.to_csv(index=False),
-        "tables.md": tables_markdown(analysis, out, FIGURES, skipped,
-                                     paper.comparison_markdown(comparison) if not comparison.empty else None),
+        "tables.md": tables,
         # absent ones are removed: an earlier report's file would not match these records
         "paper_comparison.csv": comparison.to_csv(index=False) if not comparison.empty else None,
         "robust.csv": analysis.robust.to_csv(index=False) if not analysis.robust.empty else None,
         "paired.csv": analysis.paired.to_csv(index=False) if not analysis.paired.empty else None,
     }
     for name in FIGURES:
-        for fmt in FORMATS:
+        for fmt in OUTPUTS:  # png, svg, pdf and the caption (`<name>.caption.txt`)
             files[f"figures/{name}.{fmt}"] = rendered[name][fmt] if name in rendered else None
     written = write_files_atomically(out, files)
     return Report(out / "tables.md", [p for p in written if p.parent.name == "figures"], skipped)

@@ -6,6 +6,9 @@ only marks itself pending and is raised when the block ends: the records of one 
 as a unit (finish the write rather than abandon it halfway; each file is atomic anyway).
 A second signal while the first is being handled (cleanup that takes too long) exits at once:
 every file is atomic, and what a kill leaves (a hidden `.tmp` file) is swept by the next run.
+Libraries that take the signals over (Ray's `init` installs a SIGTERM handler that calls
+`sys.exit`) run inside `handlers_kept()`; a handler's exception raised inside a library's C code
+(Ray's wait reports it as a SystemError) is found again by `interrupt_behind`.
 """
 from __future__ import annotations
 
@@ -53,6 +56,33 @@ def interruptible():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def handlers_kept():
+    """SIGINT/SIGTERM handlers that the block installs are put back as they were when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set from C, not by Python; cannot be restored from here
+                signal.signal(s, handler)
+
+
+def interrupt_behind(error: BaseException) -> BaseException | None:
+    """The `Interrupted` or KeyboardInterrupt that caused `error` (directly or further down its
+    chain), e.g. a SystemError from C code in which a signal handler raised; None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @contextmanager

@@ -10,10 +10,24 @@ Decisions (stated once, used everywhere):
   mean containing one is non-finite (never silently dropped), while the median and IQM stay
   finite as long as fewer than half (a quarter) of the values blew up.
 - **Blow-up.** A task's adaptation blew up at a step when its MSE is non-finite or above
-  BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (the mean, over all its tasks, of
-  the query MSE of predicting 0, as the per-task store keeps it per split and eval K; about 4.2
-  for Finn's sine, so the threshold is about 42).
-  Adaptation that makes a task ten times worse than not predicting at all has diverged.
+  BLOWUP_FACTOR x the error scale (`error_scale`): the larger of the evaluation set's
+  zero-predictor MSE (the mean, over all its tasks, of the query MSE of predicting 0, as the
+  per-task store keeps it per split and eval K; about 4.2 for Finn's sine, so the threshold is
+  about 42) and the untrained network's MSE on zero targets (the mean square of its outputs on
+  the training probe's query points, the largest over the configuration's seeds; 0.02-0.5 for
+  Finn's network), at least SCALE_FLOOR. Adaptation that makes a task ten times worse than
+  predictors that know nothing (predicting 0, or the untrained network) has diverged. The
+  untrained network's term is what keeps the rule free of the targets' scale: with amplitudes
+  of 1e-3 the zero predictor's MSE is 2e-7 and an ordinary error would read as a blow-up. It
+  binds only where the targets are smaller than an untrained network's outputs, so on sine-scale
+  targets the threshold is the zero predictor's alone, bitwise; records stored before the
+  untrained network's MSE was kept are judged by the zero predictor alone. The same scale,
+  times `benchmarks.job.DIVERGENCE_FACTOR`, marks a training run diverged.
+- **Undefined intervals.** An interval needs a sample to vary: with fewer than MIN_TASKS test
+  tasks every bootstrap resample is the same (and a t interval needs n >= 2 and a finite
+  spread), so the bounds are NaN (printed `n/a`), never a zero-width interval that claims
+  certainty. One seed with several tasks keeps its interval: the tasks are resampled, as in the
+  per-task t interval, and it says nothing about seed-to-seed variation.
 - **IQM** is the mean of the middle 50% of all seed x task values (scipy's `trim_mean` with 25%
   cut from each end, as rliable computes it).
 - **Bootstrap.** Seeds and tasks are crossed, not nested: every seed of every algorithm is
@@ -42,6 +56,10 @@ import numpy as np
 from scipy import stats
 
 BLOWUP_FACTOR = 10.0
+#: the smallest error scale (an MSE): targets and untrained outputs both (near) 0, e.g. a plug-in
+#: network initialised to output 0, still leave a threshold above 0 (rounding error is no blow-up)
+SCALE_FLOOR = 1e-12
+MIN_TASKS = 2  # fewer test tasks: no interval (every resample would be the same)
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -50,11 +68,14 @@ CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small en
 
 METHOD_NOTE = (
     f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "
-    "zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks). Median and IQM (mean of the middle "
+    "zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks), or x the untrained network's MSE on "
+    "zero targets where that is larger (only for targets smaller than an untrained network's outputs). Median and "
+    "IQM (mean of the middle "
     "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are percentile "
     f"intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) that draw the seeds "
     "with replacement and, independently, the shared test tasks with replacement (a two-way bootstrap for "
-    "crossed seeds x tasks; every seed is scored on the same tasks).")
+    "crossed seeds x tasks; every seed is scored on the same tasks). With fewer than "
+    f"{MIN_TASKS} tasks there is no interval (n/a).")
 
 
 @dataclass(frozen=True)
@@ -73,9 +94,19 @@ def as_errors(values) -> np.ndarray:
     return array
 
 
-def blowup_threshold(zero_mse) -> float:
-    """BLOWUP_FACTOR x the evaluation set's zero-predictor MSE (a scalar, or per-task values: their mean)."""
-    return BLOWUP_FACTOR * float(np.mean(zero_mse))
+def error_scale(zero_mse, untrained_mse=np.nan) -> float:
+    """The MSE an error is judged against, free of the targets' scale: the larger of the zero
+    predictor's MSE (a scalar, or per-task values: their mean) and the untrained network's MSE on
+    zero targets (a scalar, or one per seed: their largest; NaN or non-finite: not known), at
+    least SCALE_FLOOR. Where the zero predictor's is the larger it is returned as is (bitwise)."""
+    untrained = np.asarray(untrained_mse, dtype=np.float64).ravel()
+    untrained = untrained[np.isfinite(untrained)]
+    return max(float(np.mean(zero_mse)), float(untrained.max()) if untrained.size else 0.0, SCALE_FLOOR)
+
+
+def blowup_threshold(zero_mse, untrained_mse=np.nan) -> float:
+    """BLOWUP_FACTOR x the error scale (`error_scale`; today's zero-predictor threshold on sine-scale targets)."""
+    return BLOWUP_FACTOR * error_scale(zero_mse, untrained_mse)
 
 
 def blown_up(errors, threshold) -> np.ndarray:
@@ -191,9 +222,10 @@ def _order_stats(ordered: np.ndarray, weights: np.ndarray, n: int, with_iqm: boo
     return result
 
 
-def _interval(boot: np.ndarray) -> tuple[float, float]:
+def _interval(boot: np.ndarray, n_tasks: int) -> tuple[float, float]:
+    """The percentile interval; NaN (undefined) with fewer than MIN_TASKS tasks or a NaN resample."""
     alpha = (1 - CONFIDENCE) / 2
-    if np.isnan(boot).any():
+    if n_tasks < MIN_TASKS or np.isnan(boot).any():
         return np.nan, np.nan
     return (float(np.quantile(boot, alpha, method="lower")), float(np.quantile(boot, 1 - alpha, method="higher")))
 
@@ -230,7 +262,7 @@ def summarize(errors, threshold, n_resamples: int = N_RESAMPLES, seed: int = BOO
         robust = _order_stats(ordered, np.take(seeds, seed_of, axis=1) * np.take(tasks, task_of, axis=1), n)
         boot["median"].append(robust["median"])
         boot["iqm"].append(robust["iqm"])
-    return {name: Estimate(point[name], *_interval(np.concatenate(boot[name]))) for name in point}
+    return {name: Estimate(point[name], *_interval(np.concatenate(boot[name]), n_tasks)) for name in point}
 
 
 # ----------------------------------------------------------------------------- paired comparison
@@ -284,4 +316,4 @@ def compare(errors_a, errors_b, n_resamples: int = N_RESAMPLES, seed: int = BOOT
         boot["median_difference"].append(_order_stats(ordered, tasks, n_tasks, with_iqm=False)["median"])
         boot["p_improvement"].append(tasks @ per_task / n_tasks)
     boot = {name: np.concatenate(values) for name, values in boot.items()}
-    return {name: Estimate(point[name], *_interval(boot[name])) for name in point}
+    return {name: Estimate(point[name], *_interval(boot[name], n_tasks)) for name in point}

@@ -14,11 +14,11 @@ the sweep refuses before training.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from algorithms import get_learner_class
 
-from benchmarks.config import Cell, Settings, Sweep
+from benchmarks.config import Cell, Settings, Sweep, ensemble_key
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
 from benchmarks.progress import ProgressBar, Reporter, longest_first
 from benchmarks.records import FINISHED, identity, scan_records, write_record
@@ -37,7 +37,7 @@ def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_EN
     for cell in cells:
         learner = get_learner_class(cell.algorithm, cell.backend, cell.network)
         if settings.ensemble and learner.ensembles and not (settings.compile and learner.compiles):
-            key = replace(cell, seed=0, lr_base=1.0, lr_meta=1.0)
+            key = ensemble_key(cell)  # from the cell schema: all but seed, LR_base and LR_meta
         else:
             key = cell
         jobs.setdefault(key, []).append(cell)
@@ -52,7 +52,9 @@ def _summary_line(record: dict) -> str:
     final = [e for e in record["evaluations"] if e["split"] == "test" and e["eval_k_shot"] == cell["k_shot"]
              and e["iteration"] == cell["iterations"]]
     one = next((e for e in final if e["eval_steps"] == 1), final[0])
-    return (f"{head}  test MSE@{one['eval_steps']} {one['mse']:.3f} ± {one['mse_ci95']:.3f} (n={one['n_test_tasks']})"
+    ci = one["mse_ci95"]
+    ci = f"{ci:.3f}" if ci is not None and abs(ci) < float("inf") else "n/a"  # NaN (one task): no interval
+    return (f"{head}  test MSE@{one['eval_steps']} {one['mse']:.3f} ± {ci} (n={one['n_test_tasks']})"
             f"  {record['sec_per_iter'] * 1e3:.2f} ms/iter" +
             (f" (+ {record['compile_seconds']:.1f} s compile)" if record.get("compile_seconds") else ""))
 
@@ -65,7 +67,7 @@ def pending_cells(sweep: Sweep, out, executor: str = "local", threads: int = 1) 
     (other seeds of one configuration) with records of the folder made under other settings, since
     the report would then refuse: better before training than after.
     """
-    existing = scan_records(out)
+    existing = scan_records(out, sweep.limits)  # records above the default limits: this sweep's --limit reads them
     check_resumable(existing, sweep.cells, sweep.settings, out, same_hardware=executor != "ray", threads=threads)
     planned = {identity({"cell": asdict(c)}): {"cell_id": c.cell_id, "cell": asdict(c), "status": "ok",
                                                  "fingerprint": fingerprint(c, sweep.settings, threads=threads)}

@@ -1,7 +1,8 @@
 """The sweep-file reference (`docs/sweep-reference.md`), generated from the config definitions.
 
 Types and defaults are read from the `Cell` and `Settings` dataclasses and the task
-families, so they cannot drift from the code; only the one-line meanings live here, and a
+families, so they cannot drift from the code; a cell key's meaning and role in the report are
+its schema (`benchmarks.config.SCHEMA`), the shared settings' one-line meanings live here, and a
 test fails when a key has none (or the committed file differs from what this prints).
 Regenerate with `python -m benchmarks.sweep_reference --write`.
 """
@@ -13,28 +14,13 @@ import sys
 from pathlib import Path
 
 from algorithms import ALGORITHMS
-from benchmarks.config import Cell, Settings
+from benchmarks.config import SCHEMA, Cell, Settings
 from tasks import TASKS, SineFamily, SineFreqFamily
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sweep-reference.md"
 
 MEANINGS = {
-    # cell keys: each may be a list; lists expand to a cartesian product of cells
-    "algorithm": "meta-learning algorithm (`python -m benchmarks list`)",
-    "backend": "implementation of the algorithm: `func` (hand-written vectorised engine, or the generic one "
-               "where it does not cover the rule or network), `generic` (torch.func engine: any rule, any network), "
-               "`l2l` (learn2learn), `higher`, `jax`, `torch` (plain per-task loop)",
-    "task": "task family",
-    "k_shot": "K: support points per task, in training (and evaluation unless `eval_k_shot` adds others)",
-    "inner_steps": "S: inner SGD steps per task in training (0: no adaptation in training)",
-    "lr_base": "LR_base: inner SGD rate (Meta-SGD: the initial value of its learned rates)",
-    "lr_meta": "LR_meta: outer Adam rate",
-    "meta_batch": "tasks per meta-batch",
-    "iterations": "meta-training iterations (outer steps)",
-    "seed": "training seed: tasks from `seed`, initial weights from `seed + 1`; must be < 1,000,000 "
-            "(higher seeds are the evaluation sets')",
-    "network": "the base network: `<activation>-<width>-<width>...` (activations `relu`, `tanh`), e.g. "
-               "`relu-40-40` (Finn's) or `tanh-64-64`; `func` runs non-ReLU networks on the generic engine",
+    # cell keys: their meanings are declared with them (`benchmarks.config.Cell`, the `help` of each key)
     # shared settings
     "eval_every": "evaluate every N iterations as well as at the end (0: only at the end)",
     "eval_steps": "adaptation steps at evaluation: MSE recorded after 0, 1, ..., N steps",
@@ -92,9 +78,24 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def _row(field: dataclasses.Field, meanings: dict) -> str:
-    if field.name not in meanings:
+    meaning = field.metadata.get("help") or meanings.get(field.name)  # a cell key's own `help`
+    if not meaning:
         raise KeyError(f"key {field.name!r} has no meaning in benchmarks/sweep_reference.py: add one")
-    return f"| `{field.name}` | {_type_name(field.type)} | {_default(field)} | {meanings[field.name]} |"
+    return f"| `{field.name}` | {_type_name(field.type)} | {_default(field)} | {meaning} |"
+
+
+def _keys(names: list[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def _roles() -> str:
+    """How the report and the sweep treat the cell keys, read from the schema."""
+    chosen = [n for n in SCHEMA.config if n not in SCHEMA.compared]
+    members = [n for n in SCHEMA.names if n not in SCHEMA.ensemble]
+    return (f"The report pools over {_keys(SCHEMA.pooled)}, chooses one configuration by validation per "
+            f"{_keys(SCHEMA.compared)} among the values of {_keys(chosen)}, and times programs per "
+            f"{_keys(SCHEMA.timed)}. With `ensemble = true`, cells that differ only in {_keys(members)} train "
+            f"as one batched program where their engine allows it.")
 
 
 def render() -> str:
@@ -118,6 +119,8 @@ def render() -> str:
         "",
         header,
         *(_row(f, MEANINGS) for f in dataclasses.fields(Cell)),
+        "",
+        _roles(),
         "",
         "## Shared settings",
         "",

@@ -15,9 +15,14 @@ import pandas as pd
 
 from benchmarks import statistics
 from benchmarks.analysis import (CI_NOTE, CONFIG_COLUMNS, GROUP_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS,
-                                 SPEED_REFERENCE, TABLE_STEPS, Analysis, matching, ranked)
+                                 SHOWN_COLUMNS, SPEED_COLUMNS, SPEED_REFERENCE, TABLE_STEPS, Analysis,
+                                 config_columns, matching, ranked)
 
 DASH = "–"
+NA = "n/a"  # an interval that does not exist (one test task, a non-finite spread), never a zero-width one
+NA_NOTE = (f"`{NA}`: no interval. A 95% interval needs at least {statistics.MIN_TASKS} test tasks and a finite "
+           "spread (from a single task any interval would claim a certainty the data cannot give); a mean "
+           "difference whose resamples hold blow-ups on both sides (inf − inf) has none either.")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -33,11 +38,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- number formats
 
+def _fmt_ci(ci) -> str:
+    """A t interval's half-width; `n/a` where it is undefined (NaN: n < 2; inf: the spread overflowed)."""
+    return f"{ci:.2g}" if ci is not None and not pd.isna(ci) and math.isfinite(ci) else NA
+
+
 def fmt_mse(mse, ci, n_tasks=None, n_seeds=None) -> str:
-    """`mean ± CI (n=tasks×seeds)`; non-finite values stay visible as inf/nan; None: not evaluated."""
+    """`mean ± CI (n=tasks×seeds)`; non-finite values stay visible as inf/nan; None: not evaluated;
+    an undefined interval: `± n/a`."""
     if mse is None:
         return DASH
-    text = f"{mse:.4g}" if not math.isfinite(mse) else f"{mse:.4g} ± {ci:.2g}"
+    text = f"{mse:.4g}" if not math.isfinite(mse) else f"{mse:.4g} ± {_fmt_ci(ci)}"
     if n_tasks is not None and not pd.isna(n_tasks):
         seeds = f"×{int(n_seeds)}" if n_seeds is not None and not pd.isna(n_seeds) else ""
         text += f" (n={int(n_tasks)}{seeds})"
@@ -52,30 +63,48 @@ def fmt_pooled(row, with_n: bool = False) -> str:
     text = fmt_mse(row["mse"], row["mse_ci95"], row["n_tasks"] if with_n else None, row["n_seeds"] if with_n else None)
     n_finite, n_seeds = int(row["n_finite"]), int(row["n_seeds"])
     if 0 < n_finite < n_seeds:
-        text += f" [{n_finite}/{n_seeds} seeds finite: {row['mse_finite']:.4g} ± {row['mse_finite_ci95']:.2g}]"
+        text += f" [{n_finite}/{n_seeds} seeds finite: {row['mse_finite']:.4g} ± {_fmt_ci(row['mse_finite_ci95'])}]"
     return text
 
 
-def fmt_estimate(estimate, digits: int = 4) -> str:
-    """`value [low, high]` (a `statistics.Estimate`); the value alone where there is no interval."""
+def fmt_estimate(estimate, digits: int = 4, interval: bool = True) -> str:
+    """`value [low, high]` (a `statistics.Estimate`); NaN bounds: `value [n/a]` (the interval is
+    undefined, e.g. one task), or the value alone with `interval=False` (a point estimate)."""
     if estimate is None:
         return DASH
     text = f"{estimate.value:.{digits}g}"
     if not (math.isnan(estimate.low) and math.isnan(estimate.high)):
         text += f" [{estimate.low:.{digits - 1}g}, {estimate.high:.{digits - 1}g}]"
+    elif interval:
+        text += f" [{NA}]"
     return text
 
 
-def fmt_rate(estimate) -> str:
-    """A blow-up rate in percent, with its interval if bootstrapped; exactly none: `0`."""
+def fmt_percent(percent: float) -> str:
+    """A percentage with two significant digits, positional (34, 0.17, 0.0056, 100; never 1e+02): a
+    value below 100 gets the digits that keep it below 100 (99.6, 99.95), and one above 0 never
+    reads 0."""
+    if not math.isfinite(percent):
+        return str(percent)
+    for digits in range(2, 18):
+        text = np.format_float_positional(percent, precision=digits, unique=False, fractional=False, trim="-")
+        if float(text) != 100 or percent == 100:
+            break
+    return text
+
+
+def fmt_rate(estimate, interval: bool = True) -> str:
+    """A blow-up rate in percent, with its interval if bootstrapped; exactly none: `0`; NaN bounds:
+    `[n/a]` (undefined), or nothing with `interval=False` (a point estimate)."""
     if estimate is None:
         return DASH
+    undefined = f" [{NA}]" if interval and math.isnan(estimate.high) else ""
     if estimate.value == 0 and not estimate.high > 0:
-        return "0"
-    text = f"{100 * estimate.value:.2g}%"
+        return "0" + undefined
+    text = f"{fmt_percent(100 * estimate.value)}%"
     if not math.isnan(estimate.high):
-        text += f" [{100 * estimate.low:.2g}, {100 * estimate.high:.2g}]"
-    return text
+        text += f" [{fmt_percent(100 * estimate.low)}, {fmt_percent(100 * estimate.high)}]"
+    return text + undefined
 
 
 def _fmt_seconds(value) -> str:
@@ -90,7 +119,7 @@ def _lookup(pooled: pd.DataFrame, config, split: str, eval_k: int, steps: int):
 
 def _blowup(a: Analysis, config, split: str, eval_k: int, steps: int) -> str:
     found = a.task_errors.summary(config, split, eval_k, steps, bootstrap=False)
-    return DASH if found is None else fmt_rate(statistics.Estimate(found["blowup"].value))
+    return DASH if found is None else fmt_rate(statistics.Estimate(found["blowup"].value), interval=False)
 
 
 # ----------------------------------------------------------------------------- (a) accuracy
@@ -107,12 +136,9 @@ def best_table(a: Analysis) -> pd.DataFrame:
             test = _lookup(a.pooled, config, "test", eval_k, TABLE_STEPS[0])
             val = _lookup(a.pooled, config, "validation", eval_k, SELECT_STEPS)
             row = {
-                "task": config["task"], "algorithm": config["algorithm"], "backend": config["backend"],
-                "K": int(config["k_shot"]),
+                **config_columns(config, GROUP_COLUMNS),
                 "eval K": int(eval_k) if eval_k == config["k_shot"] else f"**{int(eval_k)}**",
-                "S": int(config["inner_steps"]), "LR_base": f"{config['lr_base']:g}",
-                "LR_meta": f"{config['lr_meta']:g}",
-                "B": int(config["meta_batch"]), "iters": int(config["iterations"]),
+                **config_columns(config, SHOWN_COLUMNS[len(GROUP_COLUMNS):]),
                 "cells ok": f"{int(config['n_ok'])}/{int(config['n_cells'])}",
                 f"val MSE@{SELECT_STEPS}": fmt_pooled(val),
                 f"val blow-up@{SELECT_STEPS}": _blowup(a, config, "validation", eval_k, SELECT_STEPS),
@@ -131,13 +157,15 @@ def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
     """Table (a2): per chosen configuration and test eval K, median and IQM with bootstrap intervals
     and the blow-up rate after 1, 5, 10 steps."""
     rows = []
-    keys = GROUP_COLUMNS + [c for c in CONFIG_COLUMNS if c not in GROUP_COLUMNS] + ["eval_k_shot"]
+    keys = SHOWN_COLUMNS + ["eval_k_shot"]
     for _, group in robust.groupby(keys, sort=False):
         first = group.iloc[0]
         row = {"algorithm": first["algorithm"], "backend": first["backend"], "K": int(first["k_shot"]),
                "eval K": int(first["eval_k_shot"]) if first["eval_k_shot"] == first["k_shot"]
                else f"**{int(first['eval_k_shot'])}**",
-               "S": int(first["inner_steps"]), "seeds×tasks": f"{int(first['n_seeds'])}×{int(first['n_tasks'])}"}
+               "S": int(first["inner_steps"])}
+        row.update({k: v for k, v in config_columns(first, GROUP_COLUMNS).items() if k not in row})  # task, network
+        row["seeds×tasks"] = f"{int(first['n_seeds'])}×{int(first['n_tasks'])}"
         for _, step in group.iterrows():
             s = int(step["eval_steps"])
             row[f"median@{s}"] = fmt_estimate(_estimate(step, "median"), 3)
@@ -156,9 +184,7 @@ def all_configs_table(a: Analysis) -> pd.DataFrame:
     rows = []
     for _, row in ranked(a.scores).sort_values(GROUP_COLUMNS, kind="stable").iterrows():
         entry = {
-            "task": row["task"], "algorithm": row["algorithm"], "backend": row["backend"], "K": int(row["k_shot"]),
-            "S": int(row["inner_steps"]), "LR_base": f"{row['lr_base']:g}", "LR_meta": f"{row['lr_meta']:g}",
-            "B": int(row["meta_batch"]), "iters": int(row["iterations"]),
+            **config_columns(row, SHOWN_COLUMNS),
             "cells ok": f"{int(row['n_ok'])}/{int(row['n_cells'])}"}
         for name, prefix, split in (("val", "val", "validation"), ("test", "test", "test")):
             pooled = row[[f"{prefix}_{c}" for c in ("mse", "mse_ci95", "n_tasks", "n_seeds", "n_finite", "mse_finite",
@@ -213,8 +239,7 @@ def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
         return DASH if pd.isna(low) else (f"{int(low)}" if low == high else f"{int(low)}–{int(high)}")
 
     return pd.DataFrame([{
-        "device": row["device"], "algorithm": row["algorithm"], "backend": row["backend"],
-        "S": int(row["inner_steps"]), "B": int(row["meta_batch"]), "cells": int(row["n_cells"]),
+        **config_columns(row, SPEED_COLUMNS), "cells": int(row["n_cells"]),
         "ensemble": ensemble(row), "s/iter (program)": _fmt_seconds(row["sec_per_iter"]),
         "s/iter (per member)": _fmt_seconds(row["sec_per_iter_member"]),
         "compile": DASH if not row["compile_seconds"] else f"{row['compile_seconds']:.3g} s",
@@ -245,6 +270,10 @@ def nonfinite_table(final: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the whole file
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def scope_text(a: Analysis) -> str:
     return f"task {a.scope['task']}, trained at K={a.scope['k_shot']}"
 
@@ -268,8 +297,8 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
                 "Every MSE is `mean ± 95% CI (n=tasks×seeds)`; where the table has n columns, the MSE cells leave n "
                 "out. " + ("Per-task errors are stored: blow-up rates, medians, IQMs and paired comparisons below."
                            if a.task_errors else
-                           "These records have no per-task errors (made before the per-task store), so blow-up "
-                           "rates, medians, IQMs and paired comparisons are shown as –.") + _hardware_line(a.records)]
+                           f"{_sentence(a.task_errors.missing())}, so blow-up rates, medians, IQMs and "
+                           "paired comparisons are shown as –.") + _hardware_line(a.records)]
 
     sections.append("## (a) Best configuration per (algorithm, backend, K)")
     if a.best.empty:
@@ -293,7 +322,7 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
 
     sections.append("## (a2) Robust statistics of the chosen configurations (test)")
     if a.robust.empty:
-        sections.append("None: these records have no per-task errors (made before the per-task store)."
+        sections.append(f"None: {a.task_errors.missing()}."
                         if not a.task_errors else "None: no chosen configuration has stored per-task test errors.")
     else:
         sections.append(markdown_table(robust_table(a.robust)))
@@ -337,7 +366,7 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
 
     sections.append("## (e) Paired comparisons on the shared test tasks (also `paired.csv`)")
     if a.paired.empty:
-        sections.append("None: " + ("no per-task errors stored for these records." if not a.task_errors else
+        sections.append("None: " + (f"{a.task_errors.missing()}." if not a.task_errors else
                                     f"no reference algorithm ({', '.join(PAIRED_REFERENCES)}) with a chosen "
                                     "configuration beside another algorithm."))
     else:
@@ -360,4 +389,6 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
         sections.append(text)
     sections.append("\n".join(f"- `{name}`: **skipped**: {skipped[name]}" if name in skipped else
                               f"- `{name}`: {description}" for name, description in figures.items()))
+    if any(f"± {NA}" in section or f"[{NA}]" in section for section in sections):
+        sections[1] += " " + NA_NOTE  # the introduction, under the title
     return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"

@@ -9,15 +9,20 @@ Each is loaded when `tasks` is first imported (so the config check and `python -
 see its tasks): an entry point naming an object (`pkg.mod:register`) has it called with no
 arguments; one naming a module (`pkg.mod`) registers by being imported. Either way the plug-in
 registers its families with `register_task`; one that fails raises `TaskPluginError` naming it.
+
+Names must match `NAME` (the one pattern of both registries, `benchmarks.plugins`), and `SOURCES`
+remembers which code registered each family (`source_of(name)`; the families below are `BUILTIN`).
 """
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 import types
 from functools import partial
 
 import torch
 
+from benchmarks.plugins import BUILTIN_SOURCE, FAILURES, NAME, Sources, check_name, code_source
 from tasks.batch import TaskBatch
 from tasks.sine import SineFamily, SineFreqFamily
 
@@ -32,6 +37,10 @@ TASKS = {
     # Meta-SGD's variant: a random frequency w ~ U[0.8, 1.2) as well.
     "sine-freq": SineFreqFamily,
 }
+BUILTIN = tuple(TASKS)  # the suite's own families
+SOURCES = Sources()  # which code registered each family (its fingerprint names it unless built in)
+for _builtin in BUILTIN:
+    SOURCES.record(_builtin, TASKS[_builtin], BUILTIN_SOURCE)
 FAMILY_METHODS = ("sample", "with_points", "function")
 
 # Evaluation sets are drawn from seeds no training run uses: training seeds must be below
@@ -53,15 +62,21 @@ def register_task(name: str, factory, *, replace: bool = False) -> None:
     The factory is called with `k_shot`, `n_query` and a sweep's `task_params` as keywords.
 
     Registering a taken name is an error unless `replace=True`, so two plug-ins cannot
-    silently shadow each other (or a built-in family).
+    silently shadow each other (or a built-in family); so is a name not matching `NAME`. The
+    calling module is recorded as the family's source (`source_of`).
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a task name must be a non-empty string, got {name!r}")
+    check_name("task", name)
     if not callable(factory):
         raise TypeError(f"the factory for task {name!r} must be callable, got {factory!r}")
     if name in TASKS and not replace:
         raise ValueError(f"task {name!r} is already registered; pass replace=True to replace it")
     TASKS[name] = factory
+    SOURCES.record(name, factory, code_source(sys._getframe(1)))
+
+
+def source_of(name: str) -> str | None:
+    """The code that registered task `name` (None: not registered here)."""
+    return SOURCES.of(name, TASKS[name]) if name in TASKS else None
 
 
 def list_tasks() -> list[str]:
@@ -101,7 +116,7 @@ def load_plugins() -> list[str]:
             target = entry_point.load()
             if not isinstance(target, types.ModuleType):
                 target()
-        except Exception as error:
+        except FAILURES as error:  # sys.exit in a plug-in included
             raise TaskPluginError(f"task plug-in {entry_point.name!r} (entry point {entry_point.value!r} in group "
                                   f"{PLUGIN_GROUP!r}) failed: {type(error).__name__}: {error}") from error
         loaded.append(entry_point.name)
@@ -121,7 +136,8 @@ def evaluation_set(family, split: str = "test", n_tasks: int = N_TEST_TASKS, k_s
     return family.with_points(k_shot or family.k_shot, n_query).sample(n_tasks, generator)
 
 
-__all__ = ["TASKS", "PLUGIN_GROUP", "TaskBatch", "TaskPluginError", "SineFamily", "SineFreqFamily", "list_tasks",
-           "get_task", "register_task", "load_plugins", "evaluation_set", "MAX_TRAIN_SEED"]
+__all__ = ["TASKS", "BUILTIN", "NAME", "SOURCES", "PLUGIN_GROUP", "TaskBatch", "TaskPluginError", "SineFamily",
+           "SineFreqFamily", "list_tasks", "get_task", "register_task", "source_of", "load_plugins", "evaluation_set",
+           "MAX_TRAIN_SEED"]
 
 load_plugins()

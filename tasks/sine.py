@@ -18,14 +18,24 @@ import torch
 from tasks.batch import TaskBatch
 
 
+#: the largest magnitude a task parameter may have: tasks are drawn in float32, where a larger
+#: finite float64 (1e39) is inf and the run would only "diverge"
+MAX_PARAMETER = float(torch.finfo(torch.float32).max)
+
+
+def _finite(value) -> bool:
+    return math.isfinite(value) and abs(value) <= MAX_PARAMETER
+
+
 def _check_range(name: str, bounds, allow_point: bool = False) -> tuple[float, float]:
     numbers_only = isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bounds)
     if not numbers_only:
         raise ValueError(f"{name} must be a pair [low, high] of numbers, got {bounds!r}")
     low, high = (float(v) for v in bounds)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"{name} must be finite, got {bounds!r}")
+    if not (_finite(low) and _finite(high) and _finite(high - low)):
+        raise ValueError(f"{name} must be finite (bounds and width at most {MAX_PARAMETER:.3g}: tasks are drawn in "
+                         f"float32), got {bounds!r}")
     if high < low or (high == low and not allow_point):
         raise ValueError(f"{name} must satisfy low < high, got [{low}, {high}]")
     return low, high
@@ -58,8 +68,10 @@ class SineFamily:
         object.__setattr__(self, "x_range", _check_range("x_range", self.x_range))
         if self.support_x_range is not None:
             object.__setattr__(self, "support_x_range", _check_range("support_x_range", self.support_x_range))
-        if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not self.noise >= 0:
-            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+        if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not (
+                _finite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0 (at most {MAX_PARAMETER:.3g}: tasks are drawn in "
+                             f"float32), got {self.noise!r}")
 
     @staticmethod
     def _uniform(low_high, shape, generator, dtype) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from algorithms import ALGORITHMS
+from benchmarks.atomic import write_atomic
 from benchmarks.speed.peers import MAX_SPREAD, MIN_CPU_WALL
 
 
@@ -263,9 +264,9 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, peers_path = out / "speed.csv", out / "speed.md", out / "peers.csv"
-    frame.to_csv(csv_path, index=False)
+    write_atomic(csv_path, frame.to_csv(index=False))  # whole or absent; a link there is replaced, not followed
     if not peers.empty:
-        peers.to_csv(peers_path, index=False)
+        write_atomic(peers_path, peers.to_csv(index=False))
     iterations = meta_iteration_table(frame, yardstick)
     missing = yardstick_notes(frame, yardstick)
     yb, ya = yardstick.backend, yardstick.algorithm
@@ -309,7 +310,7 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False,
         _markdown(checkpoint_table(frame)),
         "",
     ]
-    md_path.write_text("\n".join(sections))
+    write_atomic(md_path, "\n".join(sections))
     for note in notes:
         print(f"contention: {note}", file=sys.stderr)
     for note in missing:
