@@ -198,10 +198,11 @@ def cmd_report(args) -> int:
     from benchmarks import figures
     from benchmarks.report import write_report
 
-    check_poolable(load_records(Path(args.dir)))  # seeds made under other settings are never pooled
+    limits = _limits(args)
+    check_poolable(load_records(Path(args.dir), limits))  # seeds made under other settings are never pooled
     default, figures.QUALITATIVE_PAIR = figures.QUALITATIVE_PAIR, args.qualitative_pair
     try:
-        report = write_report(Path(args.dir))
+        report = write_report(Path(args.dir), limits)
     finally:
         figures.QUALITATIVE_PAIR = default
     print_report_location(report)
@@ -226,8 +227,9 @@ def cmd_reevaluate(args) -> int:
             held.enter_context(folder_lock(dst))
             sweep_stale(dst)
 
-        reevaluate(Path(args.dir), out, overrides, prepare=prepare)
-        report = write_report(out)
+        limits = _limits(args)
+        reevaluate(Path(args.dir), out, overrides, prepare=prepare, limits=limits)
+        report = write_report(out, limits)
     print(f"re-evaluated records: {runs_dir(out)}{os.sep}")
     print_report_location(report)
     return 0
@@ -236,9 +238,16 @@ def cmd_reevaluate(args) -> int:
 def cmd_regress(args) -> int:
     from benchmarks.regress import DEFAULT_TOLERANCES, regress
 
-    code, text = regress(Path(args.baseline), Path(args.candidate), Path(args.tolerances or DEFAULT_TOLERANCES))
+    code, text = regress(Path(args.baseline), Path(args.candidate), Path(args.tolerances or DEFAULT_TOLERANCES),
+                         _limits(args))
     print(text)
     return code
+
+
+def _limits(args) -> dict:
+    """The size limits in force for this command: LIMITS raised by its `--limit KEY=N` options
+    (records of a sweep run with `--limit` are read with the same option)."""
+    return {**LIMITS, **dict(parse_limit(text) for text in args.limit or [])}
 
 
 def _qualitative_pair(text: str) -> tuple[str, str]:
@@ -267,6 +276,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE (a module name or a .py file) first: it registers its algorithms or "
                              "tasks (repeatable)")
+    limit = argparse.ArgumentParser(add_help=False)
+    limit.add_argument("--limit", action="append", metavar="KEY=N",
+                       help="raise a size limit, e.g. iterations=5000000 (limits: benchmarks/config.py LIMITS); "
+                            "a folder made with `run --limit` is read with the same option")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered tasks and algorithms/backends", parents=[common]).set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="train every cell of a sweep (resumes: finished cells are skipped)",
@@ -292,13 +305,15 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                           "workers do more than one 2-thread process, and one thread does not stall under load)")
     run.add_argument("--show-skipped", action="store_true", help="list every skipped combination")
     run.set_defaults(func=cmd_run)
-    report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/", parents=[common])
+    report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/",
+                            parents=[common, limit])
     report.add_argument("dir", metavar="DIR", help="a sweep's output folder (its records are in DIR/runs/)")
     report.add_argument("--qualitative-pair", type=_qualitative_pair, default="maml,pretrain", metavar="A,B",
                         help="the two algorithms the qualitative figure (fig3) shows side by side")
     report.set_defaults(func=cmd_report)
     again = sub.add_parser("re-evaluate", help="recompute DIR's final evaluations from the stored initialisations "
-                                               "(no training) into --out, e.g. with more test sets", parents=[common])
+                                               "(no training) into --out, e.g. with more test sets",
+                           parents=[common, limit])
     again.add_argument("dir", metavar="DIR", help="a sweep's output folder whose records are re-evaluated (read only)")
     again.add_argument("--out", required=True,
                        help="output folder for the re-evaluated records and report (a new one, or that of an "
@@ -307,7 +322,8 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                        help="an evaluation setting: eval_steps, eval_k_shot, n_test_tasks, n_test_sets, "
                             "n_validation_tasks, device (repeatable)")
     again.set_defaults(func=cmd_reevaluate)
-    regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression", parents=[common])
+    regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression",
+                             parents=[common, limit])
     regress.add_argument("--baseline", required=True, metavar="DIR",
                          help="the reference sweep's output folder (e.g. results/baseline)")
     regress.add_argument("--candidate", required=True, metavar="DIR",

@@ -208,10 +208,12 @@ def _bitwise_equal(table: pd.DataFrame) -> bool:
     return len(table) > 0 and bool((table.verdict == "ok").all() and same.all())
 
 
-def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEFAULT_TOLERANCES) -> tuple[int, str]:
-    """Return (exit code, printed report); raises ConfigError/RecordError on bad input."""
+def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEFAULT_TOLERANCES,
+            limits: dict | None = None) -> tuple[int, str]:
+    """Return (exit code, printed report); raises ConfigError/RecordError on bad input.
+    `limits`: the sizes records may have (`--limit`, default config.LIMITS), as in every command."""
     tolerances = load_tolerances(tolerances_path)
-    base_records, cand_records = load_records(baseline_dir), load_records(candidate_dir)
+    base_records, cand_records = load_records(baseline_dir, limits), load_records(candidate_dir, limits)
     for records in (base_records, cand_records):
         check_poolable(records)
     check_comparable(base_records, cand_records)

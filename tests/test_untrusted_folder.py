@@ -474,3 +474,22 @@ def test_a_sweep_run_with_a_raised_limit_resumes_and_reports(tmp_path, capsys):
     config.write_text(text)  # the same cell under the default limits: its record is above them
     refuses(["run", "--config", str(config), "--out", str(tmp_path / "out"), "--threads", "1"], capsys,
             ".json", "n_validation_tasks")
+
+
+def test_every_command_reads_a_raised_limit_folder_with_the_same_option(tmp_path, capsys):
+    """`report`, `re-evaluate` and `regress` take `--limit` like `run`: a folder made with a raised
+    limit is refused without it (its records are above the default) and read with it."""
+    config = tmp_path / "sweep.toml"
+    config.write_text('algorithm = "maml"\nbackend = "func"\niterations = 1\nmeta_batch = 2\neval_steps = 1\n'
+                      'n_test_tasks = 2\nlog_every = 1\nn_validation_tasks = 10001\n')
+    out, limit = tmp_path / "out", ["--limit", "n_validation_tasks=10001"]
+    assert main(["run", "--config", str(config), "--out", str(out), "--threads", "1", *limit]) == 0
+    capsys.readouterr()
+    refuses(["report", str(out)], capsys, ".json", "n_validation_tasks")
+    assert main(["report", str(out), *limit]) == 0, capsys.readouterr().err
+    again = tmp_path / "again"
+    refuses(["re-evaluate", str(out), "--out", str(again)], capsys, ".json", "n_validation_tasks")
+    assert not again.exists()
+    assert main(["re-evaluate", str(out), "--out", str(again), *limit]) == 0, capsys.readouterr().err
+    refuses(["regress", "--baseline", str(out), "--candidate", str(again)], capsys, ".json", "n_validation_tasks")
+    assert main(["regress", "--baseline", str(out), "--candidate", str(again), *limit]) == 0, capsys.readouterr().out
