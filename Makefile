@@ -17,7 +17,7 @@ TEST_WORKERS ?= 2
 # What the speed tables compare every meta-iteration with (ALGORITHM:BACKEND; column x_vs_<backend>_<algorithm>).
 YARDSTICK ?= maml:l2l
 
-.PHONY: setup test install-check bench bench-results speed figures paper paper-results regress baseline clean
+.PHONY: setup test browser-check install-check bench bench-results speed figures paper paper-results regress baseline clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ $(STAMP): requirements.txt scripts/build_learn2learn_wheel.sh Makefile
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 	$(MAKE) regress
+
+# The committed results/baseline/index.html (or PAGE=...) in headless Chromium, installed if missing:
+# it loads without console errors and its script ran; screenshot in .cache/browser-check.png.
+PAGE ?= results/baseline/index.html
+browser-check:
+	bash scripts/browser_check.sh $(PAGE) .cache/browser-check.png
 
 # `pip install -e .` and `pip install .` into fresh virtual environments (no download: they see
 # .venv's packages), then the installed `metabench` command from another folder (CI runs it).

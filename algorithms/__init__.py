@@ -14,6 +14,13 @@ call `register_algorithm` from their own module (see `benchmarks.plugins`: names
 `NAME`, and `SOURCES` remembers which code registered each algorithm; `source_of(name)` says,
 `BUILTIN_SOURCE` for the suite's own).
 
+Networks: `register_network(name, factory)` adds a plug-in `nn.Module` (`factory(input_dim,
+output_dim)`; `algorithms.network.NETWORKS`), named like an algorithm (`check_name`), its source
+remembered in `NETWORK_SOURCES` (`network_source_of`; the fingerprint's `code.network`). A cell's
+`network` then names it. It runs on `torch`, `generic` (and `func`, which falls back to generic),
+`l2l` and `higher` (both wrap any module; learn2learn's head-only ANIL needs an nn.Sequential);
+`jax` and the accelerated engine build only the suite's MLPs and refuse it, saying so.
+
 `get_algorithm(name, backend, hp, generator, device, network=...)` builds a learner; an
 unknown name or backend raises KeyError listing the known ones.
 """
@@ -22,14 +29,17 @@ from __future__ import annotations
 import functools
 import sys
 
+import torch
+
 from algorithms import func_engine as fe
 from algorithms import jax_engine as je
 from algorithms import loop_backends as lb
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.generic_engine import GenericLearner
-from algorithms.network import DEFAULT_NETWORK, NetworkSpec, as_spec
+from algorithms.network import BUILTIN_NETWORKS, DEFAULT_NETWORK, NETWORKS, NetworkSpec, PluginNetwork, as_spec
 from algorithms.rules import FirstOrder, InnerRule, LastLayerOnly, MultiStepLoss, PerEntryRates
 from benchmarks.plugins import BUILTIN_SOURCE, NAME, Sources, check_name, code_source
+from tasks.problem import problem_of
 
 ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {}
 RULES: dict[str, InnerRule] = {}  # the algorithms that are inner-update rules
@@ -40,6 +50,7 @@ RULE_BACKENDS: dict[str, type[MetaLearner]] = {
 }
 BUILTIN = ("maml", "fomaml", "msl", "metasgd", "anil", "reptile", "pretrain")
 SOURCES = Sources()  # which code registered each algorithm (its fingerprint names it unless built in)
+NETWORK_SOURCES = Sources()  # which code registered each plug-in network
 
 NUMERICS_VERSION = 1  # bump with any change that moves a number: records made under another version are never reused
 
@@ -105,6 +116,34 @@ def _refusal(base: type[MetaLearner], rule: InnerRule, network) -> str | None:
     return f"{base.engine} does not offer this rule's update, order or loss weights"
 
 
+def register_network(name: str, factory, *, replace: bool = False):
+    """Register plug-in network `name`: `factory(input_dim, output_dim)` returns a fresh `nn.Module`
+    (its own initialisation, drawn from torch's global RNG, which the suite seeds per run).
+
+    ValueError for a name not matching `NAME`, one that spells a built-in MLP ("relu-40-40"), or
+    one taken (unless `replace`); TypeError when the factory does not build a module with
+    parameters (tried once, 1 -> 1). The calling module is recorded as its source."""
+    check_name("network", name)
+    if name in BUILTIN_NETWORKS:
+        raise ValueError(f"network name {name!r} spells a built-in MLP ('<activation>-<width>...'); choose another")
+    if name in NETWORKS and not replace:
+        raise ValueError(f"network {name!r} is already registered (pass replace=True to override it)")
+    if not callable(factory):
+        raise TypeError(f"network {name!r}: factory must be callable (input_dim, output_dim) -> nn.Module, "
+                        f"got {factory!r}")
+    PluginNetwork(name, factory).build(torch.Generator().manual_seed(0))  # fails here, not mid-sweep
+    NETWORKS[name] = factory
+    NETWORK_SOURCES.record(name, factory, code_source(sys._getframe(1)))
+    return factory
+
+
+def network_source_of(name: str) -> str | None:
+    """The code that registered network `name`: `BUILTIN_SOURCE` for an MLP spec, None if unknown."""
+    if name in NETWORKS:
+        return NETWORK_SOURCES.of(name, NETWORKS[name])
+    return BUILTIN_SOURCE if name in BUILTIN_NETWORKS else None
+
+
 def source_of(name: str) -> str | None:
     """The code that registered algorithm `name` (None: not registered here)."""
     return SOURCES.of(name, ALGORITHMS[name]) if name in ALGORITHMS else None
@@ -143,6 +182,9 @@ def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None
         return _bind(GenericLearner, rule, name)
     if refused:
         raise KeyError(f"backend {backend!r} of {name!r} cannot run it as declared on network {spec.name!r}: {refused}")
+    if isinstance(spec, PluginNetwork):
+        raise KeyError(f"backend {backend!r} of {name!r} cannot run plug-in network {spec.name!r} (it builds only "
+                       f"the suite's MLPs; use backend 'torch', 'generic', 'l2l' or 'higher')")
     raise KeyError(f"backend {backend!r} of {name!r} cannot run network {spec.name!r} "
                    f"(it covers ReLU networks; use backend 'torch' or 'generic')")
 
@@ -150,6 +192,8 @@ def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None
 def get_algorithm(name: str, backend: str, hp: HyperParams, generator, device: str = "cpu", network=None,
                   **options) -> MetaLearner:
     cls = get_learner_class(name, backend, network)
+    if backend == "func" and name in RULES and not problem_of(options.get("problem")).scalar_mse:
+        cls = _bind(GenericLearner, RULES[name], name)  # the accelerated engine trains 1 -> 1 MSE only (issue 21)
     return cls(hp, generator, device=device, network=network, **options)
 
 
@@ -168,5 +212,5 @@ for _builtin in BUILTIN:  # registered just above, by this module: the suite's o
 META_LEARNERS = meta_learners()
 
 __all__ = ["ALGORITHMS", "RULES", "META_LEARNERS", "NAME", "SOURCES", "Adaptation", "HyperParams", "InnerRule",
-           "MetaLearner", "NetworkSpec", "list_algorithms", "get_algorithm", "get_learner_class", "register_algorithm",
-           "source_of"]
+           "MetaLearner", "NETWORKS", "NetworkSpec", "list_algorithms", "get_algorithm", "get_learner_class",
+           "register_algorithm", "register_network", "network_source_of", "source_of"]

@@ -6,10 +6,13 @@ outside a learner branches on its name.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 
@@ -75,6 +78,51 @@ class Adaptation:
     hp: HyperParams | None = None
 
 
+#: the project's folder of compiled programs (git-ignored `.cache/`), one subfolder per torch
+#: version and machine (`compile_cache_dir`)
+COMPILE_CACHE_ROOT = Path(__file__).resolve().parents[1] / ".cache" / "inductor"
+
+
+def compile_cache_dir(device: str | torch.device = "cpu") -> Path:
+    """Where compiled programs persist: `.cache/inductor/<torch version>-<machine id>`, the id a
+    hash of `benchmarks.hardware.hardware(device)` (processor, vector ISA, GPU).
+
+    Why Inductor's own caches (its FX graph cache and AOTAutograd cache, keyed by the graph, the
+    inputs' shapes/strides/dtypes, the Inductor configuration and the torch version) and not
+    hand-written pickling: a warm program is the same compiled code, so the floats are bitwise
+    those of a cold compile (`tests/test_compile_cache.py`). Why a folder per torch version and
+    machine on top: its CPU code is built with `-march=native`, which Inductor's key covers only
+    through the vector ISA, so a cache shared between machines (a network home) could hand a
+    program to a processor that lacks an instruction; torch versions never share entries.
+    Why not Inductor's default (`/tmp/torchinductor_<user>`): temporary folders are wiped, and
+    the project folder makes the cache visible and removable with the checkout (`rm -r .cache`).
+    """
+    from benchmarks.hardware import hardware
+
+    machine = hashlib.sha256(hardware(device).encode()).hexdigest()[:12]
+    return COMPILE_CACHE_ROOT / f"{torch.__version__}-{machine}"
+
+
+def use_compile_cache(device: str | torch.device = "cpu") -> None:
+    """Point Inductor at `compile_cache_dir(device)` unless TORCHINDUCTOR_CACHE_DIR names another
+    folder than torch's default (the user's choice, or the speed suite's empty folder for cold
+    compiles, wins). Called before each compile, in whichever process (worker, Ray task) compiles,
+    so every cell, seed and worker of a sweep shares one cache; learning rates and seeds do not
+    enter its key (the traced programs take the meta-parameters as inputs, and Inductor passes
+    the rates' tensor constants at call time: a warm program with another LR_meta was checked to
+    follow the eager run)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        folder = compile_cache_dir(device)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only checkout or install: torch's default folder, rather than no compile
+            return
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
 class MetaLearner(ABC):
     """One meta-learning algorithm on one backend."""
 
@@ -129,11 +177,14 @@ class MetaLearner(ABC):
 
     def _compiled_call(self, key, build, *args):
         """Call the compiled program for `key`, made by `build()` on first use; that first call
-        (compile + one step) is timed into `compile_seconds`, never into the step time."""
+        (compile + one step) is timed into `compile_seconds`, never into the step time. Compiles go
+        through the persistent cache shared by the sweep (`use_compile_cache`): a program another
+        cell, seed or worker compiled before costs its tracing and loading only."""
         programs = self.__dict__.setdefault("_programs", {})
         if key in programs:
             return programs[key](*args)
         started = time.perf_counter()
+        use_compile_cache(self.device)  # its import of Inductor is part of the compile
         programs[key] = build()  # torch.compile compiles on the first call, `_compile_traced` here
         result = programs[key](*args)
         if self.device.type == "cuda":

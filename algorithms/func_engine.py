@@ -52,6 +52,7 @@ from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward
                                 mse_scale, parameter_names, scaled)
 from algorithms.rules import InnerRule, adapted_mask, has_context, has_state
 from tasks import TaskBatch
+from tasks.problem import refuse_unless_mse
 
 
 class FuncLearner(MetaLearner):
@@ -99,7 +100,11 @@ class FuncLearner(MetaLearner):
         return self.rule.fast_update == "per-entry"
 
     def __init__(self, hp: HyperParams | Sequence[HyperParams], generator: torch.Generator | Sequence[torch.Generator],
-                 device: str = "cpu", checkpoint_inner: bool | int = False, network=None, compile: bool = False):
+                 device: str = "cpu", checkpoint_inner: bool | int = False, network=None, compile: bool = False,
+                 problem=None):
+        # MSE on 1 -> 1 networks only: its reverse pass is MSE's, written out (`get_algorithm` runs a rule with
+        # another loss on the generic engine instead)
+        refuse_unless_mse(problem, f"the accelerated engine ({type(self).__name__})")
         hps = list(hp) if isinstance(hp, (list, tuple)) else [hp]
         generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         if len(hps) != len(generators):

@@ -34,15 +34,40 @@ a cell's numbers must depend on its configuration alone. Speeds: README, "Speed"
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from algorithms import selfcheck
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import as_spec, make_network, with_context
+from algorithms.network import ACTIVATIONS, NetworkSpec, as_spec, make_network, with_context
 from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width,
                               rule_adaptation, rule_context)
+from tasks.problem import Problem, problem_of
+
+
+def problem_network(generator: torch.Generator, network, problem: Problem | None = None, device="cpu",
+                    dtype=torch.float32, extra_inputs: int = 0) -> torch.nn.Module:
+    """`network`'s hidden layers between the problem's input and output dimensions (a task's
+    `input_dim` -> `output_dim`). A 1 -> 1 problem builds exactly `make_network(network=...)` (the
+    same draws: stored numbers stay bitwise); another sizes the layers from the problem, with the
+    same initialisation, and puts the spec's activation in."""
+    problem = problem_of(problem)
+    spec = as_spec(network)
+    if (problem.input_dim, problem.output_dim) == (1, 1):
+        return make_network(generator, network=network, dtype=dtype, device=device, extra_inputs=extra_inputs)
+    if not isinstance(spec, NetworkSpec):  # a plug-in network (`PluginNetwork`): its factory sizes it
+        spec = dataclasses.replace(spec, input_dim=problem.input_dim, output_dim=problem.output_dim)
+        return make_network(generator, network=spec, dtype=dtype, device=device, extra_inputs=extra_inputs)
+    net = make_network(generator, sizes=(problem.input_dim, *spec.hidden, problem.output_dim), dtype=dtype,
+                       device=device, extra_inputs=extra_inputs)
+    for i, module in enumerate(net):
+        if not isinstance(module, torch.nn.Linear):
+            net[i] = ACTIVATIONS[spec.activation][0]()
+    net.activation = spec.activation
+    return net
 
 
 class SGDWithRates(InnerRule):
@@ -61,10 +86,13 @@ class TaskProgram:
 
     A task's parameters are the network's (`adapted`: which of them adapt, from the rule's
     `adapts(names)`) followed by the rule's context vectors, which always adapt and are fed to
-    the network with the inputs (`with_context`)."""
+    the network with the inputs (`with_context`). A task's loss is its family's (`problem`,
+    `tasks.problem`): MSE by default, through the code it always ran (bitwise), shapes checked."""
 
-    def __init__(self, net: torch.nn.Module, rule: InnerRule, hp: HyperParams | None, adapted: list[bool]):
+    def __init__(self, net: torch.nn.Module, rule: InnerRule, hp: HyperParams | None, adapted: list[bool],
+                 problem: Problem | None = None):
         self.net, self.rule, self.hp = net, rule, hp
+        self.problem = problem_of(problem)  # its loss is the task loss (MSE: the code below, unchanged)
         self.names = [name for name, _ in net.named_parameters()]
         self.n_contexts = len(rule_context(rule, hp, torch.empty(0)))
         self.adapted = list(adapted) + [True] * self.n_contexts
@@ -88,18 +116,25 @@ class TaskProgram:
         return rows, [t.unsqueeze(0).expand(tasks, *t.shape) for t in state]
 
     def loss(self, params, x, y) -> torch.Tensor:
-        """MSE of one task's points: x, y [points, 1]."""
+        """The problem's loss of one task's points (MSE by default): x [points, in], y [points, 1]."""
         x = with_context(x, params[len(self.names):])
         out = functional_call(self.net, dict(zip(self.names, params)), (x,))
+        if not self.problem.is_mse:
+            return self.problem.task_losses(out, y)
+        self.problem.check_shapes(out, y)
         return (out - y).pow(2).mean()
 
     def batched_losses(self, params, x, y) -> torch.Tensor:
-        """Every task's MSE [tasks] for parameters [tasks, ...] and x, y [tasks, points, 1]."""
+        """Every task's loss [tasks] for parameters [tasks, ...] and x, y [tasks, points, ...]."""
         batched = getattr(self.net, "batched_forward", None)
         if batched is None:
             return vmap(self.loss)(params, x, y)
         n = len(self.names)
-        return (batched(params[:n], with_context(x, params[n:])) - y).pow(2).mean(dim=(-2, -1))
+        out = batched(params[:n], with_context(x, params[n:]))
+        if not self.problem.is_mse:
+            return self.problem.task_losses(out, y)
+        self.problem.check_shapes(out, y)
+        return (out - y).pow(2).mean(dim=(-2, -1))
 
     def gradients(self, params, x, y) -> list[torch.Tensor | None]:
         """The support loss's gradient for the adapted parameters (None for the others)."""
@@ -149,19 +184,21 @@ class GenericLearner(MetaLearner):
     rule: InnerRule = InnerRule()  # bound per algorithm by the registry
 
     compiles = True  # `compile=True`: the meta-gradient through torch.compile
+    self_check: str | None = None  # what the first-use self-check found (`algorithms.selfcheck`); None: not run
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu",
-                 network=None, rule: InnerRule | None = None, compile: bool = False):
+                 network=None, rule: InnerRule | None = None, compile: bool = False, problem: Problem | None = None):
         if isinstance(hp, (list, tuple)) or isinstance(generator, (list, tuple)):
             raise ValueError("the generic engine trains one run per learner (no ensembles)")
         super().__init__(hp, generator, device)
         self.rule = rule or self.rule
         self.network = as_spec(network)
-        self.net = make_network(generator, network=self.network, device=device,
-                                extra_inputs=context_width(self.rule, hp))
+        self.problem = problem_of(problem)  # the task's loss and network dimensions (`tasks.problem`)
+        self.net = problem_network(generator, self.network, self.problem, device=device,
+                                   extra_inputs=context_width(self.rule, hp))
         params = list(self.net.parameters())
         names = [name for name, _ in self.net.named_parameters()]
-        self.program = TaskProgram(self.net, self.rule, hp, adapted_mask(self.rule, names))
+        self.program = TaskProgram(self.net, self.rule, hp, adapted_mask(self.rule, names), self.problem)
         start = [p.detach() for p in params] + self.program.contexts(params[0])
         self.extra = [e.detach().clone().requires_grad_() for e in self.rule.extra(start, hp)]
         self.meta_parameters = params + self.extra
@@ -259,6 +296,11 @@ class GenericLearner(MetaLearner):
         return all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
 
     def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):  # sized from the problem (a plug-in network sizes itself)
+            self.problem.check_inputs(batch.x_support)
+        if not self.__dict__.get("_self_checked"):  # a plug-in's network, rule or loss: held to the loop once
+            selfcheck.run(self, batch, iteration)
+            self._self_checked = True
         weights = tuple(self.rule.loss_weights(self.hp, iteration))
         data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
         if not self.compile:
@@ -286,22 +328,25 @@ class GenericLearner(MetaLearner):
 # -- evaluation of any adaptation on any network ------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _module(network, dtype, device, extra_inputs: int = 0) -> torch.nn.Module:
+def _module(network, dtype, device, extra_inputs: int = 0, problem: Problem | None = None) -> torch.nn.Module:
     """A network module to call through `functional_call` (its own weights are never used)."""
-    return make_network(torch.Generator().manual_seed(0), network=network, dtype=dtype, device=device,
-                        extra_inputs=extra_inputs)
+    return problem_network(torch.Generator().manual_seed(0), network, problem, dtype=dtype, device=device,
+                           extra_inputs=extra_inputs)
 
 
-def _program_for(adaptation: Adaptation) -> TaskProgram:
+def _program_for(adaptation: Adaptation, problem: Problem | None = None) -> TaskProgram:
     """The adaptation's task program: its rule's own declaration (adapted names, state, context)
-    where it has one, else SGD with its rates."""
+    where it has one, else SGD with its rates; the task loss is `problem`'s (default MSE)."""
     like = adaptation.params[0]
+    problem = problem_of(problem)
     if adaptation.rule is None:
-        net = _module(adaptation.network, like.dtype, like.device)
-        return TaskProgram(net, SGDWithRates(adaptation.lrs), adaptation.hp, [lr is not None for lr in adaptation.lrs])
+        net = _module(adaptation.network, like.dtype, like.device, 0, problem)
+        return TaskProgram(net, SGDWithRates(adaptation.lrs), adaptation.hp, [lr is not None for lr in adaptation.lrs],
+                           problem)
     rule = adaptation.rule
-    net = _module(adaptation.network, like.dtype, like.device, context_width(rule, adaptation.hp))
-    return TaskProgram(net, rule, adaptation.hp, adapted_mask(rule, [name for name, _ in net.named_parameters()]))
+    net = _module(adaptation.network, like.dtype, like.device, context_width(rule, adaptation.hp), problem)
+    return TaskProgram(net, rule, adaptation.hp, adapted_mask(rule, [name for name, _ in net.named_parameters()]),
+                       problem)
 
 
 def adapt_tasks(adaptation: Adaptation, x, y, steps: int, program: TaskProgram | None = None):
@@ -317,19 +362,36 @@ def adapt_tasks(adaptation: Adaptation, x, y, steps: int, program: TaskProgram |
         yield params
 
 
-def curve(adaptation: Adaptation, batch, steps: int) -> torch.Tensor:
-    """Query MSE per step and task [steps + 1, tasks], through the generic engine."""
-    program = _program_for(adaptation)
+def curve(adaptation: Adaptation, batch, steps: int, problem: Problem | None = None) -> torch.Tensor:
+    """Query loss per step and task [steps + 1, tasks] (MSE unless `problem` says otherwise),
+    through the generic engine."""
+    program = _program_for(adaptation, problem)
     losses = vmap(program.loss)
     with torch.no_grad():
         return torch.stack([losses(params, batch.x_query, batch.y_query)
                             for params in adapt_tasks(adaptation, batch.x_support, batch.y_support, steps, program)])
 
 
-def first_gradient_norms(adaptation: Adaptation, x, y) -> torch.Tensor:
+def curves(adaptation: Adaptation, batch, steps: int, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query loss and the problem's metric per step and task, each [steps + 1, tasks]."""
+    program = _program_for(adaptation, problem)
+    n = len(program.names)
+
+    def both(params, x, y):
+        out = functional_call(program.net, dict(zip(program.names, params[:n])), (with_context(x, params[n:]),))
+        return program.loss(params, x, y), problem.metric.task_values(out, y)
+
+    rows = []
+    with torch.no_grad():
+        for params in adapt_tasks(adaptation, batch.x_support, batch.y_support, steps, program):
+            rows.append(vmap(both)(params, batch.x_query, batch.y_query))
+    return torch.stack([loss for loss, _ in rows]), torch.stack([metric for _, metric in rows])
+
+
+def first_gradient_norms(adaptation: Adaptation, x, y, problem: Problem | None = None) -> torch.Tensor:
     """Frobenius norm of each task's first support gradient over the adapted parameters (contexts
     included) [tasks]."""
-    program = _program_for(adaptation)
+    program = _program_for(adaptation, problem)
     params, _ = program.start([p.detach() for p in adaptation.params], [e.detach() for e in adaptation.extra])
     with torch.no_grad():
         grads = vmap(lambda p, xt, yt: [g for g in program.gradients(p, xt, yt) if g is not None],

@@ -38,6 +38,7 @@ import torch
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.network import as_spec, make_network
+from tasks.problem import refuse_unless_mse
 
 jax = jnp = optax = None  # imported by `load` on first use
 
@@ -171,7 +172,8 @@ class JaxLearner(MetaLearner):
     def covers_network(cls, network) -> bool:
         return as_spec(network).activation == "relu"
 
-    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None):
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None, problem=None):
+        refuse_unless_mse(problem, "the jax backend")  # its jitted programs are written for MSE
         if isinstance(hp, (list, tuple)) or isinstance(generator, (list, tuple)):
             raise ValueError("the jax backend trains one run per learner; ensembles are a 'func' feature")
         super().__init__(hp, generator, device)

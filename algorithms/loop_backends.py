@@ -2,6 +2,11 @@
 
 They are what the field uses today, kept as close to each library's documented usage as
 possible, and they define the numbers the vectorised `func` engine must reproduce.
+
+Every learner trains with its task's loss (`problem`, `tasks.problem`; default MSE through
+`F.mse_loss`, as always): the rule loop, learn2learn and higher take any loss, because they only
+differentiate what they are handed; Reptile and pre-training here are written for MSE and refuse
+another loss (`mse_only`).
 """
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner
-from algorithms.network import as_spec, make_network, parameter_names, with_context
+from algorithms.generic_engine import problem_network
+from algorithms.network import NetworkSpec, as_spec, parameter_names, with_context
 from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width, has_context,
                               has_state, rule_adaptation, rule_context)
+from tasks.problem import Problem, problem_of, refuse_unless_mse
 
 
 def _gym_notice() -> str | None:
@@ -58,13 +65,26 @@ class LoopLearner(MetaLearner):
     n_members = 1
     engine = "loop"
     rule: InnerRule = InnerRule()
+    mse_only = False  # written for MSE: refuses another task loss
 
-    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None):
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None,
+                 problem: Problem | None = None):
         super().__init__(hp, generator, device)
         self.network = as_spec(network)
-        self.net = make_network(generator, device=device, network=self.network,
-                                extra_inputs=context_width(self.rule, hp))
+        self.problem = problem_of(problem)
+        if self.mse_only:
+            refuse_unless_mse(self.problem, f"{type(self).__name__} (backend {self.engine!r})")
+        self.net = problem_network(generator, self.network, self.problem, device=device,
+                                   extra_inputs=context_width(self.rule, hp))
         self.meta_parameters = list(self.net.parameters())
+
+    def task_loss_of(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One task's loss of the network's output: `F.mse_loss` for MSE (shapes checked first:
+        it would broadcast [N, 2] against [N, 1]), else the problem's."""
+        if not self.problem.is_mse:
+            return self.problem.task_losses(out, y)
+        self.problem.check_shapes(out, y)
+        return F.mse_loss(out, y)
 
     def double(self) -> "LoopLearner":
         for module in (self.net, *self._modules()):
@@ -86,6 +106,8 @@ class LoopLearner(MetaLearner):
         raise NotImplementedError
 
     def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):  # sized from the problem (a plug-in network sizes itself)
+            self.problem.check_inputs(batch.x_support)
         weights = self.loss_weights(iteration)
         grads = [torch.zeros_like(p) for p in self.meta_parameters]
         total = torch.zeros((), device=self.device, dtype=self.meta_parameters[0].dtype)
@@ -105,13 +127,13 @@ class LoopLearner(MetaLearner):
                           [self.hp.lr_base if a else None for a in adapted], network=self.network)
 
 
-def _weighted_query_losses(learner, adapt_step, xs, ys, xq, yq, weights):
-    """Σ_s w_s · query loss after s inner steps, skipping steps whose weight is 0."""
-    loss = F.mse_loss(learner(xq), yq) * weights[0] if weights[0] else 0.0
+def _weighted_query_losses(learner, adapt_step, xs, ys, xq, yq, weights, loss_of):
+    """Σ_s w_s · `loss_of`(query) after s inner steps, skipping steps whose weight is 0."""
+    loss = loss_of(learner(xq), yq) * weights[0] if weights[0] else 0.0
     for s in range(1, len(weights)):
-        adapt_step(F.mse_loss(learner(xs), ys))
+        adapt_step(loss_of(learner(xs), ys))
         if weights[s]:
-            loss = loss + weights[s] * F.mse_loss(learner(xq), yq)
+            loss = loss + weights[s] * loss_of(learner(xq), yq)
     return loss
 
 
@@ -124,8 +146,8 @@ class TorchRuleLearner(LoopLearner):
 
     engine = "loop"
 
-    def __init__(self, hp, generator, device="cpu", network=None):
-        super().__init__(hp, generator, device, network)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
+        super().__init__(hp, generator, device, network, problem)
         self.names = [name for name, _ in self.net.named_parameters()]
         self.adapted = adapted_mask(self.rule, self.names)
         params = [p.detach() for p in self.net.parameters()]
@@ -145,9 +167,9 @@ class TorchRuleLearner(LoopLearner):
         return self
 
     def _loss(self, params, x, y):
-        """One task's MSE; `params` past the network's are the rule's context vectors."""
+        """One task's loss (MSE by default); `params` past the network's are the rule's context vectors."""
         x = with_context(x, params[len(self.names):])
-        return F.mse_loss(torch.func.functional_call(self.net, dict(zip(self.names, params)), (x,)), y)
+        return self.task_loss_of(torch.func.functional_call(self.net, dict(zip(self.names, params)), (x,)), y)
 
     def task_loss(self, batch, t, weights):
         xs, ys, xq, yq = (v[t] for v in (batch.x_support, batch.y_support, batch.x_query, batch.y_query))
@@ -199,14 +221,18 @@ class L2LLearner(LoopLearner):
             return "learn2learn's MAML/MetaSGD have no inner-optimiser state or context"
         names = parameter_names(network)
         mask = adapted_mask(rule, names)
-        if all(mask) or (rule.fast_update == "sgd" and mask == _head_only(names)):
+        if all(mask) or (rule.fast_update == "sgd" and mask == _head_only(names)
+                         and isinstance(as_spec(network), NetworkSpec)):  # the head split needs nn.Sequential
             return None
         adapted = [n for n, a in zip(names, mask) if a]
+        if rule.fast_update == "sgd" and mask == _head_only(names):
+            return (f"learn2learn's head-only MAML here splits an nn.Sequential; network {as_spec(network).name!r} "
+                    "is not one")
         return (f"learn2learn adapts every parameter or ({'MAML' if rule.fast_update == 'sgd' else 'not for MetaSGD'}) "
                 f"the last module's, but the rule adapts {adapted or 'none'} of {list(names)}")
 
-    def __init__(self, hp, generator, device="cpu", network=None):
-        super().__init__(hp, generator, device, network)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
+        super().__init__(hp, generator, device, network, problem)
         import_gym_quietly()
         import learn2learn as l2l
 
@@ -234,9 +260,10 @@ class L2LLearner(LoopLearner):
         learner = self.wrapper.clone()
         xs, xq = batch.x_support[t], batch.x_query[t]
         if self.body is not None:
-            features = self.body(torch.stack([xs, xq]))
-            xs, xq = features[0], features[1]
-        return _weighted_query_losses(learner, learner.adapt, xs, batch.y_support[t], xq, batch.y_query[t], weights)
+            # one body call on support and query alike (their sizes may differ: K and the query size)
+            xs, xq = self.body(torch.cat([xs, xq])).split([len(xs), len(xq)])
+        return _weighted_query_losses(learner, learner.adapt, xs, batch.y_support[t], xq, batch.y_query[t], weights,
+                                      self.task_loss_of)
 
     def adaptation(self, member: int = 0) -> Adaptation:
         if self.rule.fast_update == "per-entry":
@@ -267,8 +294,8 @@ class HigherLearner(LoopLearner):
             return f"higher adapts every parameter, but the rule adapts {adapted or 'none'}"
         return None
 
-    def __init__(self, hp, generator, device="cpu", network=None):
-        super().__init__(hp, generator, device, network)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
+        super().__init__(hp, generator, device, network, problem)
         self.inner_optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr_base)
 
     def task_loss(self, batch, t, weights):
@@ -276,7 +303,7 @@ class HigherLearner(LoopLearner):
 
         with higher.innerloop_ctx(self.net, self.inner_optimizer, copy_initial_weights=False) as (fnet, diffopt):
             return _weighted_query_losses(fnet, diffopt.step, batch.x_support[t], batch.y_support[t],
-                                          batch.x_query[t], batch.y_query[t], weights)
+                                          batch.x_query[t], batch.y_query[t], weights, self.task_loss_of)
 
 
 class TorchPretrain(LoopLearner):
@@ -285,6 +312,8 @@ class TorchPretrain(LoopLearner):
     There is no inner loop in training; at meta-test time it is fine-tuned by the same
     shared evaluation as every other algorithm (SGD with LR_base on the support set).
     """
+
+    mse_only = True
 
     def meta_gradient(self, batch, iteration: int = 0):
         x = torch.cat([batch.x_support, batch.x_query], dim=1)
@@ -300,6 +329,8 @@ class TorchReptile(LoopLearner):
     θ − mean_t(φ_t) and is handed to Adam with LR_meta, like every other algorithm's
     meta-gradient. The reported loss is the mean query loss after adaptation.
     """
+
+    mse_only = True
 
     def meta_gradient(self, batch, iteration: int = 0):
         theta = [p.detach() for p in self.meta_parameters]

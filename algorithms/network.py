@@ -1,9 +1,16 @@
 """The base learner: an MLP described by a `NetworkSpec` (Finn et al.'s is 1 -> 40 -> 40 -> 1,
 ReLU), as a module and as pure functions.
 
-The network is configuration (a cell's `network` key, e.g. "relu-40-40" or "tanh-64-64"):
-every backend builds it from the spec. The hand-written fast path below covers ReLU MLPs
-(`accelerated`); other networks run on the generic `torch.func` engine.
+The network is configuration (a cell's `network` key, e.g. "relu-40-40" or "tanh-64-64", or
+the name of a plug-in network): every backend builds it from the spec. The hand-written fast
+path below covers ReLU MLPs (`accelerated`); other networks run on the generic `torch.func` engine.
+
+A plug-in network is any `nn.Module`, registered by name (`algorithms.register_network(name,
+factory)`, `factory(input_dim, output_dim) -> nn.Module`) into `NETWORKS`; `as_spec(name)` gives its
+`PluginNetwork`. Decisions: its weights are the factory's own initialisation, drawn under a forked
+global RNG seeded from the run's generator (so a run's weights depend on its seed alone, like the
+MLP's); a registered name may not spell a built-in MLP ("relu-40-40"); backends that build only the
+suite's MLP (`func`'s fast path, `jax`) do not cover it (`covers_network`).
 
 The module feeds learn2learn and higher; the pure functions feed the vectorised engine and
 the shared evaluation. All use torch's layout (weight [out, in], bias [out]), so a module's
@@ -25,8 +32,9 @@ parameters are the functions' parameters with no conversion.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -82,14 +90,91 @@ class NetworkSpec:
         """Whether the hand-written reverse pass (ReLU only) covers this network."""
         return self.activation == "relu"
 
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The network on x [..., N, in] with parameters carrying matching leading dims (`forward`)."""
+        return forward(params, x, self.activation)
+
 
 DEFAULT_NETWORK = NetworkSpec()
 
+#: plug-in networks: name -> factory(input_dim, output_dim) -> nn.Module (`algorithms.register_network`)
+NETWORKS: dict[str, Callable[[int, int], nn.Module]] = {}
 
-def as_spec(network: "NetworkSpec | str | None") -> NetworkSpec:
+
+@dataclass(frozen=True)
+class PluginNetwork:
+    """A registered `nn.Module` network, sized input_dim -> output_dim (the task family's; 1 -> 1
+    where the family declares none). The factory is part of its identity, so caches keyed by the
+    network (`parameter_names`) never serve a replaced registration."""
+
+    name: str
+    factory: Callable[[int, int], nn.Module]
+    input_dim: int = 1
+    output_dim: int = 1
+    accelerated: ClassVar[bool] = False  # no hand-written reverse pass: the generic engine runs it
+    activation: ClassVar[None] = None  # not one of the suite's MLPs
+
+    def build(self, generator: torch.Generator, extra_inputs: int = 0) -> nn.Module:
+        """The factory's module, its initialisation drawn from a seed taken from `generator`."""
+        seed = int(torch.randint(2 ** 62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self.factory(self.input_dim + extra_inputs, self.output_dim)
+        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters()):
+            raise TypeError(f"network {self.name!r}: the factory must return a torch.nn.Module with parameters, "
+                            f"got {type(module).__name__}")
+        return module
+
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The module on x [tasks, N, in] with parameters [tasks, ...] (`named_parameters` order)."""
+        net = _plugin_module(self)
+        names = [name for name, _ in net.named_parameters()]
+        call = lambda p, xt: torch.func.functional_call(net, dict(zip(names, p)), (xt,))  # noqa: E731
+        return torch.vmap(call)(params, x)
+
+
+@lru_cache(maxsize=16)
+def _plugin_module(network: PluginNetwork) -> nn.Module:
+    return network.build(torch.Generator().manual_seed(0))
+
+
+class _BuiltinNetworks:
+    """`name in BUILTIN_NETWORKS`: whether `name` spells one of the suite's MLPs (not a plug-in)."""
+
+    def __contains__(self, name) -> bool:
+        try:
+            NetworkSpec.parse(name)
+        except ValueError:
+            return False
+        return True
+
+
+BUILTIN_NETWORKS = _BuiltinNetworks()
+
+
+def as_spec(network: "NetworkSpec | PluginNetwork | str | None") -> "NetworkSpec | PluginNetwork":
+    """The network a configuration names: a built-in MLP spec or a registered plug-in (1 -> 1)."""
     if network is None:
         return DEFAULT_NETWORK
-    return network if isinstance(network, NetworkSpec) else NetworkSpec.parse(network)
+    if isinstance(network, (NetworkSpec, PluginNetwork)):
+        return network
+    if isinstance(network, str) and network in NETWORKS:
+        return PluginNetwork(network, NETWORKS[network])
+    try:
+        return NetworkSpec.parse(network)
+    except ValueError as error:
+        if NETWORKS:
+            raise ValueError(f"{error}; registered networks: {', '.join(sorted(NETWORKS))}") from None
+        raise
+
+
+def sized(network, family) -> "NetworkSpec | PluginNetwork":
+    """`network` sized for a task `family`: a plug-in takes the family's `input_dim` / `output_dim`
+    (1 where it declares none); the built-in MLP specs are 1 -> 1 as before."""
+    spec = as_spec(network)
+    if isinstance(spec, PluginNetwork):
+        return replace(spec, input_dim=getattr(family, "input_dim", 1), output_dim=getattr(family, "output_dim", 1))
+    return spec
 
 
 class MLP(nn.Sequential):
@@ -120,6 +205,8 @@ def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.floa
     name = "relu"
     if network is not None:
         spec = as_spec(network)
+        if isinstance(spec, PluginNetwork):
+            return spec.build(generator, extra_inputs).to(dtype=dtype, device=device)
         sizes, name = spec.sizes, spec.activation
     if extra_inputs:
         sizes = (sizes[0] + extra_inputs, *sizes[1:])

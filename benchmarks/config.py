@@ -19,9 +19,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from algorithms import ALGORITHMS, HyperParams, get_learner_class
-from algorithms.network import DEFAULT_NETWORK, NetworkSpec
+from algorithms.network import DEFAULT_NETWORK, as_spec
 from benchmarks.plugins import PluginError, load_plugins
 from tasks import MAX_TRAIN_SEED, TASKS, get_task
+from tasks.problem import problem_of, reports_mse
 
 
 class ConfigError(ValueError):
@@ -59,7 +60,7 @@ def _backend(key: str, value):
 
 def _network(key: str, value):
     try:
-        return NetworkSpec.parse(value).name  # one spelling per network: "ReLU-40-40" is "relu-40-40"
+        return as_spec(value).name  # one spelling per MLP ("ReLU-40-40" is "relu-40-40"), or a plug-in's name
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -508,9 +509,10 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     for grid in grids:  # task parameters checked once per task, before any training
         for task, k in itertools.product(grid["task"], grid["k_shot"]):
             try:
-                get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
+                family = get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
             except (ValueError, KeyError) as error:
                 raise ConfigError(f"task {task!r} with task_params {settings.task_params}: {error}") from None
+            _check_reported_metric(task, family)
     cells, skipped = [], []
     for grid in grids:
         for combo in itertools.product(*grid.values()):
@@ -529,6 +531,20 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
         raise ConfigError("the grid is empty: every combination was skipped"
                           + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
     return Sweep(cells, skipped, settings, limits)
+
+
+def _check_reported_metric(task: str, family) -> None:
+    """Refuse a family whose metric is not lower-is-better MSE (issue 21): the reports (tables, figures,
+    model selection) read the column `mse` and pick the lowest, so they would call accuracy "MSE" and
+    choose the worst run. Lifted when the report layer reads `problem.metric` (name, label, direction)."""
+    try:
+        problem = problem_of(family)
+    except TypeError as error:
+        raise ConfigError(f"task {task!r}: {error}") from None
+    if not reports_mse(problem):
+        raise ConfigError(f"task {task!r} reports {problem.metric.name}; reports read only MSE so far, so a sweep "
+                          f"cannot run it yet (train and evaluate it from Python: algorithms.get_algorithm(..., "
+                          f"problem=family.problem), algorithms.evaluation.evaluate(..., problem=family.problem))")
 
 
 def parse_override(text: str) -> tuple[str, object]:

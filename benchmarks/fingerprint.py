@@ -16,7 +16,7 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
   (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
   version of this suite's numerical code, bumped by whoever changes a number on purpose).
 - the code that registered the cell's algorithm and task, when it is not the suite's own
-  (`code.algorithm`, `code.task`: `"lslr.py sha256:<16 hex digits>"`, the plug-in's module or file
+  (`code.algorithm`, `code.task`, `code.network`: `"lslr.py sha256:<16 hex digits>"`, the plug-in's module or file
   name and the hash of its source, `benchmarks.plugins`): what produced a number is part of its
   identity. A plug-in that re-registers `maml` (`replace=True`) makes other `maml` numbers, so its
   records are never resumed or pooled as the built-in's; an edited plug-in makes another
@@ -60,6 +60,7 @@ import torch
 import algorithms
 import tasks
 from algorithms import NUMERICS_VERSION
+from algorithms.network import BUILTIN_NETWORKS
 from benchmarks.config import POOLED_KEYS, Cell, ConfigError, Settings
 from benchmarks.hardware import hardware
 from benchmarks.plugins import BUILTIN_SOURCE
@@ -76,7 +77,8 @@ ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
 #: fingerprint key -> the cell key whose code it names, that registry's built-in names, its lookup
 CODE_KEYS = {"code.algorithm": ("algorithm", algorithms.BUILTIN, algorithms.source_of),
-             "code.task": ("task", tasks.BUILTIN, tasks.source_of)}
+             "code.task": ("task", tasks.BUILTIN, tasks.source_of),
+             "code.network": ("network", BUILTIN_NETWORKS, algorithms.network_source_of)}
 NOT_REGISTERED = "(not registered here)"
 
 

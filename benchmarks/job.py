@@ -19,7 +19,7 @@ from algorithms import get_algorithm, get_learner_class
 from algorithms import generic_engine as generic
 from algorithms.evaluation import adaptation_curve, initial_gradient_norm, needs_generic, summarize
 from algorithms.functional import adapt, expand_per_task
-from algorithms.network import forward, with_context
+from algorithms.network import sized, with_context
 from benchmarks import artifacts as store
 from benchmarks import statistics
 from benchmarks.config import Cell, Settings
@@ -54,7 +54,7 @@ def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
     task = family.sample(1, torch.Generator().manual_seed(12345))
     x = torch.linspace(-5, 5, 100).view(1, -1, 1)
     n = len(adaptation.params)  # past the network's parameters: a rule's context vectors, fed with x
-    preds = {str(step): _short(forward(params[:n], with_context(x, params[n:]), adaptation.network.activation))
+    preds = {str(step): _short(adaptation.network.apply(params[:n], with_context(x, params[n:])))
              for step, params in enumerate(_adapted_on_cpu(adaptation, task)) if step in QUALITATIVE_STEPS}
     truth = family.function(x, task.params)
     return {"task": name, "x": _short(x), "truth": _short(truth), "support_x": _short(task.x_support),
@@ -185,10 +185,10 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
         getattr(get_learner_class(base.algorithm, base.backend, base.network), "compiles", False) else {}
     if len(cells) > 1:
         learner = get_algorithm(base.algorithm, base.backend, hps, init_generators, device=settings.device,
-                                network=base.network, **options)
+                                network=sized(base.network, family), **options)
     else:
         learner = get_algorithm(base.algorithm, base.backend, hps[0], init_generators[0], device=settings.device,
-                                network=base.network, **options)
+                                network=sized(base.network, family), **options)
     eval_ks = sorted(set(settings.eval_k_shot) | {base.k_shot})
     eval_sets = evaluation_sets(family, settings, eval_ks, device)
     probe = evaluation_set(family, "validation", base.meta_batch, seed_offset=PROBE_SEED_OFFSET).to(device)
@@ -238,7 +238,8 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     for m, cell in enumerate(cells):
         common = dict(engine=learner.engine, sec_per_iter=sec_per_iter, compile_seconds=compile_seconds,
                       ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
-                      peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m])
+                      peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m],
+                      **({"self_check": learner.self_check} if getattr(learner, "self_check", None) else {}))
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
                                    qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot),

@@ -104,6 +104,7 @@ def check_code(records: list[dict]) -> None:
     never re-evaluate with another rule. A results folder is data: the plug-ins its records name
     are never imported, the user passes them with --plugin. A record of a plug-in made before
     sources were recorded accepts the plug-in it names, matched by file (or module) name."""
+    from benchmarks.config import ADDED_CELL_KEYS
     from benchmarks.fingerprint import CODE_KEYS, NOT_RECORDED, recorded_source
     from benchmarks.plugins import BUILTIN_SOURCE, PluginError
 
@@ -118,7 +119,8 @@ def check_code(records: list[dict]) -> None:
         values = {**record["cell"], **(fingerprint if isinstance(fingerprint, dict) else {})}
         names = set(named(record)) | {Path(p).name for p in named(record)}  # a module, or a file by its name
         for key, (part, _, source_of) in CODE_KEYS.items():
-            name, needed = record["cell"].get(part), recorded_source(values, key)
+            name = record["cell"].get(part, ADDED_CELL_KEYS.get(part))  # a record before `network`: Finn's
+            needed = recorded_source({**ADDED_CELL_KEYS, **values}, key)
             here = source_of(name) if isinstance(name, str) else None
             if here == needed or (needed == NOT_RECORDED and here not in (None, BUILTIN_SOURCE)
                                   and here.split(" sha256:")[0] in names):

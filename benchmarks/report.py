@@ -1,8 +1,11 @@
 """Reports regenerated from DIR/runs/ alone, without training: summary.csv, curves.csv,
-tables.md, robust.csv, paired.csv, paper_comparison.csv and DIR/figures/*.{png,svg}.
+tables.md, index.html (the page to open first), latex/*.tex (one per table), robust.csv,
+paired.csv, paper_comparison.csv and DIR/figures/*.{png,svg}.
 
 The pieces: `benchmarks.analysis` (frames, pooling, selection by validation, per-task
-statistics via `benchmarks.statistics`), `benchmarks.tables`, `benchmarks.figures` (drawing
+statistics via `benchmarks.statistics`), `benchmarks.tables` (the report's blocks,
+`benchmarks.document`, rendered to Markdown there and by `benchmarks.render_latex`,
+`benchmarks.render_html`), `benchmarks.figures` (drawing
 with `benchmarks.plots`) and `benchmarks.paper` (section (d)). This module only loads and
 writes. Every output is computed (figures rendered to bytes) before anything is written, and
 the set is then written as one unit (staged in a hidden folder, then renamed into place), so
@@ -13,9 +16,6 @@ title of tables.md (and a warning), since every table would otherwise silently l
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,40 +25,17 @@ from benchmarks import paper
 from benchmarks.analysis import analyse, summary_frame
 from benchmarks.artifacts import load_task_errors
 from benchmarks.figures import FIGURES, FORMATS, OUTPUTS, render_figures
+from benchmarks.atomic import write_files_atomically
+from benchmarks.document import render_markdown
 from benchmarks.records import load_records, read_partial_marker, write_atomic
-from benchmarks.tables import tables_markdown
-
-try:  # the shared primitive (benchmarks.records) where it exists
-    from benchmarks.records import write_files_atomically
-except ImportError:
-    def write_files_atomically(out: Path, files: dict[str, str | bytes | None]) -> list[Path]:
-        """Stage every file in a hidden folder inside `out`, then rename each into place (None:
-        remove); an error before the renames leaves the old files untouched."""
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-", suffix=".tmp"))
-        try:
-            for name, data in files.items():
-                if data is not None:
-                    path = staging / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "wb") as handle:
-                        handle.write(data if isinstance(data, bytes) else data.encode())
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    os.chmod(path, 0o644)
-            for name, data in files.items():
-                target = Path(out) / name
-                if data is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / name, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return [Path(out) / name for name, data in files.items() if data is not None]
+from benchmarks.render_html import render_html
+from benchmarks.render_latex import render_latex
+from benchmarks.tables import report_blocks
 
 __all__ = ["FIGURES", "FORMATS", "Report", "analyse", "summary_frame", "write_report", "write_summary"]
 
 log = logging.getLogger(__name__)
+LATEX = "latex"  # OUT/latex/<table>.tex (`benchmarks.render_latex`)
 
 
 @dataclass
@@ -108,16 +85,16 @@ def write_report(out: Path, limits: dict | None = None) -> Report:
     analysis = analyse(records, load_task_errors(out, records), load_speed_suite(out))
     comparison = paper.comparison(analysis.final, analysis.task_errors)
     rendered, skipped = render_figures(analysis)
-    tables = tables_markdown(analysis, out, FIGURES, skipped,
-                             paper.comparison_markdown(comparison) if not comparison.empty else None)
-    if partial:  # under the title, where nobody reads past it
-        title, _, rest = tables.partition("\n")
-        tables = f"{title}\n\n**{partial}**\n{rest}"
+    if partial:
         log.warning("%s: %s", out, partial)
+    paper_table = (paper.comparison_table(comparison), paper.note(comparison)) if not comparison.empty else None
+    blocks = report_blocks(analysis, out, FIGURES, skipped, paper_table, partial)
+    latex = render_latex(blocks)
     files: dict[str, str | bytes | None] = {
         "summary.csv": summary_frame(records).to_csv(index=False),
         "curves.csv": analysis.curves.to_csv(index=False),
-        "tables.md": tables,
+        "tables.md": render_markdown(blocks),
+        "index.html": render_html(blocks, {name: rendered[name]["svg"] for name in rendered}),
         # absent ones are removed: an earlier report's file would not match these records
         "paper_comparison.csv": comparison.to_csv(index=False) if not comparison.empty else None,
         "robust.csv": analysis.robust.to_csv(index=False) if not analysis.robust.empty else None,
@@ -126,5 +103,8 @@ def write_report(out: Path, limits: dict | None = None) -> Report:
     for name in FIGURES:
         for fmt in OUTPUTS:  # png, svg, pdf and the caption (`<name>.caption.txt`)
             files[f"figures/{name}.{fmt}"] = rendered[name][fmt] if name in rendered else None
+    stale = (out / LATEX).glob("*.tex") if (out / LATEX).is_dir() and not (out / LATEX).is_symlink() else []
+    files.update({f"{LATEX}/{path.name}": None for path in stale})  # a table this report no longer has
+    files.update({f"{LATEX}/{name}": text for name, text in latex.items()})
     written = write_files_atomically(out, files)
     return Report(out / "tables.md", [p for p in written if p.parent.name == "figures"], skipped)

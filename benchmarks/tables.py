@@ -1,4 +1,5 @@
-"""The report's tables: frames from `benchmarks.analysis` -> Markdown (`tables.md`).
+"""The report's tables: frames from `benchmarks.analysis` -> formatted frames -> the report's
+blocks (`report_blocks`, `benchmarks.document`), rendered to Markdown (`tables.md`), LaTeX and HTML.
 
 Every mean is printed with its interval and n; where per-task errors are stored, beside it
 the blow-up rate, and the median and IQM with bootstrap intervals (`benchmarks.statistics`).
@@ -14,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import statistics
+from benchmarks.document import (Block, Figure, Heading, Note, Table, markdown_table,  # noqa: F401 (paper.py)
+                                 render_markdown, with_captions)
 from benchmarks.analysis import (CI_NOTE, CONFIG_COLUMNS, GROUP_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS,
                                  SHOWN_COLUMNS, SPEED_COLUMNS, SPEED_REFERENCE, TABLE_STEPS, Analysis,
                                  config_columns, matching, ranked)
@@ -23,17 +26,6 @@ NA = "n/a"  # an interval that does not exist (one test task, a non-finite sprea
 NA_NOTE = (f"`{NA}`: no interval. A 95% interval needs at least {statistics.MIN_TASKS} test tasks and a finite "
            "spread (from a single task any interval would claim a certainty the data cannot give); a mean "
            "difference whose resamples hold blow-ups on both sides (inf − inf) has none either.")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (pandas' to_markdown needs `tabulate`, not a dependency here)."""
-    def cell(value) -> str:
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).replace(
-            "|", "\\|").replace("\n", " ")
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"
 
 
 # ----------------------------------------------------------------------------- number formats
@@ -67,44 +59,73 @@ def fmt_pooled(row, with_n: bool = False) -> str:
     return text
 
 
+DISTINCT_DIGITS = 2
+
+
+def _fmt_g(value: float, digits: int) -> str:
+    return f"{value:.{digits}g}"
+
+
+def fmt_interval(value: float, low: float, high: float, digits: int = 4, number=_fmt_g) -> tuple[str, str, str]:
+    """The texts of an estimate and its interval bounds, each printed by `number(x, significant
+    digits)`: the one interval rule of every table. The bounds get the estimate's `digits` (never
+    fewer), and all three get more while the printed numbers misorder (a printed interval that
+    excludes its own printed estimate: 0.493 [0.462, 0.522] at 1 digit read "0.49 [0.5, 0.5]") or
+    distinct bounds print alike (at most `DISTINCT_DIGITS` more for that: a width of 1e-15 is a tie):
+    an interval narrower than the estimate's last digit is the precision the numbers need. Digits,
+    not a fixed decimal place, so that the bounds of a tiny or huge value keep its relative
+    precision. A NaN bound is `n/a`; a NaN estimate prints as `nan` (kept visible)."""
+    def ordered(a, b, text_a, text_b) -> bool:  # the printed order never contradicts the true one
+        return math.isnan(a) or math.isnan(b) or not a <= b or float(text_a) <= float(text_b)
+
+    def bound(x, more):
+        return NA if math.isnan(x) else number(x, digits + more)
+
+    for more in range(0, 17):
+        shown, lo, hi = number(value, digits + more), bound(low, more), bound(high, more)
+        if ordered(low, value, lo, shown) and ordered(value, high, shown, hi) and (
+                more >= DISTINCT_DIGITS or not low < high or float(lo) < float(hi)):
+            break
+    return shown, lo, hi
+
+
 def fmt_estimate(estimate, digits: int = 4, interval: bool = True) -> str:
-    """`value [low, high]` (a `statistics.Estimate`); NaN bounds: `value [n/a]` (the interval is
-    undefined, e.g. one task), or the value alone with `interval=False` (a point estimate)."""
+    """`value [low, high]` (a `statistics.Estimate`, bounds by `fmt_interval`); NaN bounds: `value
+    [n/a]` (the interval is undefined, e.g. one task), or the value alone with `interval=False`
+    (a point estimate)."""
     if estimate is None:
         return DASH
-    text = f"{estimate.value:.{digits}g}"
-    if not (math.isnan(estimate.low) and math.isnan(estimate.high)):
-        text += f" [{estimate.low:.{digits - 1}g}, {estimate.high:.{digits - 1}g}]"
-    elif interval:
-        text += f" [{NA}]"
-    return text
+    if math.isnan(estimate.low) and math.isnan(estimate.high):
+        return f"{estimate.value:.{digits}g}" + (f" [{NA}]" if interval else "")
+    text, low, high = fmt_interval(estimate.value, estimate.low, estimate.high, digits)
+    return f"{text} [{low}, {high}]"
 
 
-def fmt_percent(percent: float) -> str:
-    """A percentage with two significant digits, positional (34, 0.17, 0.0056, 100; never 1e+02): a
-    value below 100 gets the digits that keep it below 100 (99.6, 99.95), and one above 0 never
-    reads 0."""
+def fmt_percent(percent: float, digits: int = 2) -> str:
+    """A percentage with `digits` significant digits, positional (34, 0.17, 0.0056, 100; never
+    1e+02): a value below 100 gets the digits that keep it below 100 (99.6, 99.95), and one above
+    0 never reads 0."""
     if not math.isfinite(percent):
         return str(percent)
-    for digits in range(2, 18):
-        text = np.format_float_positional(percent, precision=digits, unique=False, fractional=False, trim="-")
+    for more in range(digits, 18):
+        text = np.format_float_positional(percent, precision=more, unique=False, fractional=False, trim="-")
         if float(text) != 100 or percent == 100:
             break
     return text
 
 
 def fmt_rate(estimate, interval: bool = True) -> str:
-    """A blow-up rate in percent, with its interval if bootstrapped; exactly none: `0`; NaN bounds:
-    `[n/a]` (undefined), or nothing with `interval=False` (a point estimate)."""
+    """A blow-up rate in percent, with its interval if bootstrapped (by `fmt_interval`); exactly
+    none: `0`; NaN bounds: `[n/a]` (undefined), or nothing with `interval=False` (a point estimate)."""
     if estimate is None:
         return DASH
     undefined = f" [{NA}]" if interval and math.isnan(estimate.high) else ""
     if estimate.value == 0 and not estimate.high > 0:
         return "0" + undefined
-    text = f"{fmt_percent(100 * estimate.value)}%"
-    if not math.isnan(estimate.high):
-        text += f" [{fmt_percent(100 * estimate.low)}, {fmt_percent(100 * estimate.high)}]"
-    return text + undefined
+    if math.isnan(estimate.high):
+        return f"{fmt_percent(100 * estimate.value)}%" + undefined
+    text, low, high = fmt_interval(100 * estimate.value, 100 * estimate.low, 100 * estimate.high, 2, fmt_percent)
+    return f"{text}% [{low}, {high}]"
 
 
 def _fmt_seconds(value) -> str:
@@ -286,61 +307,64 @@ def _hardware_line(records: list[dict]) -> str:
     return f" Computed on: {listed}." if listed else ""
 
 
-def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: dict[str, str],
-                    paper_section: str | None = None) -> str:
-    """tables.md: sections (a) accuracy, (a2) robust statistics, (b) speed, (c) problems,
-    (d) the paper comparison (if given), (e) paired comparisons, and the figure list."""
+def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict[str, str],
+                  paper_table: tuple[pd.DataFrame, str] | None = None, partial: str | None = None) -> list[Block]:
+    """The report as blocks (`benchmarks.document`): sections (a) accuracy, (a2) robust statistics,
+    (b) speed, (c) problems, (d) the paper comparison (a formatted frame and its note, if given), (e)
+    paired comparisons, and the figure list. `partial`: the line an unfinished re-evaluation
+    carries, under the title, where nobody reads past it."""
     status = a.cells["status"].value_counts()
-    sections = [f"# Report: {Path(out).name}",
-                f"Regenerated from {len(a.records)} run records in `runs/` without training "
-                f"({', '.join(f'{n} {s}' for s, n in status.items())}). "
-                "Every MSE is `mean ± 95% CI (n=tasks×seeds)`; where the table has n columns, the MSE cells leave n "
-                "out. " + ("Per-task errors are stored: blow-up rates, medians, IQMs and paired comparisons below."
-                           if a.task_errors else
-                           f"{_sentence(a.task_errors.missing())}, so blow-up rates, medians, IQMs and "
-                           "paired comparisons are shown as –.") + _hardware_line(a.records)]
+    intro = Note(f"Regenerated from {len(a.records)} run records in `runs/` without training "
+                 f"({', '.join(f'{n} {s}' for s, n in status.items())}). "
+                 "Every MSE is `mean ± 95% CI (n=tasks×seeds)`; where the table has n columns, the MSE cells leave n "
+                 "out. " + ("Per-task errors are stored: blow-up rates, medians, IQMs and paired comparisons below."
+                            if a.task_errors else
+                            f"{_sentence(a.task_errors.missing())}, so blow-up rates, medians, IQMs and "
+                            "paired comparisons are shown as –.") + _hardware_line(a.records))
+    blocks: list[Block] = [Heading(f"Report: {Path(out).name}", 1)]
+    if partial:
+        blocks.append(Note(f"**{partial}**"))
+    blocks.append(intro)
 
-    sections.append("## (a) Best configuration per (algorithm, backend, K)")
+    blocks.append(Heading("(a) Best configuration per (algorithm, backend, K)"))
     if a.best.empty:
-        sections.append("No `ok` cell has a validation MSE at its trained K, so no configuration can be chosen.")
+        blocks.append(Note("No `ok` cell has a validation MSE at its trained K, so no configuration can be chosen."))
     else:
-        sections.append(markdown_table(best_table(a)))
-        sections.append(
+        blocks.append(Table("a_best", best_table(a), notes=[
             f"Chosen per (task, algorithm, backend, K) by the lowest mean **validation** MSE after {SELECT_STEPS} "
             "adaptation step at the trained K and the final iteration, averaged over seeds; configurations whose "
             "every seed finished `ok` rank before those with a diverged or failed seed, and a non-finite "
             "validation MSE ranks last. Test MSE after 1, 5 and 10 steps is reported for the chosen configuration "
             "only. Rows with a **bold** eval K are the same models evaluated at another K (their validation "
             "column is at that K too). `val n`/`test n`: tasks per seed; `seeds`: seeds pooled. `blow-up@s`: the "
-            "share of test tasks × seeds whose adaptation blew up by step s (definition under (a2)).")
-        sections.append(CI_NOTE)
+            "share of test tasks × seeds whose adaptation blew up by step s (definition under (a2)).", CI_NOTE]))
     has_val = a.scores.groupby(GROUP_COLUMNS)["val_n_seeds"].apply(lambda v: v.notna().any()) \
         if not a.scores.empty else {}
     missing = [" ".join(str(v) for v in key) for key, ok in dict(has_val).items() if not ok]
     if missing:
-        sections.append(f"No validation MSE (every cell diverged or failed), nothing chosen for: {', '.join(missing)}.")
+        blocks.append(Note(f"No validation MSE (every cell diverged or failed), nothing chosen for: "
+                           f"{', '.join(missing)}."))
 
-    sections.append("## (a2) Robust statistics of the chosen configurations (test)")
+    blocks.append(Heading("(a2) Robust statistics of the chosen configurations (test)"))
     if a.robust.empty:
-        sections.append(f"None: {a.task_errors.missing()}."
-                        if not a.task_errors else "None: no chosen configuration has stored per-task test errors.")
+        blocks.append(Note(f"None: {a.task_errors.missing()}." if not a.task_errors else
+                           "None: no chosen configuration has stored per-task test errors."))
     else:
-        sections.append(markdown_table(robust_table(a.robust)))
-        sections.append(
+        blocks.append(Table("a2_robust", robust_table(a.robust), notes=[
             "The models of (a), scored task by task: median and interquartile mean (IQM) of the test MSE over "
             "every seed × task, with 95% bootstrap intervals, and the blow-up rate. Read the mean when no task "
             "blew up; once some did, the mean measures how large the rare blow-ups are, and the median and IQM "
-            "the typical task. " + statistics.METHOD_NOTE)
+            "the typical task. " + statistics.METHOD_NOTE]))
     if not a.scores.empty:
-        sections.append("### All configurations (in selection order within each group)")
-        sections.append(markdown_table(all_configs_table(a)))
+        blocks.append(Heading("All configurations (in selection order within each group)", 3))
+        blocks.append(Table("a3_all_configurations", all_configs_table(a),
+                            caption="All configurations (in selection order within each group)"))
 
-    sections.append("## (b) Speed")
+    blocks.append(Heading("(b) Speed"))
     if a.speed.empty:
-        sections.append("No cell recorded its seconds per iteration.")
+        blocks.append(Note("No cell recorded its seconds per iteration."))
     else:
-        sections.append(markdown_table(speed_table(a.speed)))
-        sections.append(
+        blocks.append(Table("b_speed", speed_table(a.speed), notes=[
             "**Measured under contention**: these are the quality sweep's own timings, taken while other workers "
             "trained beside each job, so they rank backends only roughly" +
             ("; the clean numbers are the speed suite's (`speed.md`, figures 5a/5b). " if not a.speed_suite.empty
@@ -350,34 +374,36 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
             "projected training time, compile + s/iter x iterations. `program`: the program that ran "
             "(on the `func` backend an ensemble of `ensemble` cells trained at once); `per member`: program time / "
             f"ensemble size. Ratios divide by learn2learn MAML (`{SPEED_REFERENCE[0]}`/`{SPEED_REFERENCE[1]}`) on "
-            "the same device, S and meta-batch (– where it was not run); below 1 is faster.")
+            "the same device, S and meta-batch (– where it was not run); below 1 is faster."]))
 
-    sections.append("## (c) Diverged and failed cells")
+    blocks.append(Heading("(c) Diverged and failed cells"))
     problems = problems_table(a.cells)
-    sections.append(markdown_table(problems) if not problems.empty else "None: every cell finished `ok`.")
+    blocks.append(Table("c_problems", problems) if not problems.empty else
+                  Note("None: every cell finished `ok`."))
     nonfinite = nonfinite_table(a.final)
     if not nonfinite.empty:
-        sections.append("`ok` cells (finite training loss) with non-finite evaluation MSEs, kept visible:")
-        sections.append(markdown_table(nonfinite))
+        blocks.append(Note("`ok` cells (finite training loss) with non-finite evaluation MSEs, kept visible:"))
+        blocks.append(Table("c_nonfinite", nonfinite, caption="Cells with non-finite evaluation MSEs"))
 
-    if paper_section:
-        sections.append("## (d) Finn et al. 2017, Table 2 (also `paper_comparison.csv`)")
-        sections.append(paper_section)
+    if paper_table is not None:
+        heading = "(d) Finn et al. 2017, Table 2 (also `paper_comparison.csv`)"
+        blocks.append(Heading(heading))
+        blocks.append(Table("d_paper", paper_table[0], notes=[paper_table[1]]))
 
-    sections.append("## (e) Paired comparisons on the shared test tasks (also `paired.csv`)")
+    blocks.append(Heading("(e) Paired comparisons on the shared test tasks (also `paired.csv`)"))
     if a.paired.empty:
-        sections.append("None: " + (f"{a.task_errors.missing()}." if not a.task_errors else
-                                    f"no reference algorithm ({', '.join(PAIRED_REFERENCES)}) with a chosen "
-                                    "configuration beside another algorithm."))
+        blocks.append(Note("None: " + (f"{a.task_errors.missing()}." if not a.task_errors else
+                                       f"no reference algorithm ({', '.join(PAIRED_REFERENCES)}) with a chosen "
+                                       "configuration beside another algorithm.")))
     else:
-        for reference in PAIRED_REFERENCES:
-            table = paired_table(a.paired, reference)
-            if not table.empty:
-                sections.append(f"### Against {reference}")
-                sections.append(markdown_table(table))
-        sections.append(PAIRED_NOTE)
+        shown = [(reference, paired_table(a.paired, reference)) for reference in PAIRED_REFERENCES]
+        shown = [(reference, table) for reference, table in shown if not table.empty]
+        for i, (reference, table) in enumerate(shown):
+            blocks.append(Heading(f"Against {reference}", 3))
+            blocks.append(Table(f"e_paired_{reference}", table, caption=f"Paired comparisons against {reference}",
+                                notes=[PAIRED_NOTE] if i == len(shown) - 1 else []))
 
-    sections.append("## Figures (`figures/`, PNG and SVG)")
+    blocks.append(Heading("Figures (`figures/`, PNG and SVG)"))
     if a.scope:
         text = ("Figures 1, 2, 3, 6, 7 and 8 show the best configuration per algorithm (any backend, chosen as in "
                 f"(a)) at the most common task and K among selectable cells: {scope_text(a)}; figure 4 the same "
@@ -386,9 +412,15 @@ def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: di
         if not others.empty:
             rest = sorted({f"{t} K={int(k)}" for t, k in zip(others["task"], others["k_shot"])})
             text += f" Not in those figures (see the tables): {', '.join(rest)}."
-        sections.append(text)
-    sections.append("\n".join(f"- `{name}`: **skipped**: {skipped[name]}" if name in skipped else
-                              f"- `{name}`: {description}" for name, description in figures.items()))
-    if any(f"± {NA}" in section or f"[{NA}]" in section for section in sections):
-        sections[1] += " " + NA_NOTE  # the introduction, under the title
-    return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"
+        blocks.append(Note(text))
+    blocks.extend(Figure(name, description, skipped.get(name)) for name, description in figures.items())
+    if any(isinstance(b, Table) and b.frame.astype(str).apply(
+            lambda column: column.str.contains(rf"± {NA}|\[{NA}\]", regex=True)).to_numpy().any() for b in blocks):
+        intro.text += " " + NA_NOTE  # the introduction, under the title
+    return with_captions(blocks)
+
+
+def tables_markdown(a: Analysis, out: Path, figures: dict[str, str], skipped: dict[str, str],
+                    paper_table: tuple[pd.DataFrame, str] | None = None, partial: str | None = None) -> str:
+    """tables.md (`report_blocks` rendered to Markdown)."""
+    return render_markdown(report_blocks(a, out, figures, skipped, paper_table, partial))

@@ -2,7 +2,10 @@
 
 A task family is any object with `k_shot`, `sample(n_tasks, generator)` (a `TaskBatch`),
 `with_points(k, q)` (the same family with K support and q query points) and
-`function(x, params)` (the noiseless target for x [tasks, points, 1] and a batch's `params`).
+`function(x, params)` (the noiseless target for x [tasks, points, in] and a batch's `params`).
+It declares what it asks of a network in `problem` (`tasks.problem.Problem`: input and output
+dimensions, loss, reported metric; none declared: 1 -> 1 regression with MSE), mirrored in its
+`input_dim` / `output_dim` (what the network registry sizes networks from).
 
 Plug-ins: an installed distribution may declare entry points in the group `metabench.tasks`.
 Each is loaded when `tasks` is first imported (so the config check and `python -m benchmarks list`
@@ -24,6 +27,8 @@ import torch
 
 from benchmarks.plugins import BUILTIN_SOURCE, FAILURES, NAME, Sources, check_name, code_source
 from tasks.batch import TaskBatch
+from tasks.classification import GaussClassFamily
+from tasks.problem import REGRESSION, Metric, Problem, problem_of, reports_mse
 from tasks.sine import SineFamily, SineFreqFamily
 
 PLUGIN_GROUP = "metabench.tasks"
@@ -36,6 +41,8 @@ TASKS = {
     "sine-half": partial(SineFamily, support_x_range=(0.0, 5.0)),
     # Meta-SGD's variant: a random frequency w ~ U[0.8, 1.2) as well.
     "sine-freq": SineFreqFamily,
+    # N-way K-shot classification of Gaussian blobs (`tasks.classification`): cross-entropy, accuracy.
+    "gauss-class": GaussClassFamily,
 }
 BUILTIN = tuple(TASKS)  # the suite's own families
 SOURCES = Sources()  # which code registered each family (its fingerprint names it unless built in)
@@ -137,7 +144,8 @@ def evaluation_set(family, split: str = "test", n_tasks: int = N_TEST_TASKS, k_s
 
 
 __all__ = ["TASKS", "BUILTIN", "NAME", "SOURCES", "PLUGIN_GROUP", "TaskBatch", "TaskPluginError", "SineFamily",
-           "SineFreqFamily", "list_tasks", "get_task", "register_task", "source_of", "load_plugins", "evaluation_set",
+           "SineFreqFamily", "GaussClassFamily", "Problem", "Metric", "REGRESSION", "problem_of", "reports_mse",
+           "list_tasks", "get_task", "register_task", "source_of", "load_plugins", "evaluation_set",
            "MAX_TRAIN_SEED"]
 
 load_plugins()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tasks.batch import TaskBatch
+from tasks.problem import REGRESSION
 
 
 #: the largest magnitude a task parameter may have: tasks are drawn in float32, where a larger
@@ -57,6 +58,12 @@ class SineFamily:
     x_range: tuple[float, float] = (-5.0, 5.0)
     support_x_range: tuple[float, float] | None = None
     noise: float = 0.0
+
+    # What the family asks of a network (`tasks.problem`); class attributes, not fields, so
+    # that no fingerprint of a stored sine run changes.
+    input_dim = 1
+    output_dim = 1
+    problem = REGRESSION
 
     def __post_init__(self):
         for name in ("k_shot", "n_query"):

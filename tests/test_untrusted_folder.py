@@ -401,7 +401,7 @@ def _no_report(monkeypatch) -> None:
     """`re-evaluate` without its closing report (seconds of analysis; `report` is tested apart)."""
     from benchmarks import report
 
-    monkeypatch.setattr(report, "write_report", lambda out: report.Report(Path(out) / "tables.md", [], {}))
+    monkeypatch.setattr(report, "write_report", lambda out, *args: report.Report(Path(out) / "tables.md", [], {}))
 
 
 def test_an_interrupted_reevaluation_says_what_finished_is_marked_partial_and_resumes(tmp_path, capsys, monkeypatch):
