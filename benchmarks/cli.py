@@ -170,6 +170,16 @@ def execute_sweep(sweep, out, executor: str = "local", workers: int = 1, address
     return records, report
 
 
+def compile_summary(records: list[dict]) -> str | None:
+    """What compiling cost this sweep (the cells trained now; None when nothing compiled): a user
+    waits for it, and a warm program cache (`.cache/inductor/`) should make it small."""
+    seconds = [r.get("compile_seconds") or 0.0 for r in records if "compile" in str(r.get("engine", ""))]
+    if not seconds:
+        return None
+    return (f"compile: {sum(seconds):.1f} s over {len(seconds)} compiled cell{'s' if len(seconds) > 1 else ''} "
+            f"(first calls of their programs, kept out of s/iter)")
+
+
 def print_report_location(report) -> None:
     """Where a command's report went (stdout), so nobody has to know the folder layout."""
     out = report.tables.parent
@@ -185,6 +195,9 @@ def cmd_run(args) -> int:
     sweep = load_sweep(args.config, overrides, limits)
     records, report = execute_sweep(sweep, args.out, args.executor, args.workers, args.address, args.threads,
                                     args.plugin, args.show_skipped)
+    compile_line = compile_summary(records)
+    if compile_line:
+        print(compile_line)
     print_report_location(report)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:

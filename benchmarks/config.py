@@ -138,7 +138,9 @@ class Cell:
     network: str = cell_key(
         DEFAULT_NETWORK.name,
         help="the base network: `<activation>-<width>-<width>...` (activations `relu`, `tanh`), e.g. `relu-40-40` "
-             "(Finn's) or `tanh-64-64`; `func` runs non-ReLU networks on the generic engine",
+             "(Finn's) or `tanh-64-64`, or the name of a network registered with `register_network` (a plug-in "
+             "`nn.Module`, self-checked against the plain loop on first use); `func` runs non-ReLU and plug-in "
+             "networks on the generic engine",
         check=_network, id="net", compared=4, timed=True,
         added=DEFAULT_NETWORK.name)  # a record written before `network` existed trained Finn's ReLU 40-40
 

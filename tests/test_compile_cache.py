@@ -100,3 +100,13 @@ def test_an_unwritable_project_folder_falls_back_to_torchs_default(monkeypatch, 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     base.use_compile_cache("cpu")
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+def test_a_sweep_says_what_compiling_cost():
+    """`run` prints the compile seconds of the cells it trained (none when nothing compiled)."""
+    from benchmarks.cli import compile_summary
+
+    assert compile_summary([{"compile_seconds": 0.3, "engine": "generic"}, {}]) is None  # eager: a self-check
+    line = compile_summary([{"compile_seconds": 12.25, "engine": "accelerated+compile"},
+                            {"compile_seconds": 0.5, "engine": "generic+compile"}, {"engine": "accelerated"}])
+    assert line.startswith("compile: 12.8 s over 2 compiled cells")
