@@ -17,7 +17,7 @@ formulations of the same meta-loss:
   the rule itself runs once per step), and vmaps from then on where it does not. A rule's
   inner-optimiser state rides along as more [tasks, ...] rows, its context vectors as rows
   appended to the parameters (`algorithms.rules`). Nested functorch transforms (vmap of grad of
-  grad) took 1.3-1.5x the time of the vmapped form, which took 1.6x this one (README, "Speed");
+  grad) took 1.3-1.5x the time of the vmapped form, which took 1.6x this one (docs/speed.md);
 * compiled (`compile=True`, the sweep key `compile`): `grad_and_value` of the vmapped
   per-task meta-loss with `torch.func.grad` inner gradients, through `torch.compile` (autograd's
   double backward does not compile into one graph), and torch's fused Adam. A one-off compile
@@ -29,7 +29,7 @@ formulations of the same meta-loss:
 The hand-written engine (`algorithms.func_engine`) stays the accelerator for the rules and
 networks it covers; the tests hold the two number for number. One run per learner (no
 ensembles): vmapping over members would change a member's floats with the ensemble's size, and
-a cell's numbers must depend on its configuration alone. Speeds: README, "Speed".
+a cell's numbers must depend on its configuration alone. Speeds: docs/speed.md.
 """
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ class MLP(nn.Sequential):
     (`algorithms.generic_engine`): parameters with a leading tasks dimension [T, ...] (in
     `named_parameters` order) and x [T, N, in] -> [T, N, out], in plain batched products; a network
     without it is run per task through `vmap(functional_call)`, which gives the same numbers with
-    more dispatch (the engine's meta-gradient took 1.6x the time; README, "Speed").
+    more dispatch (the engine's meta-gradient took 1.6x the time; docs/speed.md).
     """
 
     def __init__(self, *layers: nn.Module, activation: str = "relu"):

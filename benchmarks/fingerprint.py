@@ -11,7 +11,7 @@ The fingerprint is a flat table stored in every record (`record["fingerprint"]`)
 - the hardware (`benchmarks.hardware`: the processor's vendor, family, model and vector
   capability; the GPU for a CUDA run): another processor gives other floats, so a folder is never
   resumed on other hardware (a Ray sweep, whose workers may differ, records each worker's hardware
-  but does not compare it on resume: decision, documented in the README);
+  but does not compare it on resume: decision, documented in docs/reliability.md);
 - the device type, the torch version, the version of the library a backend runs on
   (`lib.learn2learn`, `lib.higher`, `lib.jax`, `lib.jaxlib`), and `NUMERICS_VERSION` (the
   version of this suite's numerical code, bumped by whoever changes a number on purpose).

@@ -10,7 +10,7 @@ the paper's number carries: Finn's code draws weights from a truncated normal (s
 with zero biases where we use torch's default `nn.Linear` initialisation, it is TensorFlow,
 and it is one training seed (our seed-to-seed spread of the same MSE is 10-30%). Our 95% CI
 is shown but not used for the verdict: one blown-up seed makes it wide enough to contain
-anything. Anything further off is reported as not reproduced and discussed in the README.
+anything. Anything further off is reported as not reproduced and discussed in docs/paper-reproduction.md.
 """
 from __future__ import annotations
 

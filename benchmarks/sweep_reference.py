@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from algorithms import ALGORITHMS
+from algorithms import ALGORITHMS, BUILTIN
 from benchmarks.config import SCHEMA, Cell, Settings
 from tasks import TASKS, SineFamily, SineFreqFamily
 
@@ -157,9 +157,12 @@ def render() -> str:
         "",
         "## Algorithms and backends",
         "",
+        "The suite's own (plug-ins add theirs: `python -m benchmarks list --plugin FILE`).",
+        "",
         "| algorithm | backends |",
         "|---|---|",
-        *(f"| `{name}` | {', '.join(f'`{b}`' for b in sorted(backends))} |" for name, backends in ALGORITHMS.items()),
+        *(f"| `{name}` | {', '.join(f'`{b}`' for b in sorted(backends))} |" for name, backends in ALGORITHMS.items()
+          if name in BUILTIN),  # the committed page must not depend on what a process has loaded
         "",
     ]
     return "\n".join(lines)

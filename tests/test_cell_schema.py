@@ -10,7 +10,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import analysis, config, fingerprint, records, regress, sweep_reference, tables
 from benchmarks.cli import main
@@ -32,13 +31,6 @@ n_test_tasks = 10
 n_validation_tasks = 10
 log_every = 5
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _table(tables_md: str, heading: str) -> list[dict]:

@@ -39,14 +39,6 @@ SUMMARY_COLUMNS = ["algorithm", "backend", "task", "k_shot", "inner_steps", "lr_
                    "iterations", "seed", "eval_steps", "mse", "mse_ci95", "n_test_tasks", "sec_per_iter"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The runner sets torch's thread count process-wide; give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_config(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -337,7 +329,6 @@ def test_example_config_is_one_valid_cell():
     assert sweep.skipped == [], sweep.skipped
     assert (sweep.settings.eval_every, sweep.settings.eval_steps, sweep.settings.n_test_tasks) == (100, 10, 600), \
         sweep.settings
-
 
 
 @pytest.mark.parametrize("name, cells, jobs", [

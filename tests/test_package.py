@@ -30,14 +30,6 @@ TINY = {"algorithm": ["maml", "pretrain"], "backend": "func", "iterations": 20, 
         "eval_steps": 2, "n_test_tasks": 20, "n_validation_tasks": 20, "log_every": 10}
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The runner sets torch's thread count process-wide; give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_figures(monkeypatch):
     """Reports without drawing (seconds per report on these machines): the figures are

@@ -39,13 +39,6 @@ log_every = 10
 """
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(tmp_path: Path, out: Path, *extra: str, text: str = TINY) -> int:
     config = tmp_path / "sweep.toml"
     config.write_text(text)

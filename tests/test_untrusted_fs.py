@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import records as records_module
 from benchmarks.cli import main
@@ -36,13 +35,6 @@ log_every = 10
 """
 
 PRECIOUS = b"precious, outside OUT\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(tmp_path: Path, out: Path, *extra: str) -> int:

@@ -36,13 +36,6 @@ log_every = 10
 """
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_figures(monkeypatch):
     """The report without drawing (the tables are what these tests read; drawing costs seconds)."""
