@@ -65,6 +65,12 @@ speed: setup
 figures: setup
 	for dir in results/*/; do if [ -d "$$dir/runs" ]; then $(PY) -m benchmarks report "$$dir" || exit 1; fi; done
 
+# The result numbers of README.md, docs/paper-reproduction.md and docs/speed.md: their generated
+# blocks rewritten from the committed CSVs under results/ (after `make figures` or a *-results target).
+.PHONY: readme
+readme: setup
+	$(PY) -m benchmarks.readme
+
 # Finn et al. 2017's sinusoid setup, every algorithm, 3 seeds, K in {5, 10, 20}, into $(PAPER_OUT).
 paper: setup
 	$(PY) -m benchmarks run --config benchmarks/configs/paper.toml --out $(PAPER_OUT) --workers $(WORKERS) --threads 1

@@ -21,8 +21,11 @@ remembered in `NETWORK_SOURCES` (`network_source_of`; the fingerprint's `code.ne
 `l2l` and `higher` (both wrap any module; learn2learn's head-only ANIL needs an nn.Sequential);
 `jax` and the accelerated engine build only the suite's MLPs and refuse it, saying so.
 
-`get_algorithm(name, backend, hp, generator, device, network=...)` builds a learner; an
-unknown name or backend raises KeyError listing the known ones.
+`get_algorithm(name, backend, hp, generator, device, network=..., problem=...)` builds a learner; an
+unknown name or backend raises KeyError listing the known ones, and so does a backend that cannot
+train with the task's problem (`tasks.problem`: loss and sizes) or a network with running
+statistics (BatchNorm), naming the reason: `get_learner_class` decides, so that a sweep skips such
+cells when it is read.
 """
 from __future__ import annotations
 
@@ -36,10 +39,10 @@ from algorithms import jax_engine as je
 from algorithms import loop_backends as lb
 from algorithms.base import Adaptation, HyperParams, MetaLearner
 from algorithms.generic_engine import GenericLearner
-from algorithms.network import BUILTIN_NETWORKS, DEFAULT_NETWORK, NETWORKS, NetworkSpec, PluginNetwork, as_spec
+from algorithms.network import (BUILTIN_NETWORKS, DEFAULT_NETWORK, NETWORKS, NetworkSpec, PluginNetwork, as_spec,
+                                running_buffers)
 from algorithms.rules import FirstOrder, InnerRule, LastLayerOnly, MultiStepLoss, PerEntryRates
 from benchmarks.plugins import BUILTIN_SOURCE, NAME, Sources, check_name, code_source
-from tasks.problem import problem_of
 
 ALGORITHMS: dict[str, dict[str, type[MetaLearner]]] = {}
 RULES: dict[str, InnerRule] = {}  # the algorithms that are inner-update rules
@@ -158,13 +161,18 @@ def meta_learners(baseline: str = "pretrain") -> list[str]:
     return [name for name in ALGORITHMS if name != baseline]
 
 
-def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None = None) -> type[MetaLearner]:
-    """The class that runs `name` on `backend` for `network` (default Finn's ReLU 40-40).
+def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None = None,
+                      problem=None) -> type[MetaLearner]:
+    """The class that runs `name` on `backend` for `network` (default Finn's ReLU 40-40) and the
+    task's `problem` (a `tasks.problem.Problem` or a family; default the sine families' 1 -> 1 MSE).
 
-    `func` falls back to the generic engine for a network (or a rule's adapted names) the
-    accelerated one does not cover; another backend that cannot build the network, or cannot run
-    the rule as declared on it (`MetaLearner.refusal`), raises KeyError saying why. A backend not
-    offered at registration (`REFUSALS`: it refused Finn's network) is named with its reason.
+    `func` falls back to the generic engine for a network, a rule's adapted names or a problem the
+    accelerated one does not cover (a rule bound to `GenericLearner`; Reptile and pre-training to
+    their `problem_fallback`), and the class's `engine` says so; another backend that cannot build
+    the network, run the rule as declared on it (`MetaLearner.refusal`) or train with the problem's
+    loss and sizes (`MetaLearner.problem_refusal`) raises KeyError saying why, as does a network
+    with running statistics on any backend (`network.running_buffers`). A backend not offered at
+    registration (`REFUSALS`: it refused Finn's network) is named with its reason.
     """
     if name not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {name!r}; known algorithms: {', '.join(sorted(ALGORITHMS))}")
@@ -172,9 +180,25 @@ def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None
         why = REFUSALS.get(name, {}).get(backend)
         raise KeyError(f"algorithm {name!r} has no backend {backend!r}{f' ({why})' if why else ''}; "
                        f"its backends: {', '.join(sorted(ALGORITHMS[name]))}")
-    cls = ALGORITHMS[name][backend]
     spec = as_spec(network)
+    stateful = running_buffers(spec)
+    if stateful:
+        raise KeyError(f"network {spec.name!r} updates {list(stateful)} in its forward (running statistics, e.g. "
+                       "BatchNorm's): per-task functional adaptation cannot thread them, on any backend; use batch "
+                       "statistics only (track_running_stats=False) or a LayerNorm")
+    cls = ALGORITHMS[name][backend]
     rule = RULES.get(name)
+    if backend == "func" and cls.problem_refusal(problem):  # the accelerated engine: 1 -> 1 MSE only
+        cls = _bind(GenericLearner, rule, name) if rule is not None else getattr(cls, "problem_fallback", cls)
+    cls = _network_class(name, backend, cls, spec, rule)
+    why = cls.problem_refusal(problem)
+    if why:
+        raise KeyError(f"backend {backend!r} of {name!r} cannot train this task: {why}")
+    return cls
+
+
+def _network_class(name: str, backend: str, cls: type[MetaLearner], spec, rule) -> type[MetaLearner]:
+    """`cls`, or for `func` the generic engine, where it covers `spec`; else KeyError saying why."""
     refused = None if rule is None or not cls.covers_network(spec) else cls.refusal(rule, spec)
     if cls.covers_network(spec) and not refused:
         return cls
@@ -191,9 +215,8 @@ def get_learner_class(name: str, backend: str, network: NetworkSpec | str | None
 
 def get_algorithm(name: str, backend: str, hp: HyperParams, generator, device: str = "cpu", network=None,
                   **options) -> MetaLearner:
-    cls = get_learner_class(name, backend, network)
-    if backend == "func" and name in RULES and not problem_of(options.get("problem")).scalar_mse:
-        cls = _bind(GenericLearner, RULES[name], name)  # the accelerated engine trains 1 -> 1 MSE only (issue 21)
+    """A learner of `get_learner_class(name, backend, network, options.get("problem"))`."""
+    cls = get_learner_class(name, backend, network, options.get("problem"))
     return cls(hp, generator, device=device, network=network, **options)
 
 

@@ -123,6 +123,18 @@ def use_compile_cache(device: str | torch.device = "cpu") -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
+def mse_only_refusal(problem, who: str) -> str | None:
+    """`tasks.problem.refuse_unless_mse`'s reason as a value (None: a 1 -> 1 MSE problem), for the
+    `problem_refusal` of a backend written for the sine families' problem only."""
+    from tasks.problem import refuse_unless_mse
+
+    try:
+        refuse_unless_mse(problem, who)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 class MetaLearner(ABC):
     """One meta-learning algorithm on one backend."""
 
@@ -165,6 +177,21 @@ class MetaLearner(ABC):
         does not offer a backend that refuses the default network; `get_learner_class` refuses
         another network with this reason. Never a silent fallback to something else."""
         return None
+
+    @classmethod
+    def problem_refusal(cls, problem) -> str | None:
+        """Why this backend cannot train with the task's problem (`tasks.problem.Problem`: its loss
+        and network dimensions); None when it can. `get_learner_class` refuses (or, for `func`,
+        falls back) with this reason, so a sweep skips the cell at parse time. Default: a learner
+        whose constructor takes no `problem` (a plug-in written for the sine families) runs the
+        suite's 1 -> 1 MSE problem only."""
+        import inspect
+
+        from tasks.problem import REGRESSION, problem_of
+
+        if problem_of(problem) == REGRESSION or "problem" in inspect.signature(cls.__init__).parameters:
+            return None
+        return f"{cls.__name__} takes no task problem: it trains 1 -> 1 MSE only"
 
     #: which engine computes the meta-gradient ("accelerated", "generic", a library name): recorded
     engine: str = "reference"

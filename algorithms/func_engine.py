@@ -47,9 +47,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from algorithms.adam import StackedAdam
-from algorithms.base import Adaptation, HyperParams, MetaLearner
+from algorithms.base import Adaptation, HyperParams, MetaLearner, mse_only_refusal
 from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
                                 mse_scale, parameter_names, scaled)
+from algorithms.generic_engine import GenericPretrain, GenericReptile
 from algorithms.rules import InnerRule, adapted_mask, has_context, has_state
 from tasks import TaskBatch
 from tasks.problem import refuse_unless_mse
@@ -77,6 +78,12 @@ class FuncLearner(MetaLearner):
     @classmethod
     def covers_network(cls, network) -> bool:
         return as_spec(network).accelerated
+
+    @classmethod
+    def problem_refusal(cls, problem):
+        """Its reverse pass is MSE's on 1 -> 1 networks, written out (`get_learner_class` runs
+        another problem on the generic engine instead, or on `problem_fallback`)."""
+        return mse_only_refusal(problem, "the accelerated engine")
 
     @classmethod
     def refusal(cls, rule, network):
@@ -487,9 +494,13 @@ def _split_views(buffer: torch.Tensor, shapes) -> list[torch.Tensor]:
 
 
 class FuncPretrain(FuncLearner):
-    """Joint pre-training: one network regresses every task's support and query points."""
+    """Joint pre-training: one network regresses every task's support and query points.
+
+    Another problem than 1 -> 1 MSE (classification) runs `problem_fallback`, the generic engine's
+    pre-training with the task's loss; its record's `engine` says "generic"."""
 
     compiles = False  # one forward and backward: nothing to fuse worth a compile
+    problem_fallback = GenericPretrain
 
     def member_losses(self, batch, iteration: int = 0):
         x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
@@ -507,10 +518,14 @@ class FuncPretrain(FuncLearner):
 
 
 class FuncReptile(FuncLearner):
-    """Reptile: S plain SGD steps per task, outer pseudo-gradient θ − mean_t(φ_t) into Adam."""
+    """Reptile: S plain SGD steps per task, outer pseudo-gradient θ − mean_t(φ_t) into Adam.
+
+    Another problem than 1 -> 1 MSE runs `problem_fallback` (the generic engine's Reptile with the
+    task's loss; `engine` "generic")."""
 
     first_order = True
     compiles = False
+    problem_fallback = GenericReptile
 
     def meta_gradient(self, batch, iteration: int = 0):
         with torch.no_grad():

@@ -325,6 +325,57 @@ class GenericLearner(MetaLearner):
         return rule_adaptation(self.rule, self.net, self.extra, self.hp, self.network)
 
 
+class GenericPretrain(GenericLearner):
+    """Joint pre-training with the task's loss (`tasks.problem`) on any network: every task's
+    support and query points through the shared network at once, loss the mean of the tasks'.
+
+    What the `func` backend runs for a problem its accelerated pre-training does not cover
+    (anything but 1 -> 1 MSE): `engine` "generic". Only a forward and a first-order backward, no
+    torch.func transform beyond the network's `vmap` (the eager path): no self-check, no compile."""
+
+    compiles = False
+
+    def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):
+            self.problem.check_inputs(batch.x_support)
+        x = torch.cat([batch.x_support, batch.x_query], dim=1)
+        y = torch.cat([batch.y_support, batch.y_query], dim=1)
+        with torch.enable_grad():
+            rows, _ = self.program.start(self.meta_parameters, [], x.shape[0])  # shared: expanded, not copied
+            loss = self.program.batched_losses(rows, x, y).mean()
+            grads = torch.autograd.grad(loss, self.meta_parameters)
+        return loss.detach(), list(grads)
+
+
+class GenericReptile(GenericLearner):
+    """Reptile (Nichol et al. 2018) with the task's loss on any network, every task at once: S SGD
+    steps at LR_base on each task's rows [tasks, ...] (one `autograd.grad` of the summed support
+    losses, first order), outer pseudo-gradient θ − mean_t(φ_t), reported loss the mean query
+    loss after adaptation: `loop_backends.TorchReptile`'s maths (held to it in float64).
+
+    What `func` runs for a problem its accelerated Reptile does not cover: `engine` "generic".
+    First order, eager: no self-check, no compile."""
+
+    compiles = False
+
+    def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):
+            self.problem.check_inputs(batch.x_support)
+        xs, ys, xq, yq = batch.x_support, batch.y_support, batch.x_query, batch.y_query
+        theta = [p.detach() for p in self.meta_parameters]
+        phi, _ = self.program.start(theta, [], xs.shape[0])
+        losses = self.program.batched_losses
+        for _ in range(self.hp.inner_steps):
+            phi = [p.detach().requires_grad_() for p in phi]
+            with torch.enable_grad():
+                grads = torch.autograd.grad(losses(phi, xs, ys).sum(), phi)
+            phi = [p.detach() - self.hp.lr_base * g for p, g in zip(phi, grads)]
+        with torch.no_grad():
+            loss = losses(phi, xq, yq).mean()
+            pseudo = [(t - f).mean(0) for t, f in zip(theta, phi)]  # as the loop's Σ_t (θ − φ_t)/T: 0 at S = 0
+        return loss, pseudo
+
+
 # -- evaluation of any adaptation on any network ------------------------------------------------
 
 @functools.lru_cache(maxsize=16)

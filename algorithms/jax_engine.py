@@ -36,7 +36,7 @@ from functools import lru_cache, partial
 
 import torch
 
-from algorithms.base import Adaptation, HyperParams, MetaLearner
+from algorithms.base import Adaptation, HyperParams, MetaLearner, mse_only_refusal
 from algorithms.network import as_spec, make_network
 from tasks.problem import refuse_unless_mse
 
@@ -171,6 +171,10 @@ class JaxLearner(MetaLearner):
     @classmethod
     def covers_network(cls, network) -> bool:
         return as_spec(network).activation == "relu"
+
+    @classmethod
+    def problem_refusal(cls, problem):
+        return mse_only_refusal(problem, "the jax backend")  # its jitted programs are written for 1 -> 1 MSE
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None, problem=None):
         refuse_unless_mse(problem, "the jax backend")  # its jitted programs are written for MSE

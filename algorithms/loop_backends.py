@@ -5,8 +5,9 @@ possible, and they define the numbers the vectorised `func` engine must reproduc
 
 Every learner trains with its task's loss (`problem`, `tasks.problem`; default MSE through
 `F.mse_loss`, as always): the rule loop, learn2learn and higher take any loss, because they only
-differentiate what they are handed; Reptile and pre-training here are written for MSE and refuse
-another loss (`mse_only`).
+differentiate what they are handed; so do Reptile and pre-training (MSE through `F.mse_loss` as
+before, bitwise). A loop learner written for MSE only sets `mse_only` and is refused another
+problem (`problem_refusal`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from algorithms.base import Adaptation, HyperParams, MetaLearner
+from algorithms.base import Adaptation, HyperParams, MetaLearner, mse_only_refusal
 from algorithms.generic_engine import problem_network
 from algorithms.network import NetworkSpec, as_spec, parameter_names, with_context
 from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width, has_context,
@@ -66,6 +67,10 @@ class LoopLearner(MetaLearner):
     engine = "loop"
     rule: InnerRule = InnerRule()
     mse_only = False  # written for MSE: refuses another task loss
+
+    @classmethod
+    def problem_refusal(cls, problem):
+        return mse_only_refusal(problem, f"{cls.__name__} (backend {cls.engine!r})") if cls.mse_only else None
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None,
                  problem: Problem | None = None):
@@ -307,18 +312,20 @@ class HigherLearner(LoopLearner):
 
 
 class TorchPretrain(LoopLearner):
-    """Joint pre-training baseline: regress every training task's points with one network.
+    """Joint pre-training baseline: fit every training task's points with one network, with the
+    task's loss (the mean over tasks of each task's loss; MSE: `F.mse_loss` over all points, as
+    always).
 
     There is no inner loop in training; at meta-test time it is fine-tuned by the same
     shared evaluation as every other algorithm (SGD with LR_base on the support set).
     """
 
-    mse_only = True
-
     def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):
+            self.problem.check_inputs(batch.x_support)
         x = torch.cat([batch.x_support, batch.x_query], dim=1)
         y = torch.cat([batch.y_support, batch.y_query], dim=1)
-        loss = F.mse_loss(self.net(x), y)
+        loss = self.task_loss_of(self.net(x), y).mean()  # MSE: one scalar already (mean() leaves it as is)
         return loss.detach(), list(torch.autograd.grad(loss, self.meta_parameters))
 
 
@@ -327,25 +334,27 @@ class TorchReptile(LoopLearner):
 
     Inner loop: S SGD steps with LR_base on the support set. The outer "gradient" is
     θ − mean_t(φ_t) and is handed to Adam with LR_meta, like every other algorithm's
-    meta-gradient. The reported loss is the mean query loss after adaptation.
+    meta-gradient. The reported loss is the mean query loss after adaptation. Both losses are the
+    task's (`task_loss_of`: MSE through `F.mse_loss`, as always).
     """
 
-    mse_only = True
-
     def meta_gradient(self, batch, iteration: int = 0):
+        if isinstance(self.network, NetworkSpec):
+            self.problem.check_inputs(batch.x_support)
         theta = [p.detach() for p in self.meta_parameters]
         pseudo = [torch.zeros_like(p) for p in theta]
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros((), device=self.device, dtype=theta[0].dtype)
         for t in range(len(batch)):
             phi = [p.clone().requires_grad_() for p in theta]
             for _ in range(self.hp.inner_steps):
-                loss = F.mse_loss(torch.func.functional_call(self.net, dict(zip(self._names, phi)), batch.x_support[t]),
-                                  batch.y_support[t])
+                loss = self.task_loss_of(
+                    torch.func.functional_call(self.net, dict(zip(self._names, phi)), batch.x_support[t]),
+                    batch.y_support[t])
                 grads = torch.autograd.grad(loss, phi)
                 phi = [(p - self.hp.lr_base * g).detach().requires_grad_() for p, g in zip(phi, grads)]
             with torch.no_grad():
                 out = torch.func.functional_call(self.net, dict(zip(self._names, phi)), batch.x_query[t])
-                total += F.mse_loss(out, batch.y_query[t]) / len(batch)
+                total += self.task_loss_of(out, batch.y_query[t]) / len(batch)
                 for acc, p0, p in zip(pseudo, theta, phi):
                     acc += (p0 - p) / len(batch)
         return total, pseudo

@@ -138,6 +138,32 @@ def _plugin_module(network: PluginNetwork) -> nn.Module:
     return network.build(torch.Generator().manual_seed(0))
 
 
+@lru_cache(maxsize=64)
+def running_buffers(network: "NetworkSpec | PluginNetwork") -> tuple[str, ...]:
+    """The buffers a network's (training-mode) forward changes in place, e.g. BatchNorm's running
+    statistics; () for the suite's MLPs.
+
+    Why: every engine adapts a task functionally (new parameters per task, `functional_call`),
+    which cannot thread such state: the loops would update one shared copy from every task in
+    turn (silently), `vmap` fails on the in-place update. So every backend refuses such a network
+    (`algorithms.get_learner_class`). Found by running one forward of a fresh copy on 4 random
+    points, so that any module with running state is caught, not only torch's norm layers; a
+    forward that fails here is left to fail in the run with its own error."""
+    if not isinstance(network, PluginNetwork):
+        return ()
+    net = network.build(torch.Generator().manual_seed(0)).train()
+    before = {name: b.clone() for name, b in net.named_buffers()}
+    if not before:
+        return ()
+    x = torch.randn(4, network.input_dim, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            net(x.to(next(net.parameters()).dtype))
+    except Exception:  # noqa: BLE001 - whatever the forward raises, the run will raise it again
+        return ()
+    return tuple(name for name, b in net.named_buffers() if name in before and not torch.equal(before[name], b))
+
+
 class _BuiltinNetworks:
     """`name in BUILTIN_NETWORKS`: whether `name` spells one of the suite's MLPs (not a plug-in)."""
 

@@ -52,11 +52,19 @@ def needs_check(learner) -> bool:
     return isinstance(learner.network, PluginNetwork) or not _builtin(learner.rule) or callable(loss)
 
 
+#: a parameter's scale is at least this fraction of the largest parameter's: a gradient that is zero
+#: but for rounding (a bias before a BatchNorm cancels) would otherwise compare rounding with rounding
+SCALE_FLOOR = 1e-6
+
+
 def relative_difference(grads, reference, names) -> tuple[float, str]:
-    """The largest per-parameter max |g − r| / max |r| and the parameter's name."""
+    """The largest per-parameter max |g − r| / max(max |r|, SCALE_FLOOR · the largest max |r|) and
+    the parameter's name."""
     worst, where = 0.0, names[0]
-    for name, g, r in zip(names, grads, reference):
-        scale = r.abs().max().item()
+    scales = [r.abs().max().item() for r in reference]
+    floor = SCALE_FLOOR * max(scales, default=0.0)
+    for name, g, r, scale in zip(names, grads, reference, scales):
+        scale = max(scale, floor)
         diff = (g - r).abs().max().item()
         value = diff / scale if scale > 0 else diff
         if not value <= worst:  # NaN counts as the worst

@@ -5,18 +5,25 @@ Cells are grouped by the cell schema (`benchmarks.config.SCHEMA`), never by a li
 configuration is a cell without its pooled keys (the seed), and table (a) chooses one per group
 of compared keys (task, algorithm, backend, K, network); the other keys are what is chosen.
 
-Selection is by validation, never by test: a "best configuration" is the one with the lowest
-seed-pooled meta-validation MSE after SELECT_STEPS adaptation step at the final iteration, at
-the K it was trained for; configurations with a diverged or failed seed rank after complete
-ones. Only its test numbers are then reported.
+The folder's metric (`benchmarks.records.folder_metric`, a `tasks.problem.Metric`: MSE for the
+sine families, accuracy for classification) names the frames' columns (`mse`, `mse_ci95`,
+`val_mse`... or `accuracy`, `accuracy_ci95`, `val_accuracy`...; `metric_columns`) and sets the
+direction: every function that compares takes the metric (default MSE, the records before
+metrics), so one folder is read in one metric throughout.
 
-Non-finite values are never dropped: a seed-pooled MSE with any non-finite seed is itself
-non-finite (so such a configuration also ranks last), and the mean of its finite seeds is
-kept beside it with their count (`n_finite` of `n_seeds`).
+Selection is by validation, never by test: a "best configuration" is the one with the best
+(lowest MSE, highest accuracy) seed-pooled meta-validation value after SELECT_STEPS adaptation
+step at the final iteration, at the K it was trained for; configurations with a diverged or
+failed seed rank after complete ones. Only its test numbers are then reported.
+
+Non-finite values are never dropped: a seed-pooled value with any non-finite seed is itself
+non-finite, such a configuration ranks last in either direction, and the mean of its finite
+seeds is kept beside it with their count (`n_finite` of `n_seeds`).
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +32,8 @@ from scipy import stats
 
 from benchmarks import statistics
 from benchmarks.config import SCHEMA
+from benchmarks.records import RecordError, folder_metric, metric_columns
+from tasks.problem import MSE, Metric
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +41,58 @@ log = logging.getLogger(__name__)
 CELL_COLUMNS = SCHEMA.names
 RUN_COLUMNS = ["status", "engine", "sec_per_iter", "sec_per_iter_member", "compile_seconds", "ensemble_size",
                "peak_memory_mb", "device"]
-EVAL_COLUMNS = ["iteration", "split", "eval_k_shot", "eval_steps", "mse", "mse_ci95", "n_test_tasks", "n_sets",
-                "set_sd"]
+
+
+def eval_columns(metric: Metric = MSE) -> list[str]:
+    """An evaluation row's columns for a folder in `metric`: its value and interval, and for any metric
+    but MSE the loss the model was trained on (`loss`, `loss_ci95`: the cross-entropy beside accuracy)."""
+    extra = [] if metric.name == "mse" else ["loss", "loss_ci95"]
+    clash = sorted(set(metric_columns(metric)) & set(CELL_COLUMNS + RUN_COLUMNS + _FRAME_COLUMNS))
+    if clash:
+        raise RecordError(f"metric name {metric.name!r} is also a column of the report's frames ({', '.join(clash)}); "
+                          "a metric needs a name of its own")
+    return ["iteration", "split", "eval_k_shot", "eval_steps", *metric_columns(metric), *extra, "n_test_tasks",
+            "n_sets", "set_sd"]
+
+
+#: further columns of the report's frames a metric's columns must not take (`eval_columns`)
+_FRAME_COLUMNS = ["cell_id", "error", "label", "n_tasks", "n_seeds", "n_finite", "any_nan", "sd", "ci2", "n_cells",
+                  "n_ok"]
+EVAL_COLUMNS = eval_columns(MSE)
 #: a configuration is a cell without its seed: seeds are pooled
 CONFIG_COLUMNS = SCHEMA.config
 GROUP_COLUMNS = SCHEMA.compared  # table (a): one best configuration each (task, algorithm, backend, K, network)
 SHOWN_COLUMNS = SCHEMA.shown  # a configuration in the tables: its group, then what was chosen
 SPEED_COLUMNS = ["device"] + SCHEMA.timed  # the speed table: one row each
-SELECT_STEPS = 1  # adaptation steps of the validation MSE that chooses a configuration
+SELECT_STEPS = 1  # adaptation steps of the validation value that chooses a configuration
 TABLE_STEPS = (1, 5, 10)
 #: every algorithm is compared, task by task, with each of these (when the folder has it)
 PAIRED_REFERENCES = ("maml", "pretrain")
 SPEED_REFERENCE = ("maml", "l2l")  # the speed table's yardstick: learn2learn MAML
-CI_NOTE = (
-    "Pooling seeds: the MSE is the mean over seeds of each seed's mean over the same n test (or validation) "
-    "tasks. Its 95% CI is sqrt(mean_s(ci_s^2) + (t_{0.975,S-1} * sd_s / sqrt(S))^2), where ci_s = "
-    "1.96 * sd_tasks / sqrt(n) is seed s's own per-task interval and sd_s the spread of the S per-seed means. "
-    "The first term is the task-sampling uncertainty; it is not divided by S because every seed is scored on "
-    "the same tasks, so the seeds' task errors are not independent. The second is the training-seed spread "
-    "(Student t, S-1 degrees of freedom). Both terms count the seed x task interaction, so the interval is "
-    "conservative; with one seed it is the per-task interval alone and says nothing about seed-to-seed variation. "
-    "A seed with a non-finite MSE makes the pooled MSE non-finite; the mean of the finite seeds is then shown "
-    "beside it as `[f/S seeds finite: mean ± CI]`, pooled over those f seeds only.")
+
+
+def per_task_word(metric: Metric = MSE) -> str:
+    """What the per-task store holds, as the report says it: "errors" for a lower-is-better metric
+    (MSE), "values" for a higher-is-better one (an accuracy is no error)."""
+    return "values" if metric.higher_is_better else "errors"
+
+
+def ci_note(metric: Metric = MSE) -> str:
+    """How seeds are pooled into one value and interval, in the metric's words."""
+    label = metric.label
+    return (
+        f"Pooling seeds: the {label} is the mean over seeds of each seed's mean over the same n test (or validation) "
+        "tasks. Its 95% CI is sqrt(mean_s(ci_s^2) + (t_{0.975,S-1} * sd_s / sqrt(S))^2), where ci_s = "
+        "1.96 * sd_tasks / sqrt(n) is seed s's own per-task interval and sd_s the spread of the S per-seed means. "
+        "The first term is the task-sampling uncertainty; it is not divided by S because every seed is scored on "
+        f"the same tasks, so the seeds' task {per_task_word(metric)} are not independent. The second is the "
+        "training-seed spread (Student t, S-1 degrees of freedom). Both terms count the seed x task interaction, so "
+        "the interval is conservative; with one seed it is the per-task interval alone and says nothing about "
+        f"seed-to-seed variation. A seed with a non-finite {label} makes the pooled {label} non-finite; the mean of "
+        "the finite seeds is then shown beside it as `[f/S seeds finite: mean ± CI]`, pooled over those f seeds only.")
+
+
+CI_NOTE = ci_note(MSE)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -62,14 +101,16 @@ def summary_frame(records: list[dict]) -> pd.DataFrame:
     """One row per (cell, evaluation iteration, split, eval K, adaptation step).
 
     Cells without evaluations (diverged, failed) keep one row with empty metrics so they
-    stay visible in the table.
+    stay visible in the table. The metric's columns are named after it (`eval_columns`); records
+    in two metrics are refused (RecordError, `records.folder_metric`).
     """
+    columns = eval_columns(folder_metric(records))
     rows = []
     for record in records:
         base = {**{k: record["cell"][k] for k in CELL_COLUMNS}, **{k: record.get(k) for k in RUN_COLUMNS}}
         evaluations = record.get("evaluations") or [{}]
-        rows.extend({**base, **{k: e.get(k) for k in EVAL_COLUMNS}} for e in evaluations)
-    return pd.DataFrame(rows, columns=CELL_COLUMNS + EVAL_COLUMNS + RUN_COLUMNS)
+        rows.extend({**base, **{k: e.get(k) for k in columns}} for e in evaluations)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS + columns + RUN_COLUMNS)
 
 
 def curve_frame(records: list[dict]) -> pd.DataFrame:
@@ -90,35 +131,45 @@ def cell_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def final_evaluations(records: list[dict]) -> pd.DataFrame:
-    """Evaluations of `ok` cells at each cell's last evaluated iteration."""
-    rows = [{"cell_id": r["cell_id"], **{k: r["cell"][k] for k in CELL_COLUMNS}, **{k: e.get(k) for k in EVAL_COLUMNS}}
+    """Evaluations of `ok` cells at each cell's last evaluated iteration (columns: `eval_columns`)."""
+    metric = folder_metric(records)
+    columns = eval_columns(metric)
+    rows = [{"cell_id": r["cell_id"], **{k: r["cell"][k] for k in CELL_COLUMNS}, **{k: e.get(k) for k in columns}}
             for r in records if r["status"] == "ok" for e in r.get("evaluations") or []]
-    frame = pd.DataFrame(rows, columns=["cell_id"] + CELL_COLUMNS + EVAL_COLUMNS)
+    frame = pd.DataFrame(rows, columns=["cell_id"] + CELL_COLUMNS + columns)
     if frame.empty:
         return frame
-    for column in ("mse", "mse_ci95", "n_sets", "set_sd"):
+    for column in (*metric_columns(metric), "n_sets", "set_sd"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame[frame["iteration"] == frame.groupby("cell_id")["iteration"].transform("max")]
 
 
 # ----------------------------------------------------------------------------- pooling seeds
 
-POOLED_COLUMNS = ["mse", "mse_ci95", "n_tasks", "n_seeds", "n_finite", "mse_finite", "mse_finite_ci95"]
+def pooled_columns(metric: Metric = MSE) -> list[str]:
+    """`pool_seeds`' value columns for `metric` (`mse`, ... `mse_finite_ci95` for MSE)."""
+    value, ci = metric_columns(metric)
+    return [value, ci, "n_tasks", "n_seeds", "n_finite", f"{value}_finite", f"{value}_finite_ci95"]
 
 
-def pool_seeds(final: pd.DataFrame, keys: list[str] = CONFIG_COLUMNS) -> pd.DataFrame:
-    """Per (keys, split, eval K, steps): MSE pooled over seeds with its CI (see CI_NOTE).
+POOLED_COLUMNS = pooled_columns(MSE)
+
+
+def pool_seeds(final: pd.DataFrame, keys: list[str] = CONFIG_COLUMNS, metric: Metric = MSE) -> pd.DataFrame:
+    """Per (keys, split, eval K, steps): the metric pooled over seeds with its CI (see CI_NOTE);
+    columns `pooled_columns(metric)`, shown here for MSE.
 
     `mse` is the mean over all `n_seeds` seeds: non-finite (NaN if a seed is NaN, else inf) as
     soon as one seed is. `mse_finite` and its CI pool the `n_finite` finite seeds only.
     """
     by = keys + ["split", "eval_k_shot", "eval_steps"]
+    name, ci_name = metric_columns(metric)
     if final.empty:
-        return pd.DataFrame(columns=by + POOLED_COLUMNS)
-    mse = final["mse"].astype(float)
+        return pd.DataFrame(columns=by + pooled_columns(metric))
+    mse = final[name].astype(float)
     finite = np.isfinite(mse)
     frame = final.assign(_finite=finite, _nan=mse.isna(), _mse=mse.where(finite),
-                         _ci2=(final["mse_ci95"].astype(float) ** 2).where(finite))
+                         _ci2=(final[ci_name].astype(float) ** 2).where(finite))
     grouped = frame.groupby(by, sort=False).agg(
         n_seeds=("_mse", "size"), n_finite=("_finite", "sum"), any_nan=("_nan", "any"), mse_finite=("_mse", "mean"),
         sd=("_mse", "std"), ci2=("_ci2", "mean"), n_tasks=("n_test_tasks", "min")).reset_index()
@@ -130,38 +181,42 @@ def pool_seeds(final: pd.DataFrame, keys: list[str] = CONFIG_COLUMNS) -> pd.Data
     complete = n_finite == grouped["n_seeds"].to_numpy()
     grouped["mse"] = np.where(complete, grouped["mse_finite"], np.where(grouped["any_nan"], np.nan, np.inf))
     grouped["mse_ci95"] = np.where(complete, grouped["mse_finite_ci95"], np.nan)
-    return grouped[by + POOLED_COLUMNS]
+    grouped = grouped.rename(columns=dict(zip(POOLED_COLUMNS, pooled_columns(metric))))
+    return grouped[by + pooled_columns(metric)]
 
 
 # ----------------------------------------------------------------------------- selection by validation
 
-def config_scores(cells: pd.DataFrame, pooled: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: cells (ok / all) and the pooled validation and test MSE after
-    SELECT_STEPS steps at the trained K, final iteration (columns val_* and test_*)."""
+def config_scores(cells: pd.DataFrame, pooled: pd.DataFrame, metric: Metric = MSE) -> pd.DataFrame:
+    """One row per configuration: cells (ok / all) and the pooled validation and test value after
+    SELECT_STEPS steps at the trained K, final iteration (columns val_* and test_*: `val_mse`,
+    `val_accuracy`...)."""
     counts = cells.assign(ok=cells["status"] == "ok").groupby(CONFIG_COLUMNS, sort=False).agg(
         n_cells=("cell_id", "size"), n_ok=("ok", "sum")).reset_index()
     own = pooled[(pooled["eval_k_shot"] == pooled["k_shot"]) & (pooled["eval_steps"] == SELECT_STEPS)]
+    columns = pooled_columns(metric)
     for split, prefix in (("validation", "val"), ("test", "test")):
-        part = own[own["split"] == split][CONFIG_COLUMNS + POOLED_COLUMNS]
-        counts = counts.merge(part.rename(columns={c: f"{prefix}_{c}" for c in POOLED_COLUMNS}), on=CONFIG_COLUMNS,
+        part = own[own["split"] == split][CONFIG_COLUMNS + columns]
+        counts = counts.merge(part.rename(columns={c: f"{prefix}_{c}" for c in columns}), on=CONFIG_COLUMNS,
                               how="left")
     return counts
 
 
-def ranked(scores: pd.DataFrame) -> pd.DataFrame:
-    """Configurations in selection order: every seed finished `ok` first, then lowest validation MSE
-    (non-finite last)."""
-    val = scores["val_mse"].astype(float)
-    key = scores.assign(_partial=scores["n_ok"] < scores["n_cells"], _val=val.where(np.isfinite(val), np.inf))
+def ranked(scores: pd.DataFrame, metric: Metric = MSE) -> pd.DataFrame:
+    """Configurations in selection order: every seed finished `ok` first, then the best validation
+    value in the metric's direction (lowest MSE, highest accuracy), non-finite last in either."""
+    val = scores[f"val_{metric.name}"].astype(float)
+    order = -val if metric.higher_is_better else val
+    key = scores.assign(_partial=scores["n_ok"] < scores["n_cells"], _val=order.where(np.isfinite(val), np.inf))
     return key.sort_values(["_partial", "_val"], kind="stable").drop(columns=["_partial", "_val"])
 
 
-def best_configs(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The selected configuration per group `by`; groups with no validation MSE are dropped."""
+def best_configs(scores: pd.DataFrame, by: list[str], metric: Metric = MSE) -> pd.DataFrame:
+    """The selected configuration per group `by`; groups with no validation value are dropped."""
     candidates = scores[scores["val_n_seeds"].notna()] if "val_n_seeds" in scores else scores.iloc[:0]
     if candidates.empty:
         return candidates
-    return ranked(candidates).groupby(by, sort=False).head(1).sort_values(by).reset_index(drop=True)
+    return ranked(candidates, metric).groupby(by, sort=False).head(1).sort_values(by).reset_index(drop=True)
 
 
 def matching(frame: pd.DataFrame, config) -> pd.DataFrame:
@@ -193,9 +248,9 @@ def config_label(config) -> str:
             f"LR_meta={config['lr_meta']:g}]")
 
 
-def best_per_algorithm(scores: pd.DataFrame, task: str, k_shot: int) -> pd.DataFrame:
+def best_per_algorithm(scores: pd.DataFrame, task: str, k_shot: int, metric: Metric = MSE) -> pd.DataFrame:
     """The best configuration of each algorithm (any backend) trained on `task` at `k_shot`, labelled."""
-    best = best_configs(scores[(scores["task"] == task) & (scores["k_shot"] == k_shot)], ["algorithm"])
+    best = best_configs(scores[(scores["task"] == task) & (scores["k_shot"] == k_shot)], ["algorithm"], metric)
     return best.assign(label=[config_label(row) for _, row in best.iterrows()])
 
 
@@ -205,15 +260,31 @@ def _key(config) -> tuple:
     return tuple(config[c] for c in CONFIG_COLUMNS)
 
 
+def _same_tasks_key(zero_mse) -> float | str:
+    """The stored zero-predictor MSE as the identity of an evaluation set's tasks: equal MSEs, equal
+    tasks. A store without one (NaN: a metric without MSE yardsticks) identifies its tasks by their
+    count only, so every NaN is the same key ("nan"; NaN != NaN would call every seed's set another)."""
+    zero = float(zero_mse)
+    return "nan" if math.isnan(zero) else zero
+
+
 class TaskErrors:
     """Per-task errors of the `ok` cells (the per-task store, `benchmarks.artifacts`) stacked per
-    configuration, and their statistics (`benchmarks.statistics`), memoised: a bootstrap takes
-    about a second. Empty (falsy) for folders made before the store existed."""
+    configuration, and their statistics (`benchmarks.statistics`) in the folder's `metric`'s
+    direction, memoised: a bootstrap takes about a second. Empty (falsy) for folders made before
+    the store existed.
 
-    def __init__(self, cells: pd.DataFrame, artifacts: dict | None = None):
+    Blow-ups: for MSE (`Metric.scaled_blowups`) the threshold is `statistics.blowup_threshold` of
+    the stored zero-predictor and untrained MSEs; for any other metric those are NaN in the store
+    and the threshold is inf (a blow-up is a non-finite value only). An MSE store whose zero-predictor
+    MSE is not finite has no yardstick: its configuration gets no per-task statistics (a warning,
+    and "–" in the tables), never a NaN threshold that would count no blow-up."""
+
+    def __init__(self, cells: pd.DataFrame, artifacts: dict | None = None, metric: Metric = MSE):
         self.cells = cells[cells["status"] == "ok"]
         self.statuses = cells["status"].value_counts()
         self.artifacts = artifacts or {}
+        self.metric = metric
         self._memo: dict[tuple, object] = {}
 
     def __bool__(self) -> bool:
@@ -222,10 +293,11 @@ class TaskErrors:
     def missing(self) -> str:
         """Why there are no per-task errors, for the tables and figures that have none to show: no
         cell finished `ok` (only those store them), or the records predate the per-task store."""
+        word = per_task_word(self.metric)
         if self.cells.empty:
             counts = ", ".join(f"{n} {status}" for status, n in self.statuses.items()) or "no records"
-            return f"no cell finished `ok` ({counts}; see (c)), and only finished cells store per-task errors"
-        return "these records have no per-task errors (made before the per-task store)"
+            return f"no cell finished `ok` ({counts}; see (c)), and only finished cells store per-task {word}"
+        return f"these records have no per-task {word} (made before the per-task store)"
 
     def errors(self, config, split: str, eval_k: int) -> tuple[np.ndarray, float, float] | None:
         """([n_seeds, eval_steps + 1, n_tasks] in seed order, blow-up threshold, zero-predictor MSE) of
@@ -244,7 +316,7 @@ class TaskErrors:
             if found is None or (split, eval_k) not in found.errors:
                 return None
             arrays.append(found.errors[(split, eval_k)])
-            zeros.add(float(found.zero_mse[(split, eval_k)]))
+            zeros.add(_same_tasks_key(found.zero_mse[(split, eval_k)]))
             untrained.append(getattr(found, "untrained_mse", np.nan))
         if not arrays:
             return None
@@ -253,7 +325,13 @@ class TaskErrors:
                         config_label(config), split, eval_k)
             return None
         zero = zeros.pop()
-        return np.stack(arrays), statistics.blowup_threshold(zero, untrained), zero
+        zero = math.nan if zero == "nan" else zero
+        scaled = self.metric.scaled_blowups
+        if scaled and not math.isfinite(zero):
+            log.warning("the store of %s holds no finite zero-predictor MSE for %s K=%d (the blow-up yardstick): "
+                        "no per-task statistics", config_label(config), split, eval_k)
+            return None
+        return np.stack(arrays), statistics.blowup_threshold(zero, untrained, scaled=scaled), zero
 
     def summary(self, config, split: str, eval_k: int, steps: int, bootstrap: bool = True) -> dict | None:
         """`statistics.summarize` at one step (Estimates mean, median, iqm, blowup) plus n_seeds and
@@ -268,7 +346,8 @@ class TaskErrors:
             else:
                 values, threshold, _ = found
                 result = statistics.summarize(values[:, steps], threshold,
-                                              n_resamples=statistics.N_RESAMPLES if bootstrap else 0)
+                                              n_resamples=statistics.N_RESAMPLES if bootstrap else 0,
+                                              higher_is_better=self.metric.higher_is_better)
                 self._memo[(key, bootstrap)] = {**result, "n_seeds": values.shape[0], "n_tasks": values.shape[2]}
         return self._memo[(key, bootstrap)]
 
@@ -289,12 +368,14 @@ class TaskErrors:
                 "n_seeds_reference": found["n_seeds"]}
         if key not in self._memo:
             a, b = self.errors(config, split, eval_k), self.errors(reference, split, eval_k)
-            same = a is not None and b is not None and a[0].shape[2] == b[0].shape[2] and a[2] == b[2]
+            same = a is not None and b is not None and a[0].shape[2] == b[0].shape[2] and \
+                _same_tasks_key(a[2]) == _same_tasks_key(b[2])
             if a is not None and b is not None and not same:
                 log.warning("%s and %s were not scored on the same %s tasks at K=%d: not compared",
                             config_label(config), config_label(reference), split, eval_k)
             self._memo[key] = None if not same or steps >= min(a[0].shape[1], b[0].shape[1]) else {
-                **statistics.compare(a[0][:, steps], b[0][:, steps]), "n_tasks": a[0].shape[2],
+                **statistics.compare(a[0][:, steps], b[0][:, steps], higher_is_better=self.metric.higher_is_better),
+                "n_tasks": a[0].shape[2],
                 "n_seeds": a[0].shape[0], "n_seeds_reference": b[0].shape[0]}
         return self._memo[key]
 
@@ -331,7 +412,7 @@ def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskEr
         return pd.DataFrame(rows)
     evaluated = pooled[pooled["split"] == "test"]
     for task, k_shot in sorted(set(zip(scores["task"], scores["k_shot"]))):
-        best = best_per_algorithm(scores, task, k_shot).set_index("algorithm", drop=False)
+        best = best_per_algorithm(scores, task, k_shot, task_errors.metric).set_index("algorithm", drop=False)
         for reference in (r for r in references if r in best.index):
             base = best.loc[reference]
             for algorithm in (a for a in best.index if a != reference):
@@ -408,19 +489,22 @@ class Analysis:
     figure_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best configuration per algorithm in scope
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-task statistics of table (a)'s rows
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired comparisons
+    metric: Metric = MSE  # the folder's one metric (`benchmarks.records.folder_metric`): column, label, direction
 
 
 def analyse(records: list[dict], artifacts: dict | None = None, speed_suite: pd.DataFrame | None = None) -> Analysis:
     """Frames, selection and statistics of `records`; `artifacts`: cell_id -> per-task store entry
-    (`benchmarks.artifacts.load_task_errors`); `speed_suite`: the speed suite's `speed.csv`."""
+    (`benchmarks.artifacts.load_task_errors`); `speed_suite`: the speed suite's `speed.csv`.
+    Records in two metrics are refused (RecordError, `records.folder_metric`)."""
+    metric = folder_metric(records)
     cells = cell_frame(records)
     final = final_evaluations(records)
-    pooled = pool_seeds(final)
-    scores = config_scores(cells, pooled)
-    best = best_configs(scores, GROUP_COLUMNS)
-    task_errors = TaskErrors(cells, artifacts)
+    pooled = pool_seeds(final, metric=metric)
+    scores = config_scores(cells, pooled, metric)
+    best = best_configs(scores, GROUP_COLUMNS, metric)
+    task_errors = TaskErrors(cells, artifacts, metric)
     analysis = Analysis(records, cells, curve_frame(records), final, pooled, scores, best, speed_frame(cells),
-                        task_errors, speed_suite if speed_suite is not None else pd.DataFrame())
+                        task_errors, speed_suite if speed_suite is not None else pd.DataFrame(), metric=metric)
     analysis.robust = robust_frame(best, pooled, task_errors)
     analysis.paired = paired_frame(scores, pooled, task_errors)
     selectable = scores[scores["val_n_seeds"].notna()]
@@ -429,5 +513,5 @@ def analyse(records: list[dict], artifacts: dict | None = None, speed_suite: pd.
     task = mode(selectable["task"], prefer="sine")  # Finn et al.'s task wins a tie
     k_shot = mode(selectable[selectable["task"] == task]["k_shot"], prefer=10)  # and Finn's K = 10
     analysis.scope = {"task": task, "k_shot": int(k_shot)}
-    analysis.figure_best = best_per_algorithm(scores, task, k_shot)
+    analysis.figure_best = best_per_algorithm(scores, task, k_shot, metric)
     return analysis

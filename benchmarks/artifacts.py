@@ -6,8 +6,9 @@ means cannot give back:
 * the learned initialisation and inner rates (`Adaptation`): a few thousand floats, enough
   to re-evaluate the cell under any other evaluation protocol without retraining
   (`benchmarks.reevaluate`);
-* each evaluation task's query MSE after 0..N adaptation steps at the final iteration, for
-  every split and eval K: what medians, interquartile means, bootstrap intervals, blow-up
+* each evaluation task's query metric (the record's `metric`: MSE for the sine families,
+  accuracy for classification; "errors" below) after 0..N adaptation steps at the final
+  iteration, for every split and eval K: what medians, interquartile means, bootstrap intervals, blow-up
   rates and paired comparisons between algorithms (scored on the same tasks) are computed from.
 
 It is written (atomically) before its JSON record, so a JSON record that names it can rely on it.
@@ -256,7 +257,7 @@ def _parse(source, expected: dict | None = None) -> Artifacts:
             raise StoreError(f"errors_index_{key} points outside its {half.size} errors")
         values = _decode_errors(half, index, exact)
         if (values < 0).any():  # NaN compares false: a NaN error stays (a task that blew up)
-            raise StoreError(f"errors of {key} include negative values; an MSE is >= 0")
+            raise StoreError(f"errors of {key} include negative values (MSE and accuracy are >= 0)")
         split, k = key.rsplit("_K", 1)
         errors[(split, int(k))] = values
         zero[(split, int(k))] = float(_scalar(arrays, f"zero_mse_{key}", "f"))
@@ -294,6 +295,9 @@ def check_against(found: Artifacts, record: dict) -> None:
     """The store says what its record says (StoreError): the same (split, K)s, [steps + 1, tasks]
     per (split, K) with the record's steps and task count, its sets, and each step's mean within
     float16 rounding of the record's."""
+    from benchmarks.records import record_metric
+
+    column = record_metric(record).name  # the per-task values are the record's metric
     rows = final_rows(record)
     if set(found.errors) != set(rows):
         only_store, only_record = sorted(set(found.errors) - set(rows)), sorted(set(rows) - set(found.errors))
@@ -311,9 +315,9 @@ def check_against(found: Artifacts, record: dict) -> None:
         if sets is not None and found.n_sets.get(split, sets) != sets:
             raise StoreError(f"{split}: the store holds {found.n_sets[split]} sets, the record {sets}")
         for step, row in steps.items():
-            if not _means_agree(values[step], row["mse"]):
-                raise StoreError(f"{split} K={k} step {step}: the stored errors average "
-                                 f"{float(values[step].mean()):.7g}, the record's mean is {row['mse']!r}")
+            if not _means_agree(values[step], row[column]):
+                raise StoreError(f"{split} K={k} step {step}: the stored values average "
+                                 f"{float(values[step].mean()):.7g}, the record's mean is {row[column]!r}")
 
 
 def expected_shapes(record: dict) -> dict[tuple[str, int], tuple[int, int]]:

@@ -22,7 +22,7 @@ from algorithms import ALGORITHMS, HyperParams, get_learner_class
 from algorithms.network import DEFAULT_NETWORK, as_spec
 from benchmarks.plugins import PluginError, load_plugins
 from tasks import MAX_TRAIN_SEED, TASKS, get_task
-from tasks.problem import problem_of, reports_mse
+from tasks.problem import problem_of
 
 
 class ConfigError(ValueError):
@@ -273,6 +273,13 @@ POOLED_KEYS = SCHEMA.pooled
 ADDED_CELL_KEYS = SCHEMA.added
 
 
+def cell_family(cell: Cell, settings: "Settings", k_shot: int | None = None):
+    """The task family a cell trains on (its K unless `k_shot`), with the sweep's query size and task
+    parameters: one place that says how a cell names its family, for the job, the sweep's
+    grouping and re-evaluation (the family's `problem` decides which engine runs it)."""
+    return get_task(cell.task, k_shot=k_shot or cell.k_shot, n_query=settings.n_query, **settings.task_params)
+
+
 def ensemble_key(cell: Cell) -> tuple:
     """What cells trained as one batched program share: all but the keys an ensemble's members may
     differ in (seed, LR_base, LR_meta)."""
@@ -508,19 +515,23 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     grids = [_expand_grid({**top, **table}, f" in [[grid]] #{i + 1}" if "grid" in raw else "", limits)
              for i, table in enumerate(tables)]
     settings = _settings(raw, limits)
+    metrics, problems = {}, {}
     for grid in grids:  # task parameters checked once per task, before any training
         for task, k in itertools.product(grid["task"], grid["k_shot"]):
             try:
                 family = get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
-            except (ValueError, KeyError) as error:
+                problems[task] = problem_of(family)
+                metrics[task] = problems[task].metric
+            except (ValueError, KeyError, TypeError) as error:
                 raise ConfigError(f"task {task!r} with task_params {settings.task_params}: {error}") from None
-            _check_reported_metric(task, family)
+    _check_one_metric(metrics)
     cells, skipped = [], []
     for grid in grids:
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo))
             try:  # a backend the algorithm lacks (and why, where the registry knows), a network it cannot run
-                get_learner_class(values["algorithm"], values["backend"], values.get("network"))
+                get_learner_class(values["algorithm"], values["backend"], values.get("network"),
+                                  problems[values["task"]])
             except KeyError as error:
                 skipped.append((values, str(error).strip("'\"")))
                 continue
@@ -535,18 +546,15 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     return Sweep(cells, skipped, settings, limits)
 
 
-def _check_reported_metric(task: str, family) -> None:
-    """Refuse a family whose metric is not lower-is-better MSE (issue 21): the reports (tables, figures,
-    model selection) read the column `mse` and pick the lowest, so they would call accuracy "MSE" and
-    choose the worst run. Lifted when the report layer reads `problem.metric` (name, label, direction)."""
-    try:
-        problem = problem_of(family)
-    except TypeError as error:
-        raise ConfigError(f"task {task!r}: {error}") from None
-    if not reports_mse(problem):
-        raise ConfigError(f"task {task!r} reports {problem.metric.name}; reports read only MSE so far, so a sweep "
-                          f"cannot run it yet (train and evaluate it from Python: algorithms.get_algorithm(..., "
-                          f"problem=family.problem), algorithms.evaluation.evaluate(..., problem=family.problem))")
+def _check_one_metric(metrics: dict) -> None:
+    """Refuse a sweep whose tasks report different metrics: a results folder's tables, selection
+    and figures compare configurations on one metric (its name is their column, its direction
+    decides "best"), so MSE and accuracy cannot share a folder. `metrics`: task -> Metric."""
+    if len({m.declaration()["name"] for m in metrics.values()}) > 1 or len(set(metrics.values())) > 1:
+        listed = ", ".join(f"{task!r} reports {m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
+                           for task, m in metrics.items())
+        raise ConfigError(f"a sweep's tasks must report one metric (a results folder compares on one): {listed}; "
+                          f"run them as separate sweeps")
 
 
 def parse_override(text: str) -> tuple[str, object]:

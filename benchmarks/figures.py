@@ -17,6 +17,14 @@ it as `<name>.caption.txt` with any notes its data called for). Decisions:
   caption, once.
 - Sizes are a paper's: TWO_COLUMN (6.9 in) wide, or ONE_COLUMN (3.3 in) for a single panel,
   8-pt text (`plots.PAPER_RC`).
+- The folder's metric (`Analysis.metric`) names every axis, caption and column (`captions`,
+  `_column`); "better" follows its direction. Only an error that spans decades (LOG_METRICS:
+  MSE) gets log and symlog axes and log colour scales; any other metric (accuracy in [0, 1])
+  is drawn on linear axes over its values, with a dashed "chance" line where it has a guessing
+  level. The heatmaps' better end is light in both directions. Figures that only an MSE folder
+  can have are skipped with the reason elsewhere: the blow-up figures (fig7, fig10: their
+  yardstick is a multiple of an MSE error scale, `Metric.scaled_blowups`), the sine fit (fig3)
+  and Finn et al.'s sinusoid numbers (fig13). The sine figures are unchanged, byte for byte.
 """
 from __future__ import annotations
 
@@ -30,7 +38,9 @@ import pandas as pd
 from benchmarks import statistics
 from benchmarks.analysis import (CONFIG_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS, TABLE_STEPS, Analysis,
                                  best_per_algorithm, matching, mode, pool_seeds, ranked, summary_frame)
+from benchmarks.records import metric_columns
 from benchmarks.tables import scope_text
+from tasks.problem import MSE, Metric
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,9 @@ CONTENTION = "measured under contention (quality sweep, parallel workers; `make 
 #: this suite's engine, and the peers its speed-up is measured against (fig5)
 SPEED_ENGINE = "func"
 SPEED_PEERS = {"l2l": "learn2learn", "jax": "JAX"}
-METRIC = "MSE"  # the error's name on every axis (from one place: classification will bring accuracy)
+METRIC = MSE.label  # FIGURES' metric: the sine families'; a folder in another metric reads `captions(metric)`
+#: metrics whose values span decades: log (and symlog) axes and colour scales; any other is drawn linear
+LOG_METRICS = (MSE.name,)
 FIGURES = {
     "fig1_adaptation_steps":
         f"How fast does each algorithm's typical test error fall with adaptation steps? Test {METRIC} against "
@@ -120,6 +132,56 @@ FIGURES = {
         "±25% tolerance of tables.md (d)), our mean with its 95% CI (the statistic the paper reports) and our "
         "median (hollow) with its bootstrap CI. Means above the axis are arrows on the edge.",
 }
+#: FIGURES for a metric other than MSE (`captions`): its label, linear axes, its direction and chance
+#: level; figures absent here either do not show the metric (2, 5, 6) or are skipped for it (3, 7, 10)
+_OTHER_METRIC_CAPTIONS = {
+    "fig1_adaptation_steps":
+        "How fast does each algorithm's typical test {label} improve with adaptation steps? Test {label} against "
+        "adaptation steps, best configuration per algorithm (chosen by validation), one column per test K: the IQM "
+        "of the per-task values with its 95% bootstrap band, and below it the mean with its 95% CI, drawn only where "
+        "no task's value is non-finite; linear axes ({direction} is better{chance}).",
+    "fig4_lr_heatmaps":
+        "How sensitive is each algorithm to LR_base and LR_meta, and which pair did validation choose? Final "
+        "validation {label} after {steps} step (the selection statistic) over LR_base x LR_meta, one panel per "
+        "(algorithm, S), one linear colour scale, the better ({direction}) end light; every cell prints its value. "
+        "Framed: the configuration the other figures show (the {best} validation {label}). Hatched: a configuration "
+        "that lost seeds (diverged or failed), its value from the surviving seeds. Grey: not run or no finite value.",
+    "fig8_paired_comparison":
+        "Task by task, which algorithm beats MAML and pre-training, and by how much? On the shared test tasks "
+        "(trained and evaluated at the figures' K): the median per-task difference of the {label} ({sign} 0: better "
+        "than the reference), one panel per adaptation step (linear axis; interval ends far beyond every estimate "
+        "are arrows on the edge), and the probability of improvement ({label} {relation} the reference's), with "
+        "95% bootstrap CIs.",
+    "fig9_paired_ecdf":
+        "How are the per-task differences of the headline pairs distributed? Empirical CDF over the shared test "
+        "tasks of A's {label} minus B's (each averaged over seeds; {side} 0: A better) for Meta-SGD − MAML and "
+        "MAML − pre-training, after 1, 5 and 10 steps; linear axis.",
+    "fig11_error_vs_k":
+        "How much does each algorithm gain from more support examples? Test {label} (IQM with 95% bootstrap CI, "
+        "linear axis, {direction} is better{chance}) against K, trained and tested at that K, best configuration "
+        "per algorithm and K, after 1 and after 10 adaptation steps.",
+    "fig12_validation_curves":
+        "When during meta-training does each algorithm reach its validation {label}? Validation {label} after "
+        "{steps} step at the trained K (the selection statistic) at every evaluated iteration, best configuration "
+        "per algorithm, mean over seeds with its 95% CI (linear axis, {direction} is better{chance}).",
+    "fig13_reproduction":
+        "Does this suite reproduce Finn et al. (2017)'s sinusoid numbers? Drawn for the sine regression families "
+        "only: the published numbers are their test errors.",
+}
+
+
+def captions(metric: Metric = MSE) -> dict[str, str]:
+    """Each figure's caption (its question, then how to read it) for a folder in `metric`: FIGURES
+    for MSE, else the metric's label, direction and chance level (never "MSE")."""
+    if metric.name in LOG_METRICS:
+        return dict(FIGURES)
+    higher = metric.higher_is_better
+    fields = {"label": metric.label, "steps": SELECT_STEPS, "direction": "higher" if higher else "lower",
+              "best": "highest" if higher else "lowest", "sign": ">" if higher else "<",
+              "side": "above" if higher else "below", "relation": ">" if higher else "<",
+              "chance": f"; dashed: chance, {metric.chance:.3g}" if metric.chance is not None else ""}
+    return {name: _OTHER_METRIC_CAPTIONS[name].format(**fields) if name in _OTHER_METRIC_CAPTIONS else text
+            for name, text in FIGURES.items()}
 
 
 class Skip(Exception):
@@ -131,10 +193,66 @@ def _note(fig, text: str) -> None:
     fig._metabench_notes = [*getattr(fig, "_metabench_notes", []), text]
 
 
+def _column(a: Analysis, template: str = "{}") -> str:
+    """An analysis frame's column of the folder's metric: "{}" -> `mse` / `accuracy`, "val_{}" ->
+    `val_accuracy`, "{}_ci95" -> its interval (the names `benchmarks.records.metric_columns` gives
+    the evaluation rows)."""
+    return template.format(metric_columns(a.metric)[0])
+
+
+def _log_axis(a: Analysis) -> bool:
+    """Whether the folder's metric spans decades (LOG_METRICS): log axes; else linear ones."""
+    return a.metric.name in LOG_METRICS
+
+
+def _linear(a: Analysis, *frames_and_columns) -> dict:
+    """plot_lines' y-axis arguments for a metric drawn linear: the range of the given (frame,
+    columns) values and the chance level; {} (its log defaults) for a metric on a log axis."""
+    if _log_axis(a):
+        return {}
+    from benchmarks.plots import linear_limits
+
+    values = [frame[[c for c in columns if c in frame]].to_numpy(dtype=float).ravel()
+              for frame, columns in frames_and_columns]
+    chance = a.metric.chance if a.metric.chance is not None else np.nan
+    ymin, ymax = linear_limits(np.concatenate([*values, [chance]]))
+    return {"log": False, "ymin": ymin, "ymax": ymax}
+
+
+def _with_interval(a: Analysis, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """(frame, columns) for `_linear`: the metric's values and the ends of their 95% CI."""
+    value, ci = _column(a), _column(a, "{}_ci95")
+    values = frame[value].astype(float)
+    ends = frame.assign(low=values - frame[ci].astype(float), high=values + frame[ci].astype(float))
+    return ends, [value, "low", "high"]
+
+
+def _chance(a: Analysis, axes) -> None:
+    """The metric's guessing level on every axis given (nothing for a metric without one)."""
+    from benchmarks.plots import mark_chance
+
+    for ax in np.ravel(axes):
+        if ax.get_visible():
+            mark_chance(ax, a.metric.chance)
+
+
+#: why fig7 and fig10 are drawn for MSE only
+BLOWUP_SKIP = ("blow-up rates need the suite's yardstick, a multiple of the zero predictor's squared error "
+               "(`Metric.scaled_blowups`); without it a blow-up is a non-finite value only (the tables count them)")
+
+
+def _only_mse(a: Analysis, why: str, applies: bool | None = None) -> None:
+    """Skip a figure that only a folder in MSE can have (`applies`: the condition, by default that
+    the metric is MSE); the reason names the folder's metric."""
+    if not (a.metric.name == MSE.name if applies is None else applies):
+        raise Skip(f"{why}; this folder reports {a.metric.label} "
+                   f"({'higher' if a.metric.higher_is_better else 'lower'} is better)")
+
+
 def _best(a: Analysis) -> pd.DataFrame:
     """The per-algorithm best configurations, in registry order (legends list algorithms alike)."""
     if a.figure_best.empty:
-        raise Skip("no `ok` cell with a validation MSE to choose a best configuration by")
+        raise Skip(f"no `ok` cell with a validation {a.metric.label} to choose a best configuration by")
     return _registry_sorted(a.figure_best)
 
 
@@ -173,7 +291,7 @@ def _summary(a: Analysis, config, split: str, eval_k: int, step: int, bootstrap:
     if key not in memo:
         found = a.task_errors.errors(config, split, eval_k)
         memo[key] = None if found is None or step >= found[0].shape[1] else statistics.summarize(
-            found[0][:, step], found[1], n_resamples=FIGURE_RESAMPLES)
+            found[0][:, step], found[1], n_resamples=FIGURE_RESAMPLES, higher_is_better=a.metric.higher_is_better)
     return memo[key]
 
 
@@ -228,21 +346,25 @@ def _fig_adaptation(a: Analysis, plt):
     n_rows = 2 if robust else 1
     fig, axes = plt.subplots(n_rows, len(eval_ks), figsize=(plots.TWO_COLUMN, 2.3 * n_rows + 1.0), squeeze=False,
                              layout="constrained")
+    label, value = a.metric.label, _column(a)
     for j, k in enumerate(eval_ks):
         mean_row = axes[n_rows - 1, j]
         if robust:
             if k in robust:
                 plots.plot_adaptation(axes[0, j], robust[k], value="iqm", title=f"{int(k)}-shot test: IQM",
-                                      ylabel=f"IQM of test {METRIC} (95% CI)", legend=False, notes="caption")
+                                      ylabel=f"IQM of test {label} (95% CI)", legend=False, notes="caption",
+                                      **_linear(a, (robust[k], ["iqm", "low", "high"])))
             else:
                 axes[0, j].set_visible(False)
         part = frame[frame["eval_k_shot"] == k]
-        part = part[np.isfinite(part["mse"].astype(float))]
+        part = part[np.isfinite(part[value].astype(float))]
         plots.plot_adaptation(mean_row, part, title=f"{int(k)}-shot test: mean"
-                              + (" (where no task blew up)" if omitted else ""),
-                              ylabel=f"mean test {METRIC} (95% CI)", legend=False, notes="caption")
+                              + (" (where no task blew up)" if omitted else ""), value=value,
+                              ylabel=f"mean test {label} (95% CI)", legend=False, notes="caption",
+                              **_linear(a, _with_interval(a, part)))
+    _chance(a, axes)
     _legend_below(fig, axes)
-    fig.suptitle(f"Test {METRIC} vs adaptation steps ({scope_text(a)})")
+    fig.suptitle(f"Test {label} vs adaptation steps ({scope_text(a)})")
     _note(fig, _configurations(best))
     if omitted:
         _note(fig, "Mean omitted from the first step at which a task blew up (fig7): " + "; ".join(omitted) + ".")
@@ -297,20 +419,23 @@ def _fig_validation_curves(a: Analysis, plt):
     evaluations = evaluations[(evaluations["status"] == "ok") & (evaluations["split"] == "validation")
                               & (evaluations["eval_k_shot"] == evaluations["k_shot"])
                               & (evaluations["eval_steps"] == SELECT_STEPS)]
-    for column in ("mse", "mse_ci95", "iteration"):
+    value, label = _column(a), a.metric.label
+    for column in (value, _column(a, "{}_ci95"), "iteration"):
         evaluations[column] = pd.to_numeric(evaluations[column], errors="coerce")
     parts = []
     for _, config in best.iterrows():
-        pooled = pool_seeds(matching(evaluations, config), CONFIG_COLUMNS + ["iteration"])
+        pooled = pool_seeds(matching(evaluations, config), CONFIG_COLUMNS + ["iteration"], metric=a.metric)
         if pooled["iteration"].nunique() >= 2:
             parts.append(pooled.assign(label=config["algorithm"]))
     if not parts:
         raise Skip("no best configuration was evaluated at ≥2 iterations (`eval_every`)")
     frame = pd.concat(parts)
     fig, ax = plt.subplots(figsize=(plots.TWO_COLUMN, 2.8), layout="constrained")
-    plots.plot_lines(ax, frame, "iteration", "mse", f"validation {METRIC} after {SELECT_STEPS} step (95% CI)",
+    plots.plot_lines(ax, frame, "iteration", value, f"validation {label} after {SELECT_STEPS} step (95% CI)",
                      "meta-training iteration", legend=False, notes="caption",
-                     title=f"Validation {METRIC} during meta-training ({scope_text(a)})")
+                     title=f"Validation {label} during meta-training ({scope_text(a)})",
+                     **_linear(a, _with_interval(a, frame)))
+    _chance(a, ax)
     _legend_below(fig, [ax])
     _note(fig, _configurations(best))
     return fig
@@ -321,7 +446,7 @@ def _fig_error_vs_k(a: Analysis, plt):
 
     _need_task_errors(a)
     if not a.scope:
-        raise Skip("no `ok` cell with a validation MSE")
+        raise Skip(f"no `ok` cell with a validation {a.metric.label}")
     task = a.scope["task"]
     scores = a.scores[(a.scores["task"] == task) & a.scores["val_n_seeds"].notna()]
     ks = sorted(int(k) for k in scores["k_shot"].unique())
@@ -330,7 +455,7 @@ def _fig_error_vs_k(a: Analysis, plt):
     steps = (TABLE_STEPS[0], TABLE_STEPS[-1])
     rows, configurations = [], []
     for k in ks:
-        for _, config in _registry_sorted(best_per_algorithm(scores, task, k)).iterrows():
+        for _, config in _registry_sorted(best_per_algorithm(scores, task, k, a.metric)).iterrows():
             configurations.append(f"K={k}: {config['label']}")
             for step in steps:
                 found = a.task_errors.summary(config, "test", k, step)
@@ -341,21 +466,25 @@ def _fig_error_vs_k(a: Analysis, plt):
     frame = pd.DataFrame(rows)
     if frame.empty or frame.groupby("label")["k_shot"].nunique().max() < 2:
         raise Skip("no algorithm has per-task test errors at its trained K for ≥2 values of K")
-    # one y axis for both panels, up to 2x the worst one-step error: more steps should only lower it, and
-    # what blew up after 10 steps is an arrow on the edge
+    # one y axis for both panels: linear over every value and interval for a metric drawn linear; for MSE up
+    # to 2x the worst one-step error (more steps should only lower it, and what blew up after 10 steps is an
+    # arrow on the edge)
     values = frame["iqm"].to_numpy(dtype=float)
-    ymin = float(values[np.isfinite(values) & (values > 0)].min()) / 2
-    ymax = 2.0 * float(frame.loc[frame["eval_steps"] == steps[0], "iqm"].replace(np.inf, np.nan).max())
+    limits = _linear(a, (frame, ["iqm", "low", "high"])) or {
+        "ymin": float(values[np.isfinite(values) & (values > 0)].min()) / 2,
+        "ymax": 2.0 * float(frame.loc[frame["eval_steps"] == steps[0], "iqm"].replace(np.inf, np.nan).max())}
+    label = a.metric.label
     fig, axes = plt.subplots(1, len(steps), figsize=(plots.TWO_COLUMN, 2.8), squeeze=False, layout="constrained")
     for ax, step in zip(axes[0], steps):
-        plots.plot_lines(ax, frame[frame["eval_steps"] == step], "k_shot", "iqm", f"IQM of test {METRIC} (95% CI)",
+        plots.plot_lines(ax, frame[frame["eval_steps"] == step], "k_shot", "iqm", f"IQM of test {label} (95% CI)",
                          "K (support examples, trained and tested)", legend=False, notes="caption",
-                         ymin=ymin, ymax=ymax, title=f"after {step} step{'s' if step > 1 else ''}")
+                         title=f"after {step} step{'s' if step > 1 else ''}", **limits)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
+    _chance(a, axes)
     _legend_below(fig, axes)
-    fig.suptitle(f"Test {METRIC} against K (task {task})")
+    fig.suptitle(f"Test {label} against K (task {task})")
     _note(fig, "Configurations (chosen by validation per K): " + "; ".join(configurations) + ".")
     return fig
 
@@ -365,7 +494,7 @@ def _fig_error_vs_k(a: Analysis, plt):
 def _qualitative_of(a: Analysis, algorithm: str):
     rows = a.figure_best[a.figure_best["algorithm"] == algorithm]
     if rows.empty:
-        raise Skip(f"no `{algorithm}` configuration with a validation MSE at {scope_text(a)}")
+        raise Skip(f"no `{algorithm}` configuration with a validation {a.metric.label} at {scope_text(a)}")
     config = rows.iloc[0]
     cells = matching(a.cells, config).sort_values("seed")
     by_id = {r["cell_id"]: r for r in a.records}
@@ -379,6 +508,7 @@ def _qualitative_of(a: Analysis, algorithm: str):
 def _fig_qualitative(a: Analysis, plt):
     from benchmarks import plots
 
+    _only_mse(a, "the qualitative figure draws fitted curves y(x) of the sine regression families")
     _best(a)
     panels = [_qualitative_of(a, algorithm) for algorithm in QUALITATIVE_PAIR]
     tasks = sorted({qualitative.get("task", QUALITATIVE_DEFAULT_TASK) for _, _, qualitative in panels})
@@ -418,7 +548,7 @@ def _panel_order(panels: dict) -> dict:
 
 def _scope_scores(a: Analysis) -> pd.DataFrame:
     if not a.scope:
-        raise Skip("no `ok` cell with a validation MSE")
+        raise Skip(f"no `ok` cell with a validation {a.metric.label}")
     return a.scores[(a.scores["task"] == a.scope["task"]) & (a.scores["k_shot"] == a.scope["k_shot"])]
 
 
@@ -432,16 +562,16 @@ def _heatmap_panels(a: Analysis) -> dict[tuple, pd.DataFrame]:
         if n_base < 2 or n_meta < 2:
             continue
         # one value per LR pair: the configuration (backend, B, iterations) chosen by validation
-        chosen = ranked(group).groupby(["lr_base", "lr_meta"], sort=False).head(1)
-        value = chosen["val_mse"].astype(float)
-        value = value.where(np.isfinite(value), chosen["val_mse_finite"].astype(float))  # a seed non-finite
+        chosen = ranked(group, a.metric).groupby(["lr_base", "lr_meta"], sort=False).head(1)
+        value = chosen[_column(a, "val_{}")].astype(float)
+        value = value.where(np.isfinite(value), chosen[_column(a, "val_{}_finite")].astype(float))  # a seed non-finite
         lost = (chosen["n_ok"] < chosen["n_cells"]) | (chosen["val_n_finite"].fillna(0) < chosen["val_n_seeds"])
         finite_seeds = chosen["val_n_finite"].fillna(0).astype(int)
         seeds = [f"{f}/{n} seeds" for f, n in zip(finite_seeds, chosen["n_cells"])]
         partial = np.where(lost & np.isfinite(value), seeds, "")
         note = np.where(chosen["n_ok"] == 0, "diverged", "non-finite")
         panels[(algorithm, int(steps))] = pd.DataFrame({
-            "lr_base": chosen["lr_base"], "lr_meta": chosen["lr_meta"], "mse": value, "note": note,
+            "lr_base": chosen["lr_base"], "lr_meta": chosen["lr_meta"], "value": value, "note": note,
             "partial": partial,
             "chosen": [tuple(row[c] for c in CONFIG_COLUMNS) in chosen_keys for _, row in chosen.iterrows()]})
     if not panels:
@@ -470,28 +600,34 @@ def _outer_labels_only(ax, index: int, columns: int) -> None:
 
 def _fig_heatmaps(a: Analysis, plt):
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import LogNorm, Normalize
 
     from benchmarks import plots
 
     panels = _heatmap_panels(a)
-    values = pd.concat([frame["mse"] for frame in panels.values()]).astype(float).to_numpy()
-    values = values[np.isfinite(values) & (values > 0)]
+    log, label, higher = _log_axis(a), a.metric.label, a.metric.higher_is_better
+    values = pd.concat([frame["value"] for frame in panels.values()]).astype(float).to_numpy()
+    values = values[np.isfinite(values) & ((values > 0) if log else True)]
     norm = None
-    if values.size:
+    if values.size and log:
         low = values.min()
         norm = LogNorm(low, max(min(values.max(), low * 10 ** HEATMAP_DECADES), low * 1.01), clip=True)
+    elif values.size:  # a bounded metric: every value on one linear scale
+        norm = Normalize(values.min(), max(values.max(), values.min() + 1e-12))
+    cmap = plots.heatmap_cmap(higher)
     fig, axes = _grid_of_panels(plt, len(panels), 1.55)
     for i, (ax, ((algorithm, steps), frame)) in enumerate(zip(axes.ravel(), panels.items())):
         chosen = " (chosen)" if frame["chosen"].any() else ""
-        plots.plot_lr_heatmap(ax, frame, norm=norm, title=f"{algorithm}, S={steps}{chosen}", colorbar=norm is None)
+        plots.plot_lr_heatmap(ax, frame, norm=norm, title=f"{algorithm}, S={steps}{chosen}", colorbar=norm is None,
+                              label=f"validation {label}", value="value", higher_is_better=higher, log=log)
         _outer_labels_only(ax, i, axes.shape[1])
     if norm is not None:  # one scale for every panel
         clipped = values.max() > norm.vmax
-        fig.colorbar(ScalarMappable(norm=norm, cmap=plots.HEATMAP_CMAP), ax=axes, shrink=0.6,
-                     label=f"validation {METRIC}@{SELECT_STEPS}" + (" (darkest: ≥ scale end)" if clipped else ""),
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6,
+                     label=f"validation {label}@{SELECT_STEPS}" + (" (darkest: ≥ scale end)" if clipped else "")
+                     + ("" if log else f" ({'higher' if higher else 'lower'} is better: light)"),
                      extend="max" if clipped else "neither")
-    fig.suptitle(f"Validation {METRIC} after {SELECT_STEPS} step, mean over seeds ({scope_text(a)})")
+    fig.suptitle(f"Validation {label} after {SELECT_STEPS} step, mean over seeds ({scope_text(a)})")
     return fig
 
 
@@ -500,6 +636,7 @@ def _fig_stability(a: Analysis, plt):
 
     from benchmarks import plots
 
+    _only_mse(a, BLOWUP_SKIP, a.metric.scaled_blowups)
     _need_task_errors(a)
     scores = _scope_scores(a)
     scores = scores[scores["val_n_seeds"].notna()]
@@ -508,7 +645,8 @@ def _fig_stability(a: Analysis, plt):
     for (algorithm, steps), group in scores.groupby(["algorithm", "inner_steps"]):
         rows = []
         for lr_base, candidates in group.groupby("lr_base"):
-            for _, config in ranked(candidates).iterrows():  # the LR_meta validation chooses, if it has errors
+            # the LR_meta validation chooses, if it has errors
+            for _, config in ranked(candidates, a.metric).iterrows():
                 found = a.task_errors.errors(config, "test", k)
                 if found is not None:
                     rows += [{"lr_base": lr_base, "eval_steps": s,
@@ -677,6 +815,7 @@ def _fig_speed_steps(a: Analysis, plt):
 def _fig_blowup(a: Analysis, plt):
     from benchmarks import plots
 
+    _only_mse(a, BLOWUP_SKIP, a.metric.scaled_blowups)
     best = _best(a)
     _need_task_errors(a)
     panels = {}
@@ -719,6 +858,7 @@ def _fig_paired(a: Analysis, plt):
                    f"another algorithm at {scope_text(a)}")
     steps = sorted(paired["eval_steps"].unique())
     n_algorithms = paired["algorithm"].nunique()
+    log, label, higher = _log_axis(a), a.metric.label, a.metric.higher_is_better
     fig, axes = plt.subplots(len(references), len(steps) + 1, figsize=(plots.TWO_COLUMN, (
         0.17 * n_algorithms + 1.0) * len(references) + 0.4), squeeze=False, layout="constrained")
     for i, reference in enumerate(references):
@@ -726,12 +866,12 @@ def _fig_paired(a: Analysis, plt):
         for j, step in enumerate(steps):
             ax = axes[i, j]
             plots.plot_paired(ax, part[part["eval_steps"] == step], "median_difference", 0.0,
-                              f"median difference vs {reference}" if j == 0 else "vs " + reference, symlog=True,
+                              f"median difference vs {reference}" if j == 0 else "vs " + reference, symlog=log,
                               title=f"{step} step{'s' if step > 1 else ''}: median difference", name_switch=False)
             if j:
                 ax.set_yticklabels([])
         ax = axes[i, -1]
-        plots.plot_paired(ax, part, "p_improvement", 0.5, f"P({METRIC} < {reference}'s)",
+        plots.plot_paired(ax, part, "p_improvement", 0.5, f"P({label} {'>' if higher else '<'} {reference}'s)",
                           title=f"vs {reference}: P(improvement)", limits=(-0.02, 1.02))
         ax.set_yticklabels([])
     from matplotlib.lines import Line2D
@@ -739,9 +879,11 @@ def _fig_paired(a: Analysis, plt):
     fig.legend(handles=[Line2D([], [], marker=plots.STEP_MARKERS.get(int(s), "o"), color="0.3", linestyle="",
                                label=f"after {int(s)} step{'s' if s > 1 else ''}") for s in steps],
                loc="outside lower center", ncols=len(steps))
+    better = "positive" if higher else "negative"
+    scale = "difference axes symlog, linear in the shaded band" if log else f"differences of {label}, linear axes"
     fig.suptitle(f"Paired comparisons on the same {int(paired['n_tasks'].iloc[0])} test tasks ({scope_text(a)}, "
-                 f"test K={a.scope['k_shot']}; negative difference: better than the reference; 95% bootstrap CIs;\n"
-                 "difference axes symlog, linear in the shaded band)")
+                 f"test K={a.scope['k_shot']}; {better} difference: better than the reference; 95% bootstrap CIs;\n"
+                 f"{scale})")
     _note(fig, _configurations(best))
     return fig
 
@@ -768,9 +910,12 @@ def _fig_ecdf(a: Analysis, plt):
                    f"errors on shared tasks at {scope_text(a)}")
     fig, axes = plt.subplots(1, len(panels), figsize=(plots.TWO_COLUMN if len(panels) > 1 else plots.ONE_COLUMN,
                                                       2.8), squeeze=False, layout="constrained")
+    label, higher = a.metric.label, a.metric.higher_is_better
     for ax, (first, second, differences) in zip(axes[0], panels):
+        better = "" if _log_axis(a) else f"\n({'> 0' if higher else '< 0'}: {first} better)"
         plots.plot_ecdf(ax, differences, plots.algorithm_style(first)["color"],
-                        f"{first}'s {METRIC} − {second}'s, per task", title=f"{first} − {second}")
+                        f"{first}'s {label} − {second}'s, per task{better}", title=f"{first} − {second}",
+                        symlog=_log_axis(a), higher_is_better=higher)
     n_tasks = len(next(iter(panels[0][2].values())))
     fig.suptitle(f"Per-task paired differences on {n_tasks} shared test tasks ({scope_text(a)}, test K={k})")
     _note(fig, _configurations(best))
@@ -780,7 +925,8 @@ def _fig_ecdf(a: Analysis, plt):
 def _fig_reproduction(a: Analysis, plt):
     from benchmarks import paper, plots
 
-    frame = paper.comparison(a.final, a.task_errors)
+    _only_mse(a, "Finn et al. (2017)'s published numbers are test errors of the sine regression families")
+    frame = paper.comparison(a.final, a.task_errors, a.metric)
     if frame.empty:
         raise Skip(f"no cells in Finn et al.'s setup ({', '.join(f'{k}={v}' for k, v in paper.SETUP.items())})")
     frame = frame[frame["published"].notna()]
@@ -821,7 +967,7 @@ def _fig_reproduction(a: Analysis, plt):
     plots.plain_ticks(ax, "y")
     ax.set_ylim(bottom, top)
     ax.set_xticks(range(len(steps)), [f"{s} step{'s' if s > 1 else ''}" for s in steps])
-    ax.set_ylabel(f"test {METRIC} at K = {paper.EVAL_K}")
+    ax.set_ylabel(f"test {a.metric.label} at K = {paper.EVAL_K}")
     ax.set_title("Finn et al. 2017, Table 2, vs this suite")
     fig.legend(loc="outside lower center", ncols=2)
     verdicts = [f"{r['algorithm']}@{int(r['eval_steps'])}: {'✓' if r['reproduced'] else '✗'} "
@@ -855,12 +1001,15 @@ def make_figure(name: str, a: Analysis, plt):
     from benchmarks.plots import PAPER_RC
 
     with matplotlib.rc_context(PAPER_RC):
-        return FIGURE_MAKERS[name](a, plt)
+        fig = FIGURE_MAKERS[name](a, plt)
+    fig._metabench_caption = captions(a.metric)[name]
+    return fig
 
 
 def caption(name: str, fig) -> str:
-    """The caption file's text: the figure's question and reading (FIGURES), then its notes."""
-    return " ".join([FIGURES[name], *getattr(fig, "_metabench_notes", [])]) + "\n"
+    """The caption file's text: the figure's question and reading (`captions` of its folder's
+    metric, FIGURES for MSE), then its notes."""
+    return " ".join([getattr(fig, "_metabench_caption", FIGURES[name]), *getattr(fig, "_metabench_notes", [])]) + "\n"
 
 
 def render_figures(a: Analysis) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:

@@ -17,17 +17,19 @@ import numpy as np
 
 from algorithms import get_algorithm, get_learner_class
 from algorithms import generic_engine as generic
-from algorithms.evaluation import adaptation_curve, initial_gradient_norm, needs_generic, summarize
+from algorithms.evaluation import (adaptation_curve, initial_gradient_norm, metric_curves, needs_generic, summarize,
+                                   summarize_problem)
 from algorithms.functional import adapt, expand_per_task
 from algorithms.network import sized, with_context
 from benchmarks import artifacts as store
 from benchmarks import statistics
-from benchmarks.config import Cell, Settings
+from benchmarks.config import Cell, Settings, cell_family
 from benchmarks.fingerprint import fingerprint
 from benchmarks.plugins import load_plugins
 from benchmarks.speed.measure import tune_malloc
 from benchmarks.training import meta_train
 from tasks import TaskBatch, evaluation_set, get_task
+from tasks.problem import MSE, REGRESSION, Problem, problem_of
 
 QUALITATIVE_STEPS = (0, 1, 10)
 PROBE_SEED_OFFSET = 7  # the fixed probe batch for gradient norms (validation stream, own offset)
@@ -40,10 +42,6 @@ PROBE_SEED_OFFSET = 7  # the fixed probe batch for gradient norms (validation st
 # "diverged" at an untrained network's ordinary error. On sine-scale targets the zero predictor's
 # is the larger (about 4 against 0.02-0.5), so the threshold is exactly the zero predictor's x 1e4.
 DIVERGENCE_FACTOR = 1e4
-
-
-def _family(cell: Cell, settings: Settings, k_shot: int | None = None):
-    return get_task(cell.task, k_shot=k_shot or cell.k_shot, n_query=settings.n_query, **settings.task_params)
 
 
 def _qualitative(adaptation, settings: Settings, k_shot: int) -> dict:
@@ -92,8 +90,12 @@ def evaluation_sets(family, settings: Settings, eval_ks, device) -> dict[tuple[s
     return sets
 
 
-def zero_predictor_mse(sets: dict[tuple[str, int], list[TaskBatch]]) -> dict[tuple[str, int], float]:
-    """Per (split, K): the query MSE of predicting 0, averaged over all its tasks (the blow-up yardstick)."""
+def zero_predictor_mse(sets: dict[tuple[str, int], list[TaskBatch]], problem: Problem = REGRESSION
+                       ) -> dict[tuple[str, int], float]:
+    """Per (split, K): the query MSE of predicting 0, averaged over all its tasks (the blow-up
+    yardstick); NaN for a metric the yardstick does not apply to (`Metric.scaled_blowups`)."""
+    if not problem.metric.scaled_blowups:
+        return {key: float("nan") for key in sets}
     return {key: float(torch.cat([b.y_query.pow(2).mean(dim=(1, 2)) for b in batches]).double().mean())
             for key, batches in sets.items()}
 
@@ -106,8 +108,11 @@ def untrained_mse(adaptation, probe: TaskBatch) -> float:
         return float(adaptation_curve(adaptation, silent, 0).double().mean())
 
 
-def _divergence(loss: float, zero: float, untrained: float) -> str | None:
-    """Why a training loss counts as diverged (None: it does not); see DIVERGENCE_FACTOR."""
+def _divergence(loss: float, zero: float, untrained: float, problem: Problem = REGRESSION) -> str | None:
+    """Why a training loss counts as diverged (None: it does not); see DIVERGENCE_FACTOR. A loss
+    other than MSE is judged by finiteness alone: the yardstick is made of MSEs."""
+    if not problem.is_mse:
+        return None if math.isfinite(loss) else "non-finite"
     scale = statistics.error_scale(zero, untrained)
     if math.isfinite(loss) and loss <= DIVERGENCE_FACTOR * scale:
         return None
@@ -121,8 +126,18 @@ def _divergence(loss: float, zero: float, untrained: float) -> str | None:
     return kind
 
 
-def evaluate_sets(adaptation, sets, steps: int, iteration: int):
-    """Summary rows (one per split, K and step) and each task's errors [steps + 1, tasks] per (split, K).
+def _curves(adaptation, batch: TaskBatch, steps: int, problem: Problem):
+    """(query loss, the problem's metric), each [steps + 1, tasks]; for MSE they are one tensor,
+    computed as it always was (stored numbers stay bitwise)."""
+    if problem.is_mse and problem.metric == MSE:
+        losses = adaptation_curve(adaptation, batch, steps, problem)
+        return losses, losses
+    return metric_curves(adaptation, batch, steps, problem)
+
+
+def evaluate_sets(adaptation, sets, steps: int, iteration: int, problem: Problem = REGRESSION):
+    """Summary rows (one per split, K and step) and each task's metric values [steps + 1, tasks]
+    per (split, K): the stored "errors" (MSE for the sine families, accuracy for classification).
 
     Sets are adapted one at a time (bounded memory; a task's numbers do not depend on its
     neighbours). The mean and CI are over all tasks of all sets; with several sets,
@@ -132,8 +147,12 @@ def evaluate_sets(adaptation, sets, steps: int, iteration: int):
     rows, errors = [], {}
     with torch.no_grad():
         for (split, k), batches in sets.items():
-            losses = torch.cat([adaptation_curve(adaptation, b, steps) for b in batches], dim=1)
-            frame = summarize(losses)
+            parts = [_curves(adaptation, b, steps, problem) for b in batches]
+            losses = torch.cat([metric for _, metric in parts], dim=1)  # what is stored: the metric per task
+            if problem.is_mse and problem.metric == MSE:
+                frame = summarize(losses)
+            else:
+                frame = summarize_problem(torch.cat([loss for loss, _ in parts], dim=1), losses, problem)
             frame.insert(0, "eval_k_shot", k)
             frame.insert(0, "split", split)
             frame.insert(0, "iteration", iteration)
@@ -177,12 +196,18 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    family = _family(base, settings)
+    family = cell_family(base, settings)
+    problem = problem_of(family)
+    if problem != REGRESSION:  # the sine families' learners (and plug-in learners written for them) as always
+        options = {"problem": problem}
+    else:
+        options = {}
     hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in cells]
     generators = [torch.Generator().manual_seed(c.seed) for c in cells]
     init_generators = [torch.Generator().manual_seed(c.seed + 1) for c in cells]  # weights: own stream
-    options = {"compile": True} if settings.compile and \
-        getattr(get_learner_class(base.algorithm, base.backend, base.network), "compiles", False) else {}
+    if settings.compile and getattr(get_learner_class(base.algorithm, base.backend, base.network, problem), "compiles",
+                                    False):
+        options["compile"] = True
     if len(cells) > 1:
         learner = get_algorithm(base.algorithm, base.backend, hps, init_generators, device=settings.device,
                                 network=sized(base.network, family), **options)
@@ -200,15 +225,17 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     evaluations = [[] for _ in cells]
     final = [None] * len(cells)  # each member's artifacts from its final evaluation
     diverged = [None] * len(cells)  # the reason, once a member's training loss blows up
-    probe_zero = float(probe.y_query.pow(2).mean())
-    untrained = [untrained_mse(learner.adaptation(m), probe) for m in range(len(cells))]  # before any step
-    zero_mse = zero_predictor_mse(eval_sets)
+    scaled = problem.is_mse  # MSE yardsticks: only for an MSE loss (see _divergence)
+    probe_zero = float(probe.y_query.pow(2).mean()) if scaled else math.nan
+    untrained = [untrained_mse(learner.adaptation(m), probe) if scaled else math.nan  # before any step
+                 for m in range(len(cells))]
+    zero_mse = zero_predictor_mse(eval_sets, problem)
     train_seconds, last_iteration = 0.0, 0
     for report in meta_train(learner, family, generators, base.iterations, log_at, on_iteration):
         train_seconds, last_iteration = report["train_seconds"], report["iteration"]
         losses = [float(loss) for loss in report["loss"]]
         for m, loss in enumerate(losses):
-            kind = _divergence(loss, probe_zero, untrained[m]) if diverged[m] is None else None
+            kind = _divergence(loss, probe_zero, untrained[m], problem) if diverged[m] is None else None
             if kind is not None:
                 diverged[m] = f"training loss {loss:.3g} at iteration {report['iteration']}: {kind}"
         live = [m for m in range(len(cells)) if diverged[m] is None]
@@ -217,9 +244,9 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
         for m in live:
             adaptation = learner.adaptation(m)
             curves[m].append({"iteration": report["iteration"], "loss": losses[m],
-                              "grad_norm": initial_gradient_norm(adaptation, probe)})
+                              "grad_norm": initial_gradient_norm(adaptation, probe, problem)})
             if report["iteration"] in eval_at:
-                rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"])
+                rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"], problem)
                 evaluations[m].extend(rows)
                 if report["iteration"] == base.iterations:
                     final[m] = store.from_adaptation(adaptation)
@@ -236,14 +263,15 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     sec_per_iter = max(train_seconds - compile_seconds, 0.0) / max(1, last_iteration)
     records = []
     for m, cell in enumerate(cells):
-        common = dict(engine=learner.engine, sec_per_iter=sec_per_iter, compile_seconds=compile_seconds,
+        common = dict(metric=problem.metric.declaration(), engine=learner.engine, sec_per_iter=sec_per_iter,
+                      compile_seconds=compile_seconds,
                       ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m],
                       **({"self_check": learner.self_check} if getattr(learner, "self_check", None) else {}))
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
+            qualitative = _qualitative(learner.adaptation(m), settings, cell.k_shot) if problem.scalar_mse else None
             records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
-                                   qualitative=_qualitative(learner.adaptation(m), settings, cell.k_shot),
-                                   _artifacts=final[m], **common))
+                                   qualitative=qualitative, _artifacts=final[m], **common))
         else:
             records.append(_record(cell, settings, status="diverged",
                                    error=diverged[m], evaluations=[], **common))

@@ -11,6 +11,9 @@ with zero biases where we use torch's default `nn.Linear` initialisation, it is 
 and it is one training seed (our seed-to-seed spread of the same MSE is 10-30%). Our 95% CI
 is shown but not used for the verdict: one blown-up seed makes it wide enough to contain
 anything. Anything further off is reported as not reproduced and discussed in docs/paper-reproduction.md.
+
+The comparison is of MSEs: a folder in another metric (`Analysis.metric`, e.g. accuracy) gets none,
+whatever its cells, rather than its numbers set beside the paper's MSEs.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pandas as pd
 from benchmarks.analysis import CONFIG_COLUMNS, TaskErrors, pool_seeds
 from benchmarks.statistics import METHOD_NOTE, Estimate
 from benchmarks.tables import DASH, fmt_estimate, fmt_pooled, fmt_rate, markdown_table
+from tasks.problem import MSE, Metric
 
 #: Finn et al. 2017, Appendix C, Table 2 (trained K = 10, evaluated K = 5)
 PUBLISHED = pd.DataFrame([
@@ -35,15 +39,15 @@ REL_TOL = 0.25
 ROBUST = ("median", "iqm", "blowup")
 
 
-def comparison(final: pd.DataFrame, task_errors: TaskErrors | None = None) -> pd.DataFrame:
+def comparison(final: pd.DataFrame, task_errors: TaskErrors | None = None, metric: Metric = MSE) -> pd.DataFrame:
     """One row per (configuration in Finn's setup, adaptation step in STEPS): our pooled test MSE
     at K = 5, each seed's, the spread between independent test sets, the median, IQM and blow-up
     rate with bootstrap intervals (NaN without per-task errors), and the published number with
-    the verdict (empty if no such cells).
+    the verdict (empty if no such cells, or if the folder's `metric` is not MSE).
 
     `final`: `benchmarks.analysis.final_evaluations(records)`.
     """
-    if final.empty:
+    if final.empty or metric != MSE:
         return pd.DataFrame()
     mask = (final["split"] == "test") & (final["eval_k_shot"] == EVAL_K) & final["eval_steps"].isin(STEPS)
     for key, value in SETUP.items():

@@ -14,7 +14,10 @@ Axes never let one value flatten the rest (decisions, stated once here):
 - values that span decades get a log axis, or a symlog axis where they cross zero, whose switch
   from linear to log is drawn (a shaded band, `mark_symlog`);
 - a point or interval end beyond an axis' robust end is drawn on the edge as an arrow with its
-  value (`mark_overflow`), never by stretching the axis to it.
+  value (`mark_overflow`), never by stretching the axis to it;
+- a bounded metric (accuracy in [0, 1]) gets a linear axis, and its guessing level a dashed line
+  labelled "chance" (`mark_chance`); which metric, and which way is better, is the caller's
+  (`benchmarks.figures` reads the folder's `Metric`).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from algorithms import ALGORITHMS  # noqa: E402
 
 BAND_ALPHA = 0.2
 HEATMAP_CMAP = "viridis_r"  # low error light (viridis is colour-blind safe and prints in grey)
+HEATMAP_CMAP_HIGHER = "viridis"  # a higher-is-better metric (accuracy): high light, so better is light in both
 STABILITY_CMAP = "magma_r"  # blow-up rate: 0 white, high dark
 ALGORITHM_ORDER = tuple(ALGORITHMS)
 #: Okabe-Ito: blue, orange, bluish green, vermillion, reddish purple, sky blue, black, yellow; then grey
@@ -46,7 +50,7 @@ BACKEND_LINESTYLES = {"func": "-", "generic": (0, (5, 1)), "l2l": "--", "higher"
 STEP_MARKERS = {1: "o", 5: "s", 10: "D"}
 STEP_LINESTYLES = {1: "-", 5: "--", 10: ":"}
 SWITCH_COLOR = "0.93"  # the shaded linear part of a symlog axis
-#: the metric every error axis names (one place: classification tasks will set their own)
+#: the default name of an error axis (the sine families' metric); a figure of another metric passes its label
 METRIC = "MSE"
 #: Paper sizes (inches): one column of a two-column paper, and the full text width
 ONE_COLUMN, TWO_COLUMN = 3.3, 6.9
@@ -94,11 +98,12 @@ def _identical_to(frame: pd.DataFrame, value: str, x: str = "eval_steps") -> dic
 
 
 def _band(group: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Lower and upper edge of a line's interval: columns `low`/`high`, or `value` ± `mse_ci95`."""
+    """Lower and upper edge of a line's interval: columns `low`/`high`, or `value` ± `<value>_ci95`
+    (`mse_ci95`, `accuracy_ci95`: the evaluation rows' interval of their metric)."""
     if {"low", "high"} <= set(group):
         return group["low"].to_numpy(dtype=float), group["high"].to_numpy(dtype=float)
-    if "mse_ci95" in group:
-        ci = np.nan_to_num(group["mse_ci95"].to_numpy(dtype=float), nan=np.nan, posinf=np.nan)
+    if f"{value}_ci95" in group:
+        ci = np.nan_to_num(group[f"{value}_ci95"].to_numpy(dtype=float), nan=np.nan, posinf=np.nan)
         return group[value].to_numpy() - ci, group[value].to_numpy() + ci
     return None
 
@@ -130,6 +135,26 @@ def mark_overflow(ax, positions, values, low: float | None, high: float | None, 
             ax.annotate(_fmt(extreme), first, xytext=offset, textcoords="offset points", fontsize=6, color=color,
                         ha="left" if axis == "y" else "right", va="bottom", annotation_clip=False)
     return count
+
+
+def mark_chance(ax, chance: float | None, axis: str = "y"):
+    """The metric's guessing level (`Metric.chance`; None: nothing drawn) as a dashed grey line
+    labelled "chance" (gid "chance"), so that a legend lists it and a reader sees how far above
+    guessing a curve is."""
+    if chance is None:
+        return None
+    line = ax.axhline if axis == "y" else ax.axvline
+    return line(chance, color="0.45", linewidth=0.8, linestyle="--", label="chance", gid="chance", zorder=1)
+
+
+def linear_limits(values, pad: float = 0.06) -> tuple[float, float]:
+    """A linear axis' range over the finite `values` (points, interval ends, the chance level),
+    widened by `pad` of its width so that no point sits on an edge."""
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 1.0
+    return _padded(float(values.min()), float(values.max()), None, pad)
 
 
 def tick_text(value: float, _=None) -> str:
@@ -231,13 +256,13 @@ def plot_lines(ax, frame: pd.DataFrame, x: str, value: str, ylabel: str, xlabel:
                ymin: float | None = None, log: bool = True, title: str | None = None, legend: bool = True,
                notes: str = "legend"):
     """`value` against `x`, one line per `label` in its algorithm's style, with its interval
-    (`low`/`high` or `mse_ci95`). Columns: label, algorithm, `x`, `value`.
+    (`low`/`high` or `<value>_ci95`). Columns: label, algorithm, `x`, `value`.
 
     The y axis spans [ymin, ymax] (log by default; ymin defaults to half the smallest positive
-    point, ymax to 1.3x the largest); points above ymax are arrows on the top edge. Notes say
-    from which x a line is off scale (and how high), non-finite, or identical to an earlier line
-    (drawn hollow over it): in the line's legend label (`notes="legend"`) or in one text block
-    under the panel (`notes="caption"`), so that they never overlap."""
+    point, or 0 on a linear axis, ymax to 1.3x the largest); points above ymax are arrows on the
+    top edge. Notes say from which x a line is off scale (and how high), non-finite, or identical
+    to an earlier line (drawn hollow over it): in the line's legend label (`notes="legend"`) or in
+    one text block under the panel (`notes="caption"`), so that they never overlap."""
     finite = _finite(frame, [value])
     points = finite[value].to_numpy(dtype=float)
     positive = points[points > 0]
@@ -280,7 +305,7 @@ def plot_lines(ax, frame: pd.DataFrame, x: str, value: str, ylabel: str, xlabel:
         plain_ticks(ax, "y")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(ymin if log else 0, ymax)
+    ax.set_ylim(ymin if log or ymin is not None else 0, ymax)
     if title:
         ax.set_title(title)
     if caption:
@@ -424,24 +449,30 @@ def _padded(low: float, high: float, linthresh: float | None, pad: float = 0.06)
     return tuple(transform.inverted().transform(np.array([a - pad * width, b + pad * width])))
 
 
-def plot_ecdf(ax, differences: dict[int, np.ndarray], color, xlabel: str, title: str | None = None):
+def plot_ecdf(ax, differences: dict[int, np.ndarray], color, xlabel: str, title: str | None = None,
+              symlog: bool = True, higher_is_better: bool = False):
     """Empirical CDF of per-task paired differences, one line per adaptation step (its own marker
-    and dash, all in the compared algorithm's colour), on a symlog x axis (shaded linear part),
-    with the zero line. Infinite differences (one side blew up) sit on the axis edge, counted in
-    the legend. `differences`: step -> per-task differences."""
+    and dash, all in the compared algorithm's colour), on a symlog x axis (shaded linear part;
+    `symlog=False`: linear, for a bounded metric), with the zero line. Infinite differences (one
+    side blew up) sit on the axis edge, counted in the legend. Each legend entry gives the share of
+    tasks on the better side of 0 (< 0 for an error, > 0 with `higher_is_better`).
+    `differences`: step -> per-task differences."""
     finite = np.concatenate([d[np.isfinite(d)] for d in differences.values()])
     linthresh = symlog_threshold(np.quantile(np.abs(finite), 0.05)) if finite.size else 1.0
     # the axis ends at 10x the smallest per-step 95th percentile of |difference|: tasks that blew up
     # after more steps pile at the edge (counted in the legend) instead of stretching the axis
     top = 10 * min(float(np.quantile(np.abs(d[np.isfinite(d)]), 0.95)) for d in differences.values()
                    if np.isfinite(d).any()) if finite.size else 1.0
+    if not symlog:  # a bounded metric: every finite difference on the axis
+        top = linear_limits(np.abs(finite))[1] if finite.size and np.abs(finite).max() > 0 else 1.0
     for step, values in differences.items():
         values = np.sort(np.asarray(values, dtype=float))
         n = len(values)
         beyond = int((np.abs(values) > top).sum())
         shown = np.clip(np.nan_to_num(values, posinf=top, neginf=-top), -top, top)
-        better = float(np.mean(values < 0))
-        label = f"{step} step{'s' if step != 1 else ''}: < 0 on {better:.0%}" + (
+        better = float(np.mean(values > 0 if higher_is_better else values < 0))
+        side = ">" if higher_is_better else "<"
+        label = f"{step} step{'s' if step != 1 else ''}: {side} 0 on {better:.0%}" + (
             f" ({beyond} beyond the axis)" if beyond else "")
         ax.step(shown, np.arange(1, n + 1) / n, where="post", color=color,
                 linestyle=STEP_LINESTYLES.get(step, "-."), label=label, marker=STEP_MARKERS.get(step, "o"),
@@ -450,7 +481,8 @@ def plot_ecdf(ax, differences: dict[int, np.ndarray], color, xlabel: str, title:
     ax.set_xlim(-top, top)
     ax.set_ylim(0, 1)
     ax.set_xlabel(xlabel)
-    mark_symlog(ax, "x", linthresh, limits=(-top, top))
+    if symlog:
+        mark_symlog(ax, "x", linthresh, limits=(-top, top))
     ax.set_ylabel("share of tasks ≤ x")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.36))  # below: the curves fill the panel
     if title:
@@ -520,8 +552,9 @@ def plot_qualitative(ax, qualitative: dict, title: str | None = None):
 
 
 def _cell_grid(ax, grid: pd.DataFrame, norm, cmap: str, fmt, fontsize=6):
-    """imshow of `grid` (rows top to bottom as given), every finite cell printed with `fmt`; grey:
-    no finite value. Not seaborn.heatmap: that redraws the whole figure per panel."""
+    """imshow of `grid` (rows top to bottom as given), every finite cell printed with `fmt` (white
+    on the dark end of `cmap`); grey: no finite value. Not seaborn.heatmap: that redraws the whole
+    figure per panel."""
     values = grid.to_numpy(dtype=float)
     values = np.where(np.isfinite(values), values, np.nan)
     image = ax.imshow(np.ma.masked_invalid(values), norm=norm, cmap=cmap, aspect="auto")
@@ -531,33 +564,43 @@ def _cell_grid(ax, grid: pd.DataFrame, norm, cmap: str, fmt, fontsize=6):
             if np.isfinite(values[i, j]) and fmt is not None:
                 text = fmt(values[i, j])
                 if text:
-                    dark = norm is not None and norm(values[i, j]) > 0.55  # the colour maps run light to dark
+                    # the colour maps run light to dark, HEATMAP_CMAP_HIGHER dark to light
+                    dark = norm is not None and (norm(values[i, j]) < 0.45 if cmap == HEATMAP_CMAP_HIGHER
+                                                 else norm(values[i, j]) > 0.55)
                     ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                             color="white" if dark else "black")
     return image
 
 
+def heatmap_cmap(higher_is_better: bool = False) -> str:
+    """The heatmaps' colour map: the better end light for either direction of the metric."""
+    return HEATMAP_CMAP_HIGHER if higher_is_better else HEATMAP_CMAP
+
+
 def plot_lr_heatmap(ax, frame: pd.DataFrame, norm: Normalize | None = None, title: str | None = None,
-                    colorbar: bool = True, label: str = f"validation {METRIC}"):
-    """An error (default: the validation error that chooses configurations) over LR_base (x) x
-    LR_meta (y). Columns: lr_base, lr_meta, mse; optional `note` (written into a cell without a
+                    colorbar: bool = True, label: str = f"validation {METRIC}", value: str = "mse",
+                    higher_is_better: bool = False, log: bool = True):
+    """A metric (default: the validation error that chooses configurations) over LR_base (x) x
+    LR_meta (y). Columns: lr_base, lr_meta, `value`; optional `note` (written into a cell without a
     finite value, e.g. "diverged"), `partial` (text, e.g. "1/3 seeds": that configuration lost
     seeds; the cell is hatched and says so) and `chosen` (bool: a thick frame marks the
     configuration the other figures show). Grey cells: no finite value (or not run). `norm` lets
-    panels share one colour scale; every cell prints its value, so one beyond the scale is read
-    exactly."""
-    grid = frame.pivot_table(index="lr_meta", columns="lr_base", values="mse", aggfunc="mean", dropna=False)
+    panels share one colour scale (default: log, or linear with `log=False`); the better end is
+    light (`heatmap_cmap`); every cell prints its value, so one beyond the scale is read exactly."""
+    grid = frame.pivot_table(index="lr_meta", columns="lr_base", values=value, aggfunc="mean", dropna=False)
     grid = grid.sort_index(ascending=False).sort_index(axis=1)
     finite = grid.to_numpy(dtype=float)
-    finite = finite[np.isfinite(finite) & (finite > 0)]
-    if norm is None:
-        norm = LogNorm(finite.min(), max(finite.max(), finite.min() * 1.01)) if finite.size else None
-    image = _cell_grid(ax, grid, norm, HEATMAP_CMAP, lambda v: f"{v:.2g}")
+    finite = finite[np.isfinite(finite) & ((finite > 0) if log else True)]
+    if norm is None and finite.size:
+        norm = (LogNorm(finite.min(), max(finite.max(), finite.min() * 1.01)) if log
+                else Normalize(finite.min(), finite.max() if finite.max() > finite.min() else finite.min() + 1e-12))
+    cmap = heatmap_cmap(higher_is_better)
+    image = _cell_grid(ax, grid, norm, cmap, lambda v: f"{v:.2g}")
     rows, columns = list(grid.index), list(grid.columns)
     for entry in frame.itertuples():
         i, j = rows.index(entry.lr_meta), columns.index(entry.lr_base)
         partial = getattr(entry, "partial", "") or ""
-        if not np.isfinite(float(entry.mse)) and getattr(entry, "note", None):
+        if not np.isfinite(float(getattr(entry, value))) and getattr(entry, "note", None):
             ax.text(j, i, entry.note, ha="center", va="center", fontsize=5)
         if partial:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.25",

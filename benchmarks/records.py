@@ -33,6 +33,7 @@ from benchmarks import artifacts
 from benchmarks.config import LIMITS, Cell, ConfigError, Settings, _settings, cell_from_dict
 from benchmarks.plugins import NAME as plugin_names
 from tasks import TASKS, get_task
+from tasks.problem import MSE, Metric, metric_from_declaration
 from benchmarks.atomic import (TMP_SUFFIX, UnsafePath, fsync_dir, refuse_links, write_atomic,  # noqa: F401 (the writers' home)
                                write_files_atomically)
 
@@ -186,10 +187,11 @@ def _integer(value, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-#: evaluation row fields a reader relies on -> whether a value is acceptable (n_sets, set_sd: optional)
+#: evaluation row fields a reader relies on -> whether a value is acceptable (n_sets, set_sd: optional),
+#: beside the record's metric and its interval (`metric_columns`)
 ROW_FIELDS = {"iteration": lambda v: _integer(v, 0), "split": lambda v: v in artifacts.SPLITS,
-              "eval_k_shot": lambda v: _integer(v, 1), "eval_steps": lambda v: _integer(v, 0), "mse": _number,
-              "mse_ci95": _number, "n_test_tasks": lambda v: _integer(v, 1)}
+              "eval_k_shot": lambda v: _integer(v, 1), "eval_steps": lambda v: _integer(v, 0),
+              "n_test_tasks": lambda v: _integer(v, 1)}
 OPTIONAL_ROW_FIELDS = {"n_sets": lambda v: _integer(v, 1), "set_sd": _number}
 #: per-record fields the report reads -> acceptable values (None always is: older records lack some)
 RUN_FIELDS = {"sec_per_iter": _number, "sec_per_iter_member": _number, "compile_seconds": _number,
@@ -202,8 +204,38 @@ def _numbers(value) -> bool:
     return isinstance(value, list) and all(_number(v) for v in value)
 
 
+def record_metric(record: dict) -> Metric:
+    """The metric a record's numbers are in (`tasks.problem.metric_from_declaration`: MSE for a
+    record without one); RecordError-worthy ValueError for a bad declaration."""
+    return metric_from_declaration(record.get("metric"))
+
+
+def folder_metric(records: list[dict]) -> Metric:
+    """The one metric of a folder's records (MSE for none): its tables compare on it, so records in
+    two metrics (or one name with two directions) are refused, naming both (RecordError)."""
+    found = {}
+    for record in records:
+        found.setdefault(record_metric(record), record.get("cell_id"))
+    if len(found) > 1:
+        listed = "; ".join(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better, e.g. record {cell})"
+                           for m, cell in found.items())
+        raise RecordError(f"the records report different metrics: {listed}; a report compares on one metric "
+                          f"(report them from separate folders)")
+    return next(iter(found), MSE)
+
+
+def metric_columns(metric: Metric) -> tuple[str, str]:
+    """The evaluation rows' (and summary's) columns of a metric: its value and its 95% interval."""
+    return metric.name, f"{metric.name}_ci95"
+
+
 def _field_problem(record: dict) -> str | None:
     """What is wrong with the fields the report and the store check read (None: nothing)."""
+    try:
+        metric = record_metric(record)
+    except (ValueError, TypeError) as error:
+        return f"metric: {error}"
+    row_fields = {**ROW_FIELDS, **dict.fromkeys(metric_columns(metric), _number)}
     for key, ok in RUN_FIELDS.items():
         if record.get(key) is not None and not ok(record[key]):
             return f"{key} = {record[key]!r:.80} is not a valid value"
@@ -213,7 +245,7 @@ def _field_problem(record: dict) -> str | None:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             return f"evaluation row {i} is not a table"
-        for key, ok in ROW_FIELDS.items():
+        for key, ok in row_fields.items():
             if key not in row or not ok(row[key]):
                 return f"evaluation row {i}: {key} = {row.get(key, '(missing)')!r:.80} is not a valid value"
         for key, ok in OPTIONAL_ROW_FIELDS.items():

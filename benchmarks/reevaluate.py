@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 
 from algorithms import RULES, get_algorithm
+from algorithms.network import sized
 from benchmarks import artifacts as store
-from benchmarks.config import Cell, ConfigError, Settings, cell_from_dict, ensemble_key, parse_override
+from benchmarks.config import Cell, ConfigError, Settings, cell_family, cell_from_dict, ensemble_key, parse_override
 from benchmarks.fingerprint import NOT_RECORDED, differences, fingerprint
-from benchmarks.job import _family, evaluation_sets, evaluate_sets, zero_predictor_mse
+from benchmarks.job import evaluation_sets, evaluate_sets, zero_predictor_mse
 from benchmarks.records import (PARTIAL_MARKER, RecordError, fsync_dir, identity, load_records, read_partial_marker,
-                                record_settings, runs_dir, scan_records, write_atomic, write_record)
+                                record_metric, record_settings, runs_dir, scan_records, write_atomic, write_record)
 from benchmarks.signals import Interrupted, deferred
+from tasks.problem import problem_of
 
 #: the settings a re-evaluation may change: they describe the evaluation, not the training
 EVALUATION_KEYS = ("eval_steps", "eval_k_shot", "n_test_tasks", "n_test_sets", "n_validation_tasks", "device")
@@ -68,14 +70,19 @@ def reevaluate_record(src_runs: Path, record: dict, overrides: dict, limits: dic
     cell = cell_from_dict(record["cell"], limits)
     settings = replace(settings_from_record(record, limits), **overrides)
     device = torch.device(settings.device)
-    family = _family(cell, settings)
+    family = cell_family(cell, settings)
     sets = evaluation_sets(family, settings, sorted(set(settings.eval_k_shot) | {cell.k_shot}), device)
-    adaptation = found.adaptation(device, network=cell.network, rule=RULES.get(cell.algorithm),
+    problem = problem_of(family)
+    if problem.metric != record_metric(record):
+        raise ConfigError(f"record {record['cell_id']} reports {record_metric(record).name}, but task "
+                          f"{cell.task!r} here reports {problem.metric.name}: not the task it was trained on")
+    adaptation = found.adaptation(device, network=sized(cell.network, family), rule=RULES.get(cell.algorithm),
                                   hp=cell.hyperparams(settings.msl_anneal_iters or None))
-    rows, errors = evaluate_sets(adaptation, sets, settings.eval_steps, cell.iterations)
+    rows, errors = evaluate_sets(adaptation, sets, settings.eval_steps, cell.iterations, problem)
     new = copy.deepcopy(record)
     new.pop("artifacts", None)
-    found.errors, found.zero_mse = errors, zero_predictor_mse(sets)
+    new["metric"] = problem.metric.declaration()
+    found.errors, found.zero_mse = errors, zero_predictor_mse(sets, problem)
     found.n_sets = {split: len(batches) for (split, _), batches in sets.items()}
     new.update(settings=asdict(settings), fingerprint=_fingerprint(record, cell, settings), evaluations=rows,
                _artifacts=found,

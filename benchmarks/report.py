@@ -24,7 +24,7 @@ import pandas as pd
 from benchmarks import paper
 from benchmarks.analysis import analyse, summary_frame
 from benchmarks.artifacts import load_task_errors
-from benchmarks.figures import FIGURES, FORMATS, OUTPUTS, render_figures
+from benchmarks.figures import FIGURES, FORMATS, OUTPUTS, captions, render_figures
 from benchmarks.atomic import write_files_atomically
 from benchmarks.document import render_markdown
 from benchmarks.records import load_records, read_partial_marker, write_atomic
@@ -77,18 +77,19 @@ def partial_line(out: Path, n_records: int) -> str | None:
 def write_report(out: Path, limits: dict | None = None) -> Report:
     """Everything a reader opens, from the stored runs: CSV, Markdown tables, figures.
 
-    Raises RecordError (before writing anything) when DIR/runs/ is empty or a record is corrupt.
+    Raises RecordError (before writing anything) when DIR/runs/ is empty, a record is corrupt, or
+    the records report different metrics (`records.folder_metric`: every table compares on one).
     """
     out = Path(out)
     records = load_records(out, limits)  # `limits`: the command's, e.g. `run --limit` (default config.LIMITS)
     partial = partial_line(out, len(records))
     analysis = analyse(records, load_task_errors(out, records), load_speed_suite(out))
-    comparison = paper.comparison(analysis.final, analysis.task_errors)
+    comparison = paper.comparison(analysis.final, analysis.task_errors, analysis.metric)  # MSE folders only
     rendered, skipped = render_figures(analysis)
     if partial:
         log.warning("%s: %s", out, partial)
     paper_table = (paper.comparison_table(comparison), paper.note(comparison)) if not comparison.empty else None
-    blocks = report_blocks(analysis, out, FIGURES, skipped, paper_table, partial)
+    blocks = report_blocks(analysis, out, captions(analysis.metric), skipped, paper_table, partial)
     latex = render_latex(blocks)
     files: dict[str, str | bytes | None] = {
         "summary.csv": summary_frame(records).to_csv(index=False),

@@ -2,14 +2,21 @@
 (IQM) with bootstrap intervals, and paired comparisons between two algorithms on shared tasks.
 
 Pure functions over numpy arrays; `benchmarks.analysis` feeds them from the per-task store.
-Errors are query MSEs (lower is better) as an array [n_seeds, n_tasks] for one configuration
-at one (split, eval K, adaptation step).
+Errors are the per-task values of the folder's metric (`tasks.problem.Metric`) as an array
+[n_seeds, n_tasks] for one configuration at one (split, eval K, adaptation step): query MSEs
+(lower is better) for the sine families, accuracies for classification. Everything below is
+written for lower-is-better errors; a higher-is-better metric (`higher_is_better=True`) is
+negated on the way in and its estimates negated back (an interval's bounds swapped), so every
+rule holds in the metric's direction: a non-finite value ranks worst (a NaN accuracy as -inf),
+a paired difference is A - B in the metric's units with the better side stated by the
+direction (positive: A better for accuracy), and P(improvement) is P(A better than B).
 
 Decisions (stated once, used everywhere):
 - **Non-finite errors are blow-ups and rank worst.** A NaN or inf MSE is treated as +inf: the
   mean containing one is non-finite (never silently dropped), while the median and IQM stay
   finite as long as fewer than half (a quarter) of the values blew up.
-- **Blow-up.** A task's adaptation blew up at a step when its MSE is non-finite or above
+- **Blow-up.** For a metric with scaled blow-ups (`Metric.scaled_blowups`: MSE only) a task's
+  adaptation blew up at a step when its MSE is non-finite or above
   BLOWUP_FACTOR x the error scale (`error_scale`): the larger of the evaluation set's
   zero-predictor MSE (the mean, over all its tasks, of the query MSE of predicting 0, as the
   per-task store keeps it per split and eval K; about 4.2 for Finn's sine, so the threshold is
@@ -22,7 +29,10 @@ Decisions (stated once, used everywhere):
   binds only where the targets are smaller than an untrained network's outputs, so on sine-scale
   targets the threshold is the zero predictor's alone, bitwise; records stored before the
   untrained network's MSE was kept are judged by the zero predictor alone. The same scale,
-  times `benchmarks.job.DIVERGENCE_FACTOR`, marks a training run diverged.
+  times `benchmarks.job.DIVERGENCE_FACTOR`, marks a training run diverged. For any other
+  metric (accuracy) a blow-up is a non-finite value only (`blowup_threshold(..., scaled=False)`
+  is inf): the yardstick is made of MSEs, which such a store holds as NaN. A NaN threshold is
+  refused (ValueError), never used: it would silently count only non-finite values.
 - **Undefined intervals.** An interval needs a sample to vary: with fewer than MIN_TASKS test
   tasks every bootstrap resample is the same (and a t interval needs n >= 2 and a finite
   spread), so the bounds are NaN (printed `n/a`), never a zero-width interval that claims
@@ -41,11 +51,13 @@ Decisions (stated once, used everywhere):
   (the lower bound rounds down, the upper up, so an infinite resample never becomes NaN by
   interpolation). `scipy.stats.bootstrap` resamples one axis of independent samples and has no
   crossed two-way resampling, hence the code below.
-- **Paired difference** on task j: A's error minus B's, each averaged over its seeds (both
-  infinite: a tie, 0). The mean and median over tasks are reported; negative means A is better.
-- **Probability of improvement** P(A < B): per task, the share of seed pairs (a, b) in which A's
-  error is lower than B's (ties count 1/2), averaged over tasks (rliable's definition, with MSE
-  lower-is-better). With one seed each it is the share of tasks on which A beats B.
+- **Paired difference** on task j: A's value minus B's, each averaged over its seeds (both
+  non-finite: a tie, 0). The mean and median over tasks are reported; negative means A is better
+  for a lower-is-better metric (MSE), positive for a higher-is-better one (accuracy).
+- **Probability of improvement** P(A better than B): per task, the share of seed pairs (a, b) in
+  which A's value is better than B's in the metric's direction (lower MSE, higher accuracy; ties
+  count 1/2), averaged over tasks (rliable's definition). With one seed each it is the share of
+  tasks on which A beats B.
 """
 from __future__ import annotations
 
@@ -54,6 +66,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from tasks.problem import MSE, Metric
 
 BLOWUP_FACTOR = 10.0
 #: the smallest error scale (an MSE): targets and untrained outputs both (near) 0, e.g. a plug-in
@@ -66,16 +80,27 @@ CONFIDENCE = 0.95
 IQM_CUT = 0.25
 CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small enough to stay in cache
 
-METHOD_NOTE = (
-    f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation set's "
-    "zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks), or x the untrained network's MSE on "
-    "zero targets where that is larger (only for targets smaller than an untrained network's outputs). Median and "
-    "IQM (mean of the middle "
-    "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are percentile "
-    f"intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) that draw the seeds "
-    "with replacement and, independently, the shared test tasks with replacement (a two-way bootstrap for "
-    "crossed seeds x tasks; every seed is scored on the same tasks). With fewer than "
-    f"{MIN_TASKS} tasks there is no interval (n/a).")
+
+
+def method_note(metric: Metric = MSE) -> str:
+    """The tables' statement of the blow-up rule and the bootstrap, in the metric's words."""
+    if metric.scaled_blowups:
+        blowup = (f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation "
+                  "set's zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks), or x the "
+                  "untrained network's MSE on zero targets where that is larger (only for targets smaller than an "
+                  "untrained network's outputs). ")
+    else:
+        blowup = (f"Blow-up: a task's adapted {metric.label} is non-finite; the squared-error threshold (a multiple "
+                  f"of predicting 0) does not apply to {metric.label}, so a finite value never counts as one. ")
+    return (blowup + "Median and IQM (mean of the middle "
+            "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are "
+            f"percentile intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) "
+            "that draw the seeds with replacement and, independently, the shared test tasks with replacement (a "
+            "two-way bootstrap for crossed seeds x tasks; every seed is scored on the same tasks). With fewer than "
+            f"{MIN_TASKS} tasks there is no interval (n/a).")
+
+
+METHOD_NOTE = method_note(MSE)
 
 
 @dataclass(frozen=True)
@@ -104,13 +129,23 @@ def error_scale(zero_mse, untrained_mse=np.nan) -> float:
     return max(float(np.mean(zero_mse)), float(untrained.max()) if untrained.size else 0.0, SCALE_FLOOR)
 
 
-def blowup_threshold(zero_mse, untrained_mse=np.nan) -> float:
-    """BLOWUP_FACTOR x the error scale (`error_scale`; today's zero-predictor threshold on sine-scale targets)."""
+def blowup_threshold(zero_mse, untrained_mse=np.nan, scaled: bool = True) -> float:
+    """BLOWUP_FACTOR x the error scale (`error_scale`; today's zero-predictor threshold on sine-scale
+    targets). `scaled=False` (a metric without `scaled_blowups`): inf, a blow-up is a non-finite value
+    only. A scaled threshold needs a finite zero-predictor MSE (ValueError): from a NaN one the scale
+    would be NaN or the floor, counting nothing or everything."""
+    if not scaled:
+        return np.inf
+    if not np.isfinite(np.mean(zero_mse)):
+        raise ValueError(f"a blow-up threshold needs a finite zero-predictor MSE, got {np.mean(zero_mse)!r}")
     return BLOWUP_FACTOR * error_scale(zero_mse, untrained_mse)
 
 
 def blown_up(errors, threshold) -> np.ndarray:
-    """Boolean array like `errors`: non-finite, or above `threshold` (a scalar, or per task on the last axis)."""
+    """Boolean array like `errors`: non-finite, or above `threshold` (a scalar, or per task on the last
+    axis; inf: non-finite only). A NaN threshold is refused (ValueError): it would count nothing."""
+    if np.isnan(np.asarray(threshold, dtype=np.float64)).any():
+        raise ValueError("a NaN blow-up threshold counts nothing; use inf for 'non-finite values only'")
     errors = np.asarray(errors, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         return ~np.isfinite(errors) | (errors > np.asarray(threshold, dtype=np.float64))
@@ -232,9 +267,32 @@ def _interval(boot: np.ndarray, n_tasks: int) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- one configuration
 
-def summarize(errors, threshold, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
+def _negated(estimate: Estimate) -> Estimate:
+    """-estimate, its interval's bounds swapped (0 - x: a zero stays 0, never -0)."""
+    return Estimate(0.0 - estimate.value, 0.0 - estimate.high, 0.0 - estimate.low)
+
+
+def _lower_is_better(values, higher_is_better: bool) -> np.ndarray:
+    """The values as lower-is-better errors: negated for a higher-is-better metric (NaN stays NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    return 0.0 - values if higher_is_better else values
+
+
+def summarize(errors, threshold, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              higher_is_better: bool = False) -> dict[str, Estimate]:
     """Mean, median, IQM and blow-up rate of one configuration's errors [n_seeds, n_tasks], each with
-    its two-way bootstrap interval (`n_resamples=0`: point estimates only)."""
+    its two-way bootstrap interval (`n_resamples=0`: point estimates only). `higher_is_better`: the
+    values are a higher-is-better metric (non-finite ranks lowest); its threshold must be inf (a
+    blow-up is then a non-finite value only, `blowup_threshold(..., scaled=False)`)."""
+    if not higher_is_better:
+        return _summarize(errors, threshold, n_resamples, seed)
+    if np.isfinite(np.asarray(threshold, dtype=np.float64)).any():
+        raise ValueError(f"a higher-is-better metric has no blow-up threshold but non-finite values, got {threshold!r}")
+    found = _summarize(_lower_is_better(errors, True), threshold, n_resamples, seed)
+    return {name: estimate if name == "blowup" else _negated(estimate) for name, estimate in found.items()}
+
+
+def _summarize(errors, threshold, n_resamples: int, seed: int) -> dict[str, Estimate]:
     values = as_errors(errors)
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"errors must be a non-empty [n_seeds, n_tasks] array, got shape {values.shape}")
@@ -285,10 +343,19 @@ def paired_differences(errors_a, errors_b) -> np.ndarray:
     return _differences(_seed_mean(a, np.ones(a.shape[0])), _seed_mean(b, np.ones(b.shape[0])))
 
 
-def compare(errors_a, errors_b, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
-    """A against B on the same tasks: mean and median of the per-task differences (A - B; negative:
-    A better) and the probability of improvement P(A < B), each with its bootstrap interval.
+def compare(errors_a, errors_b, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+            higher_is_better: bool = False) -> dict[str, Estimate]:
+    """A against B on the same tasks: mean and median of the per-task differences (A - B, in the
+    metric's units; negative: A better, or positive with `higher_is_better`) and the probability of
+    improvement P(A better than B in the metric's direction), each with its bootstrap interval.
     `errors_a` [Sa, T] and `errors_b` [Sb, T]: task j must be the same task in both."""
+    if not higher_is_better:
+        return _compare(errors_a, errors_b, n_resamples, seed)
+    found = _compare(_lower_is_better(errors_a, True), _lower_is_better(errors_b, True), n_resamples, seed)
+    return {name: estimate if name == "p_improvement" else _negated(estimate) for name, estimate in found.items()}
+
+
+def _compare(errors_a, errors_b, n_resamples: int, seed: int) -> dict[str, Estimate]:
     a, b = as_errors(errors_a), as_errors(errors_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.size == 0 or b.size == 0:
         raise ValueError(f"paired errors need the same tasks: shapes {a.shape} and {b.shape}")

@@ -18,10 +18,10 @@ from dataclasses import asdict
 
 from algorithms import get_learner_class
 
-from benchmarks.config import Cell, Settings, Sweep, ensemble_key
+from benchmarks.config import Cell, Settings, Sweep, cell_family, ensemble_key
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
 from benchmarks.progress import ProgressBar, Reporter, longest_first
-from benchmarks.records import FINISHED, identity, scan_records, write_record
+from benchmarks.records import FINISHED, identity, metric_columns, record_metric, scan_records, write_record
 from benchmarks.signals import Interrupted, deferred
 
 #: Members per ensemble job: bounds a job's memory (a 700k-rate list is not one 700k-member
@@ -35,7 +35,8 @@ def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_EN
     may depend on the ensemble's size)."""
     jobs: dict = {}
     for cell in cells:
-        learner = get_learner_class(cell.algorithm, cell.backend, cell.network)
+        # the class that will run (func: generic for a problem the accelerated engine does not train)
+        learner = get_learner_class(cell.algorithm, cell.backend, cell.network, cell_family(cell, settings))
         if settings.ensemble and learner.ensembles and not (settings.compile and learner.compiles):
             key = ensemble_key(cell)  # from the cell schema: all but seed, LR_base and LR_meta
         else:
@@ -52,9 +53,10 @@ def _summary_line(record: dict) -> str:
     final = [e for e in record["evaluations"] if e["split"] == "test" and e["eval_k_shot"] == cell["k_shot"]
              and e["iteration"] == cell["iterations"]]
     one = next((e for e in final if e["eval_steps"] == 1), final[0])
-    ci = one["mse_ci95"]
+    metric = record_metric(record)
+    value, ci = (one[column] for column in metric_columns(metric))
     ci = f"{ci:.3f}" if ci is not None and abs(ci) < float("inf") else "n/a"  # NaN (one task): no interval
-    return (f"{head}  test MSE@{one['eval_steps']} {one['mse']:.3f} ± {ci} (n={one['n_test_tasks']})"
+    return (f"{head}  test {metric.label}@{one['eval_steps']} {value:.3f} ± {ci} (n={one['n_test_tasks']})"
             f"  {record['sec_per_iter'] * 1e3:.2f} ms/iter" +
             (f" (+ {record['compile_seconds']:.1f} s compile)" if record.get("compile_seconds") else ""))
 

@@ -28,7 +28,7 @@ import torch
 from benchmarks.plugins import BUILTIN_SOURCE, FAILURES, NAME, Sources, check_name, code_source
 from tasks.batch import TaskBatch
 from tasks.classification import GaussClassFamily
-from tasks.problem import REGRESSION, Metric, Problem, problem_of, reports_mse
+from tasks.problem import REGRESSION, Metric, Problem, problem_of, metric_from_declaration, MSE
 from tasks.sine import SineFamily, SineFreqFamily
 
 PLUGIN_GROUP = "metabench.tasks"
@@ -144,7 +144,7 @@ def evaluation_set(family, split: str = "test", n_tasks: int = N_TEST_TASKS, k_s
 
 
 __all__ = ["TASKS", "BUILTIN", "NAME", "SOURCES", "PLUGIN_GROUP", "TaskBatch", "TaskPluginError", "SineFamily",
-           "SineFreqFamily", "GaussClassFamily", "Problem", "Metric", "REGRESSION", "problem_of", "reports_mse",
+           "SineFreqFamily", "GaussClassFamily", "Problem", "Metric", "REGRESSION", "problem_of", "metric_from_declaration", "MSE",
            "list_tasks", "get_task", "register_task", "source_of", "load_plugins", "evaluation_set",
            "MAX_TRAIN_SEED"]
 

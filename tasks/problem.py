@@ -17,12 +17,19 @@ mirror them), the evaluation reports its metric. Decisions:
   A non-MSE loss must name its metric (a cross-entropy task reports accuracy by default).
 * A family without `.problem` (an older plug-in) is the suite's regression problem, `REGRESSION`
   (1 input, 1 output, MSE): `problem_of` says so in one place.
-* Reports read only MSE so far: `reports_mse` says whether a family's numbers may go into a
-  table whose column is called MSE and whose best is the lowest (`benchmarks.config` refuses the
-  others in sweeps until the report layer reads `metric.name`, `.label` and `.higher_is_better`).
+* The metric's `name` is its column everywhere a number is stored or shown (evaluation rows
+  `accuracy` / `accuracy_ci95`, `summary.csv`); a record carries `metric.declaration()` so that a
+  report reads the name, label, direction and chance level without importing the family
+  (`metric_from_declaration`; a record without one is MSE, as every record before it).
+* Blow-up and divergence: the suite's yardsticks are multiples of an error scale made of MSEs
+  (the zero predictor's, the untrained network's outputs' mean square), so they apply to a
+  squared-error metric only (`Metric.scaled_blowups`, true for "mse"). For any other metric a
+  blow-up is a non-finite value and divergence a non-finite training loss.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,9 +63,24 @@ class Metric:
     fn: Callable | None = field(default=None, compare=False)  # per-point values, for a metric not built in
 
     def __post_init__(self):
+        _check_declaration(self.name, self.label, self.higher_is_better, self.chance)
         if self.fn is None and self.name not in _METRIC_FUNCTIONS:
             raise ValueError(f"metric {self.name!r} needs fn(pred, target) -> per-point values "
                              f"(built in: {', '.join(_METRIC_FUNCTIONS)})")
+
+    @property
+    def scaled_blowups(self) -> bool:
+        """Whether the blow-up and divergence yardsticks (multiples of an MSE error scale) apply."""
+        return self.name == "mse"
+
+    def better(self, a, b):
+        """Whether value(s) `a` are better than `b` in this metric's direction (elementwise for arrays)."""
+        return a > b if self.higher_is_better else a < b
+
+    def declaration(self) -> dict:
+        """What a record stores so that a report can read this metric without its code."""
+        return {"name": self.name, "label": self.label, "higher_is_better": self.higher_is_better,
+                "chance": self.chance}
 
     def task_values(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The metric per task: the mean over points [..., N] -> [...]."""
@@ -66,7 +88,48 @@ class Metric:
 
 
 _METRIC_FUNCTIONS = {"mse": _per_point_squared_error, "accuracy": _per_point_accuracy}
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+#: column names a metric cannot take: the evaluation rows' and report tables' own columns
+RESERVED_NAMES = frozenset({"loss", "iteration", "split", "eval_k_shot", "eval_steps", "n_test_tasks", "n_sets",
+                            "set_sd", "seed", "status"})
+
+
+def _check_declaration(name, label, higher_is_better, chance) -> None:
+    """ValueError naming the bad field: a metric's name becomes a column of every table and CSV."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES \
+            or name.endswith("_ci95"):
+        raise ValueError(f"metric name {name!r} must be a lower-case identifier of at most 40 characters "
+                         f"(a-z, 0-9, _), not ending in _ci95 and not one of {', '.join(sorted(RESERVED_NAMES))}")
+    if not isinstance(label, str) or not 0 < len(label) <= 60 or not label.isprintable():
+        raise ValueError(f"metric label {label!r} must be printable text of 1 to 60 characters")
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better must be true or false, got {higher_is_better!r}")
+    if name == "mse" and higher_is_better:
+        raise ValueError("metric 'mse' is lower-is-better")
+    if chance is not None and (isinstance(chance, bool) or not isinstance(chance, (int, float))
+                               or not math.isfinite(chance)):
+        raise ValueError(f"chance must be a finite number or absent, got {chance!r}")
+
+
 MSE = Metric("mse", "MSE", higher_is_better=False)
+
+
+def _not_computed_here(pred, target):
+    raise RuntimeError("a metric read from a record describes stored numbers; it computes none")
+
+
+def metric_from_declaration(declaration) -> Metric:
+    """The metric a record declares (`Metric.declaration()`); None -> MSE (records before metrics).
+    ValueError naming the bad field: a record is untrusted input."""
+    if declaration is None:
+        return MSE
+    keys = {"name", "label", "higher_is_better", "chance"}
+    if not isinstance(declaration, dict) or set(declaration) != keys:
+        raise ValueError(f"metric must be a table with keys {', '.join(sorted(keys))}, got {declaration!r:.120}")
+    metric = Metric(**declaration, fn=None if declaration["name"] in _METRIC_FUNCTIONS else _not_computed_here)
+    if metric.name == "mse" and metric != MSE:
+        raise ValueError(f"metric 'mse' must be declared as {MSE.declaration()}, got {declaration!r:.120}")
+    return metric
 
 
 def accuracy(n_classes: int) -> Metric:
@@ -160,11 +223,6 @@ def problem_of(family_or_problem) -> Problem:
     if not isinstance(problem, Problem):
         raise TypeError(f"{type(family_or_problem).__name__}.problem must be a tasks.problem.Problem, got {problem!r}")
     return problem
-
-
-def reports_mse(problem: Problem) -> bool:
-    """Whether today's reports (a column called MSE, the lowest value best) may show this problem's metric."""
-    return problem.metric.name == "mse" and not problem.metric.higher_is_better
 
 
 def refuse_unless_mse(problem: Problem | None, who: str) -> None:

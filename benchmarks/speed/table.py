@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from algorithms import ALGORITHMS
@@ -66,6 +68,34 @@ def parse_yardstick(text: str) -> Yardstick:
         raise ValueError(f"--yardstick must be ALGORITHM:BACKEND from the algorithm registry, got {text!r}; "
                          f"valid: {choices}")
     return Yardstick(algorithm, backend)
+
+
+def fmt_time_ratio(ratio) -> str:
+    """A time ratio (this time / the yardstick's) in words, the one wording of every speed table
+    (speed.md and the report's (b)): 0.5 -> `×2.0 faster`, 2.0 -> `×2.0 slower`, the factor
+    (the larger of the ratio and its inverse) to 2 significant digits, positional (`×27`, `×140`);
+    a factor that prints as 1.0 (within about 5%) -> `equal (×1.0)`. No ratio (NaN, none, or a
+    zero, negative or infinite one: a yardstick or time not measured) -> `–`. A speed-up
+    (yardstick / this) is worded as `fmt_time_ratio(1 / speedup)`. The CSVs keep the numbers."""
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        return "–"
+    if not (math.isfinite(ratio) and ratio > 0):
+        return "–"
+    factor = max(ratio, 1 / ratio)
+    text = np.format_float_positional(factor, precision=2, unique=False, fractional=False, trim="k").rstrip(".")
+    if text == "1.0":
+        return "equal (×1.0)"
+    return f"×{text} {'faster' if ratio < 1 else 'slower'}"
+
+
+def fmt_speedup(speedup) -> str:
+    """A speed-up (yardstick time / this time, the x_vs_* columns: above 1 is faster) in words."""
+    try:
+        return fmt_time_ratio(1 / float(speedup))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "–"
 
 
 def own_loop_backend(algorithm: str) -> str | None:
@@ -240,6 +270,13 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _worded(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """`frame` with its speed-up `columns` (yardstick / this: above 1 is faster) in words
+    (`fmt_speedup`) for speed.md; the frames and CSVs keep the numbers."""
+    present = [c for c in columns if c in frame.columns]
+    return frame.assign(**{c: frame[c].map(fmt_speedup) for c in present}) if present and not frame.empty else frame
+
+
 def _markdown(frame: pd.DataFrame) -> str:
     """A pipe table (no tabulate dependency)."""
     if frame.empty:
@@ -282,28 +319,29 @@ def write(json_path: str | Path, out: str | Path, strict: bool = False,
         *_peer_sections(peers),
         f"Times in ms (median over rounds; min and IQR in speed.csv). `{yardstick.column}`: "
         f"{LABELS.get(yb, yb)} {ya.upper() if ya == 'maml' else ya}'s median "
-        "at the same S and meta-batch divided by this one (higher is faster). Peak memory: torch allocations "
-        "during one step.",
+        "at the same S and meta-batch against this one, in words: `×2.0 faster` takes half its time, `×2.0 slower` "
+        "twice, `equal` within about 5% (`x_vs_own_loop_backend`, `speedup` and the end-to-end `x_vs_` column "
+        "likewise; the numbers are speed.csv's `ms_median`). Peak memory: torch allocations during one step.",
         "",
         *[f"> Note: {n}" for n in missing], *([""] if missing else []),
         "## Every (algorithm, backend)",
         "",
-        _markdown(iterations),
+        _markdown(_worded(iterations, [yardstick.column, "x_vs_own_loop_backend"])),
         "",
         f"## func vs {LABELS.get(yb, yb)}, {LABELS.get(ya, ya)}",
         "",
-        _markdown(iterations[(iterations.algorithm == ya) & iterations.backend.isin(["func", yb])]
+        _markdown(_worded(iterations[(iterations.algorithm == ya) & iterations.backend.isin(["func", yb])]
                   .pivot_table(index=["inner_steps", "meta_batch"], columns="backend", values="ms_median")
                   .assign(speedup=lambda t: t[yb] / t["func"] if {"func", yb} <= set(t.columns) and yb != "func"
-                          else float("nan")).reset_index()) if not iterations.empty else "(not run)",
+                          else float("nan")).reset_index(), ["speedup"])) if not iterations.empty else "(not run)",
         "",
         "## Ensemble: 27 runs (3 LR_base x 3 LR_meta x 3 seeds) in one program vs one by one",
         "",
-        _markdown(ensemble_table(frame)),
+        _markdown(_worded(ensemble_table(frame), ["speedup", "speedup_min"])),
         "",
         "## Finn's MAML end to end (task sampling included), projected to 70,000 iterations",
         "",
-        _markdown(end_to_end_table(frame, yardstick)),
+        _markdown(_worded(end_to_end_table(frame, yardstick), [yardstick.end_to_end_column])),
         "",
         "## Second-order MAML at S = 100: gradient checkpointing",
         "",
@@ -331,7 +369,8 @@ def _peer_sections(peers: pd.DataFrame) -> list[str]:
         "",
         _markdown(_peer_pivot(peers, "ms_median")),
         "",
-        "### func's speed-up over each peer: peer time / func time, per round (median [quartiles])",
+        "### func's speed-up over each peer: peer time / func time, per round (median [quartiles]; above 1 func "
+        "is faster: 2.00 = func takes half the peer's time)",
         "",
         _markdown(_peer_pivot(peers, _ratio)),
         "",

@@ -27,8 +27,9 @@ CPU thread): `finn`
 (default: S = 1, meta-batch 25, both orders), `all`, or `none`. SPEED_PEERS (comma-separated)
 narrows the peers. Every benchmark records its process CPU time over wall time (`cpu_wall`),
 the contention check of `benchmarks.speed.table`. SPEED_PARTIAL=FILE.jsonl appends each
-finished benchmark's record to FILE as it ends (pytest-benchmark writes its JSON only when the
-whole session ends: a run cut off by a time limit keeps what it measured). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
+finished benchmark's record to FILE as it ends (default: the --benchmark-json path with the suffix
+`.partial.jsonl`; pytest-benchmark writes its JSON only when the whole session ends: a run cut off
+by a time limit or Ctrl-C keeps what it measured, and a rerun skips it, `benchmarks.speed.resume`). SPEED_TUNE_MALLOC=0 leaves glibc's malloc as it is
 (default: `tune_malloc`, which keeps freed memory in the process; ensembles are ~1.5x
 faster with it, single runs unchanged); extra_info records which.
 """
@@ -44,7 +45,7 @@ import pytest
 import torch
 
 from algorithms import HyperParams, get_learner_class, list_algorithms
-from benchmarks.speed import peers
+from benchmarks.speed import peers, resume
 from benchmarks.speed.measure import machine_info, peak_memory_bytes, tune_malloc
 from tasks import TaskBatch, get_task
 
@@ -95,13 +96,14 @@ def _skip_if_missing(backend: str, algorithm: str = "maml"):
 
 
 def _save_partial(benchmark, name: str) -> None:
-    """Append this benchmark's record (pytest-benchmark's JSON layout) to SPEED_PARTIAL, if set."""
+    """Append this benchmark's record (pytest-benchmark's JSON layout) to SPEED_PARTIAL, if set, with
+    the settings it was measured under (`benchmarks.speed.resume`: a rerun skips it only if they match)."""
     path = os.environ.get("SPEED_PARTIAL")
     if not path:
         return
     stats = benchmark.stats.stats
     record = {"name": name, "stats": {"median": stats.median, "min": stats.min, "iqr": stats.iqr, "rounds": stats.rounds},
-              "extra_info": dict(benchmark.extra_info)}
+              "extra_info": dict(benchmark.extra_info), "settings": resume.settings()}
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,434 @@
+"""The result numbers README.md and the docs quote, generated from the committed CSVs under results/.
+
+A document marks each generated block as
+
+    <!-- generated: NAME -->
+    ...what `BLOCKS[NAME]` renders from the committed CSVs...
+    <!-- end generated -->
+
+`make readme` (`python -m benchmarks.readme`) rewrites every block of every file in `DOCUMENTS`;
+`--check` only says which blocks are stale (exit 1). `tests/test_readme_numbers.py` fails when a
+committed block differs from what this renders, and when a decimal number or percentage sits in
+a document's prose outside every block without a stated reason (its allow-list): a result is
+never copied by hand, so it cannot be mis-copied (a review had found two misquoted medians and a
+wrong blow-up count in the hand-copied README).
+
+Why this shape: the sentences and tables live here, next to the lookups that fill them, and
+every number is printed by the report's own formatters (`benchmarks.tables`: intervals, rates,
+pooled means; `benchmarks.paper`: Table 2), so README, docs and `tables.md` print one value
+the same way. Tables are rendered by `benchmarks.document.markdown_table` (pandas' `to_markdown`
+needs `tabulate`, which is not a dependency). Only committed CSVs are read (no records, no
+per-task arrays): the numbers are a function of files a reader can open. A CSV that is missing
+or lacks a row a block needs is an error naming the file (exit 2), never a silent blank.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import paper, statistics
+from benchmarks.analysis import CELL_COLUMNS, pool_seeds
+from benchmarks.config import ConfigError
+from benchmarks.document import markdown_table
+from benchmarks.tables import fmt_estimate, fmt_percent, fmt_pooled, fmt_rate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+#: the files whose generated blocks `make readme` rewrites (relative to the repository root)
+DOCUMENTS = ("README.md", "docs/paper-reproduction.md", "docs/speed.md")
+BLOCK = re.compile(r"<!-- generated: (?P<name>[^ ]+) -->\n(?P<body>.*?)<!-- end generated -->", re.S)
+OPEN = re.compile(r"<!-- generated: (?P<name>[^ ]+) -->")
+#: Finn's cell in the speed tables: S = 1, meta-batch 25
+FINN_CELL = {"inner_steps": 1, "meta_batch": 25}
+
+
+# ----------------------------------------------------------------------------- reading the CSVs
+
+@cache
+def _csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (a generated block reads it; run the target that writes it)")
+    return pd.read_csv(path)
+
+
+def read(results: Path, folder: str, name: str) -> pd.DataFrame:
+    return _csv(Path(results) / folder / name)
+
+
+def _one(frame: pd.DataFrame, where: str, **match) -> pd.Series:
+    """The one row of `frame` matching `match`; an error naming `where` if there is none or several."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in match.items():
+        mask &= frame[key] == value
+    rows = frame[mask]
+    if len(rows) != 1:
+        raise ConfigError(f"{where}: {len(rows)} rows match {match} (a generated block needs exactly one)")
+    return rows.iloc[0]
+
+
+def pooled_test(results: Path, folder: str) -> pd.DataFrame:
+    """Test MSE pooled over seeds per configuration, eval K and step (`analysis.pool_seeds`, the
+    numbers of the report's table (a)), from summary.csv: `ok` cells at their last iteration."""
+    summary = read(results, folder, "summary.csv")
+    ok = summary[summary["status"] == "ok"]
+    final = ok[ok["iteration"] == ok.groupby(CELL_COLUMNS)["iteration"].transform("max")]
+    return pool_seeds(final[final["split"] == "test"])
+
+
+def _estimate(row, name: str) -> statistics.Estimate:
+    return statistics.Estimate(row[name], row[f"{name}_low"], row[f"{name}_high"])
+
+
+def _rate(value: float) -> str:
+    """A blow-up rate as a point (the tables give its interval): `0` or a percentage."""
+    return "0" if value == 0 else f"{fmt_percent(100 * value)}%"
+
+
+def _g(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}"
+
+
+def _join(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
+
+
+# ----------------------------------------------------------------------------- the blocks
+
+def paper_glance(results: Path) -> str:
+    """Finn's setup at K = 10: every algorithm's test MSE after 1 and 10 steps, robust companions,
+    and the paired share of tasks on which it beats MAML."""
+    robust = read(results, "paper", "robust.csv")
+    paired = read(results, "paper", "paired.csv")
+    pooled = pooled_test(results, "paper")
+    k = 10
+    own = robust[(robust["k_shot"] == k) & (robust["eval_k_shot"] == k)]
+    rows = []
+    for algorithm, group in own.groupby("algorithm", sort=False):
+        row = {"algorithm": algorithm}
+        for steps in (1, 10):
+            stat = _one(group, "results/paper/robust.csv", eval_steps=steps)
+            config = {c: stat[c] for c in ("algorithm", "backend", "k_shot", "inner_steps", "lr_base", "lr_meta",
+                                           "iterations", "network")}
+            mean = _one(pooled, "results/paper/summary.csv", **config, eval_k_shot=k, eval_steps=steps)
+            row[f"test MSE@{steps}"] = fmt_pooled(mean)
+            row[f"median@{steps}"] = fmt_estimate(_estimate(stat, "median"), 3)
+            row[f"blow-up@{steps}"] = _rate(stat["blowup"])
+            if steps == 1:
+                row["P(better than MAML)@1"] = "–" if algorithm == "maml" else fmt_estimate(_estimate(_one(
+                    paired, "results/paper/paired.csv", reference="maml", algorithm=algorithm, k_shot=k,
+                    eval_k_shot=k, eval_steps=1), "p_improvement"), 2)
+        row["_order"] = _one(group, "results/paper/robust.csv", eval_steps=1)["median"]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["_order", "algorithm"]).drop(columns="_order")
+    first = own.iloc[0]
+    intro = (f"`results/paper/`: {int(first['iterations']):,} iterations, {int(first['n_seeds'])} seeds × "
+             f"{int(first['n_tasks']):,} test tasks, trained and tested at K = {k}; test MSE after 1 and 10 steps "
+             "(mean ± 95% CI, with the finite seeds' mean where a seed's is not; median [95% bootstrap CI]; "
+             "blow-up rate); P(better than MAML): the share of the same test tasks on which the algorithm's "
+             "error is lower than MAML's [95% CI]. Sorted by the 1-step median.")
+    return intro + "\n\n" + markdown_table(table)
+
+
+def _table2(results: Path) -> pd.DataFrame:
+    frame = read(results, "paper", "paper_comparison.csv")
+    return frame[frame["published"].notna()].reset_index(drop=True)
+
+
+def paper_table2(results: Path) -> str:
+    """Finn et al.'s Table 2 beside ours (the report's section (d), the rows with a published value),
+    and how many of MAML's adaptations blew up."""
+    frame = _table2(results)
+    table = paper.comparison_table(frame)[["algorithm", "steps", "ours: mean ± CI (per seed)", "median [CI]",
+                                          "IQM [CI]", "blow-up", "paper"]]
+    first = frame.iloc[0]
+    intro = (f"Trained at K = 10, tested at K = {paper.EVAL_K} (`results/paper/paper_comparison.csv`, "
+             f"{int(first['n_tasks']):,} test tasks × {int(first['n_seeds'])} seeds): ✓ where our mean is within "
+             f"{paper.REL_TOL:.0%} of the published one.")
+    maml = frame[(frame["algorithm"] == "maml") & (frame["blowup"] > 0)]
+    text = intro + "\n\n" + markdown_table(table)
+    if not maml.empty:
+        counts = [f"{round(r['blowup'] * r['n_tasks_total']):,}" for _, r in maml.iterrows()]
+        steps = [str(int(s)) for s in maml["eval_steps"]]
+        text += (f"\nMAML's {'- and '.join(steps)}-step means are decided by blow-ups: {_join(counts)} of its "
+                 f"{int(maml['n_tasks_total'].iloc[0]):,} K = {paper.EVAL_K} adaptations diverge "
+                 f"({_join([_rate(v) for v in maml['blowup']])}; one such task decides a "
+                 f"{int(first['n_tasks']) // int(first['n_sets']):,}-task test set's mean); the typical task, median "
+                 f"{_join([_g(v) for v in maml['median']])} and IQM {_join([_g(v) for v in maml['iqm']])}, is better "
+                 "than the paper's means.\n")
+    return text
+
+
+def bench_glance(results: Path) -> str:
+    """The hyperparameter sweep's grid and how many of its runs diverged in training."""
+    summary = read(results, "bench", "summary.csv")
+    cells = summary.drop_duplicates(CELL_COLUMNS)
+
+    def values(column, fmt=_g):
+        return "{" + ", ".join(fmt(v) for v in sorted(cells[column].unique())) + "}"
+
+    diverged = int((cells["status"] == "diverged").sum())
+    iterations = "/".join(f"{int(v):,}" for v in sorted(cells["iterations"].unique()))
+    return (f"`results/bench/`: {iterations} iterations, S ∈ {values('inner_steps')} × LR_base ∈ "
+            f"{values('lr_base')} × LR_meta ∈ {values('lr_meta', lambda v: f'{v:g}')}, {cells['seed'].nunique()} "
+            f"seeds, {cells['algorithm'].nunique()} algorithms on the `{'`, `'.join(sorted(cells['backend'].unique()))}` "
+            f"backends, chosen on validation (`results/bench/tables.md` (a) and (a2), fig4 below): {diverged} of the "
+            f"{len(cells)} runs diverged in training (listed in (c)).\n")
+
+
+DEMOS = ("demo-tanh", "demo-sine_freq", "demo-lslr")
+
+
+def demos(results: Path) -> str:
+    """The extensions' demonstration folders: test MSE after one step and training speed."""
+    rows = []
+    for folder in DEMOS:
+        summary = read(results, folder, "summary.csv")
+        pooled = pooled_test(results, folder)
+        ok = summary[(summary["status"] == "ok")].drop_duplicates(CELL_COLUMNS)
+        for (algorithm, network, task), cells in ok.groupby(["algorithm", "network", "task"], sort=False):
+            first = cells.iloc[0]
+            mean = _one(pooled, f"results/{folder}/summary.csv", algorithm=algorithm, network=network, task=task,
+                        eval_k_shot=first["k_shot"], eval_steps=1)
+            ms = cells["sec_per_iter"] * 1e3
+            speed = _g(ms.min(), 2) if _g(ms.min(), 2) == _g(ms.max(), 2) else f"{_g(ms.min(), 2)}–{_g(ms.max(), 2)}"
+            rows.append({"folder": f"`{folder}/`", "task": task, "network": network, "algorithm": algorithm,
+                         "S": int(first["inner_steps"]), "iterations": f"{int(first['iterations']):,}",
+                         "seeds": cells["seed"].nunique(), "test MSE@1": fmt_pooled(mean, with_n=True),
+                         "ms/iter": f"{speed} ({'/'.join(sorted(cells['engine'].unique()))})"})
+    intro = ("Test MSE after one step (mean ± 95% CI, n = tasks × seeds) and ms per training iteration (min–max "
+             "over seeds, the engine that ran; an `accelerated` ensemble trains several seeds in one program):")
+    return intro + "\n\n" + markdown_table(pd.DataFrame(rows))
+
+
+PEER_LABELS = {"func": "`func` eager", "func-compiled": "`func` compiled (`compile = true`)",
+               "generic": "`generic` eager", "generic-compiled": "`generic` compiled", "jax": "JAX (jit + vmap + optax)",
+               "compile": "`torch.compile` of a torch.func step", "l2l": "learn2learn", "higher": "higher"}
+
+
+def cost(results: Path) -> str:
+    """Ms per meta-iteration of every peer at Finn's cell (one run), compiled `func` against JAX in
+    every cell (another run), and Finn's full run projected from the end-to-end benchmark."""
+    peers = read(results, "bench", "peers.csv")
+    finn = peers[(peers["inner_steps"] == FINN_CELL["inner_steps"]) & (peers["meta_batch"] == FINN_CELL["meta_batch"])]
+    rows = []
+    for peer in PEER_LABELS:
+        second = finn[(finn["peer"] == peer) & (finn["order"] == "second")]
+        first = finn[(finn["peer"] == peer) & (finn["order"] == "first")]
+        if second.empty:
+            continue
+        l2l = _one(finn, "results/bench/peers.csv", peer="l2l", order="second")["ms_median"]
+        rows.append({"peer": PEER_LABELS[peer], "second order (MAML)": _g(second["ms_median"].iloc[0]),
+                     "first order (FOMAML)": _g(first["ms_median"].iloc[0]) if not first.empty else "–",
+                     "learn2learn / peer": f"{l2l / second['ms_median'].iloc[0]:.3g}x"})
+    compiled = read(results, "bench", "peers-compiled.csv")
+    jax = compiled[compiled["peer"] == "jax"]
+    ratio = jax["ratio_vs_func_compiled"]
+    at_finn = _one(jax, "results/bench/peers-compiled.csv", order="second", **FINN_CELL)["ratio_vs_func_compiled"]
+    speed = read(results, "bench", "speed.csv")
+    end = speed[speed["kind"] == "end_to_end"]
+    minutes = {b: _one(end, "results/bench/speed.csv", backend=b)["projected_70k_minutes"] for b in ("func", "l2l")}
+    intro = (f"ms per meta-iteration at Finn's cell (S = {FINN_CELL['inner_steps']}, meta-batch "
+             f"{FINN_CELL['meta_batch']}; `results/bench/peers.csv`: CPU, one thread, interleaved rounds on the same "
+             "batch and initial weights, median):")
+    after = (f"\nSide by side in all {len(jax)} cells of S × meta-batch × order (`results/bench/peers-compiled.csv`, "
+             f"another run), compiled `func` is {ratio.min():.3g}–{ratio.max():.3g}x faster than JAX's jitted step "
+             f"({at_finn:.3g}x at Finn's cell, second order). Finn's 70k-iteration run, task sampling included "
+             f"(`results/bench/speed.csv`), projects to {minutes['func']:.2g} minutes with eager `func` and "
+             f"{minutes['l2l']:.2g} with learn2learn.\n")
+    return intro + "\n\n" + markdown_table(pd.DataFrame(rows)) + after
+
+
+# ----------------------------------------------------------------------------- docs/paper-reproduction.md
+
+def paper_own_k(results: Path) -> str:
+    """Every algorithm at its own K: the test MSE after 1 and 10 steps (mean ± CI; at 10 steps with
+    the median and the blow-up rate)."""
+    robust = read(results, "paper", "robust.csv")
+    pooled = pooled_test(results, "paper")
+    own = robust[robust["k_shot"] == robust["eval_k_shot"]]
+    ks = sorted(own["k_shot"].unique())
+    rows = []
+    for algorithm, group in own.groupby("algorithm", sort=True):
+        row = {"algorithm": algorithm}
+        for k in ks:
+            for steps in (1, 10):
+                stat = _one(group, "results/paper/robust.csv", k_shot=k, eval_steps=steps)
+                mean = _one(pooled, "results/paper/summary.csv", algorithm=algorithm, backend=stat["backend"],
+                            k_shot=k, inner_steps=stat["inner_steps"], lr_base=stat["lr_base"],
+                            lr_meta=stat["lr_meta"], eval_k_shot=k, eval_steps=steps)
+                text = fmt_pooled(mean)
+                if steps > 1:
+                    text += f", med {_g(stat['median'])}, {_rate(stat['blowup'])}"
+                row[f"K={k} @{steps}"] = text
+        rows.append(row)
+    return markdown_table(pd.DataFrame(rows))
+
+
+def paper_reading(results: Path) -> str:
+    """The numbers of "Reading the numbers": tolerance verdicts, where adaptation blows up, Reptile
+    against pre-training."""
+    table2 = _table2(results)
+    robust = read(results, "paper", "robust.csv")
+    paired = read(results, "paper", "paired.csv")
+    pooled = pooled_test(results, "paper")
+    curves = read(results, "paper", "curves.csv")
+    pre = table2[table2["algorithm"] == "pretrain"]
+    maml1 = _one(table2, "results/paper/paper_comparison.csv", algorithm="maml", eval_steps=1)
+    seeds = [float(v) for v in maml1["per_seed"].split(",")]
+    metasgd5 = robust[(robust["algorithm"] == "metasgd") & (robust["eval_steps"] == 5)]["blowup"]
+    anil = robust[(robust["algorithm"] == "anil") & (robust["k_shot"] == 10) & (robust["eval_k_shot"] == 5)]
+    maml5 = robust[(robust["algorithm"] == "maml") & (robust["k_shot"] == 10) & (robust["eval_k_shot"] == 5)
+                   & (robust["eval_steps"] > 1)]
+    norms = curves[curves["k_shot"] == 10].groupby("algorithm")["grad_norm"].median()
+    means = {a: _one(pooled, "results/paper/summary.csv", algorithm=a, k_shot=10, eval_k_shot=10, eval_steps=1)["mse"]
+             for a in ("reptile", "pretrain")}
+    vs = _one(paired, "results/paper/paired.csv", algorithm="reptile", reference="pretrain", k_shot=10,
+              eval_k_shot=10, eval_steps=1)
+    return "\n".join([
+        "- *MAML after one step and pre-training at every step reproduce within the stated tolerance.*",
+        f"  Pre-training is within {pre['relative_difference'].abs().max():.0%} of the paper at every step. Our MAML "
+        f"is {-maml1['relative_difference']:.0%} {'better' if maml1['relative_difference'] < 0 else 'worse'} than the "
+        f"paper's after one step at K = {paper.EVAL_K}, and each of our {len(seeds)} seeds is ({_g(min(seeds))}–"
+        f"{_g(max(seeds))} vs {maml1['published']:g}), so this is not seed luck. Known protocol differences: Finn's "
+        "code initialises weights from a truncated normal with zero biases, we use torch's default `nn.Linear` "
+        "initialisation (for every algorithm alike); TensorFlow vs PyTorch; one published model vs our seeds.",
+        "- *Adapting for more steps than trained can blow up* (`fig7_blowup_rate`). All methods here were "
+        "meta-trained with one inner step; the evaluation then takes 10. Meta-SGD's learned per-parameter rates are "
+        f"tuned for exactly one step: {fmt_percent(100 * metasgd5.min())}–{_rate(metasgd5.max())} of tasks blow up "
+        "by step 5 (over the trained and tested K). ANIL's learned features make the head's "
+        f"K = {paper.EVAL_K} problem stiff: {_rate(_one(anil, 'robust.csv', eval_steps=5)['blowup'])} of tasks by "
+        f"step 5, {_rate(_one(anil, 'robust.csv', eval_steps=10)['blowup'])} by step 10 (trained at K = 10). MAML is "
+        f"at the edge: {_join([_rate(v) for v in maml5['blowup']])} of K = {paper.EVAL_K} tasks by step "
+        f"{_join([str(int(s)) for s in maml5['eval_steps']])} (trained at K = 10). With one test set a mean is a "
+        "lottery over whether one of them is in the set; with the blow-up rate beside it, it is not. The MAML "
+        f"initialisation is sensitive by design: its initial gradient norm (`fig2`, median over training at "
+        f"K = 10) sits {norms['maml'] / norms['pretrain']:.2g}x above pre-training's.",
+        "- *MSL equals MAML at S = 1* (bitwise): with one inner step the multi-step loss has a single term. MSL "
+        "differs from MAML only for S > 1 (see `make bench`).",
+        "- *Reptile with S = 1 is pre-training*: one inner SGD step toward each task's support set, averaged, is "
+        "(to first order) joint training; Reptile needs several inner steps to differ from it. Our numbers show "
+        f"exactly that: {means['reptile']:.4g} vs {means['pretrain']:.4g} at K = 10 after one step, and paired on "
+        f"the same tasks the 1-step difference is {fmt_estimate(_estimate(vs, 'median_difference'), 2)} in median, "
+        f"P(better) {fmt_estimate(_estimate(vs, 'p_improvement'), 2)}.",
+        "- *FOMAML* is close to MAML after 10 steps but worse and less stable across seeds after 1.",
+    ]) + "\n"
+
+
+# ----------------------------------------------------------------------------- docs/speed.md
+
+SPEED_ROWS = [("second", "func-compiled"), ("second", "jax"), ("second", "generic-compiled"), ("second", "func"),
+              ("second", "generic"), ("second", "l2l"), ("second", "higher"),
+              ("first", "func-compiled"), ("first", "jax"), ("first", "generic-compiled"), ("first", "func"),
+              ("first", "generic"), ("first", "l2l")]
+
+
+def speed_side_by_side(results: Path) -> str:
+    """docs/speed.md's CPU table: every compiled and eager peer in every cell (peers-compiled.csv),
+    learn2learn and higher from the default suite's run (peers.csv); the fastest per column in bold."""
+    compiled = read(results, "bench", "peers-compiled.csv").assign(source="compiled")
+    default = read(results, "bench", "peers.csv")
+    frame = pd.concat([compiled, default[default["peer"].isin(["l2l", "higher"])]], ignore_index=True)
+    cells = [(s, b) for b in (25, 100) for s in (1, 5, 10)]
+    rows = []
+    for order, peer in SPEED_ROWS:
+        part = frame[(frame["order"] == order) & (frame["peer"] == peer)]
+        if part.empty:
+            continue
+        row = {"ms per meta-iteration": f"{PEER_LABELS[peer]}, {order} order"}
+        for s, b in cells:
+            found = part[(part["inner_steps"] == s) & (part["meta_batch"] == b)]["ms_median"]
+            best = frame[(frame["order"] == order) & (frame["inner_steps"] == s) & (frame["meta_batch"] == b)][
+                "ms_median"].min()
+            value = found.iloc[0] if not found.empty else math.nan
+            text = "–" if math.isnan(value) else _g(value)
+            row[f"S={s}, T={b}"] = f"**{text}**" if value == best else text
+        rows.append(row)
+    eager = default[(default["peer"] == "func") & (default["order"] == "second")]
+    eager = eager.set_index(["inner_steps", "meta_batch"])["ms_median"]
+    return (markdown_table(pd.DataFrame(rows))
+            + "\n(All but the learn2learn and higher rows from one run, `results/bench/peers-compiled.csv` "
+            "(`SPEED_COMPILE=all SPEED_PEERS=func,func-compiled,generic,generic-compiled,jax`); learn2learn and higher "
+            "from the default suite's run of the same code, `results/bench/peers.csv` (`make speed`: every peer, "
+            "compiled ones at Finn's cells only), where eager `func` measured "
+            f"{' / '.join(_g(eager[c]) for c in cells if c in eager.index)} ms second order.)\n")
+
+
+#: block name -> renderer(results folder) -> Markdown (the text between the markers)
+BLOCKS = {
+    "paper-glance": paper_glance,
+    "paper-table2": paper_table2,
+    "bench-glance": bench_glance,
+    "demos": demos,
+    "cost": cost,
+    "paper-own-k": paper_own_k,
+    "paper-reading": paper_reading,
+    "speed-side-by-side": speed_side_by_side,
+}
+
+
+# ----------------------------------------------------------------------------- rewriting documents
+
+def block_names(text: str, where: str = "document") -> list[str]:
+    """The generated blocks of `text`, in order; an unknown name or an unclosed marker is an error
+    naming `where`, the block and the valid names."""
+    names = [m.group("name") for m in BLOCK.finditer(text)]
+    opened = [m.group("name") for m in OPEN.finditer(text)]
+    if opened != names:
+        raise ConfigError(f"{where}: a `<!-- generated: NAME -->` marker without its `<!-- end generated -->` "
+                          f"(opened {opened}, closed {names})")
+    unknown = [n for n in names if n not in BLOCKS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown generated block(s) {unknown}; valid: {', '.join(BLOCKS)}")
+    return names
+
+
+def rewrite(text: str, results: Path = RESULTS, where: str = "document") -> str:
+    """`text` with every generated block's body rendered again from the CSVs under `results`."""
+    block_names(text, where)
+    return BLOCK.sub(lambda m: f"<!-- generated: {m.group('name')} -->\n{BLOCKS[m.group('name')](results).rstrip()}"
+                               "\n<!-- end generated -->", text)
+
+
+def stale(root: Path | None = None, results: Path | None = None) -> dict[str, str]:
+    """Document path -> its text as generated now, for each document under `root` (default: this
+    repository) whose blocks differ from what the CSVs under `results` (default: its results/) give."""
+    root = ROOT if root is None else Path(root)
+    results = root / "results" if results is None else results
+    changed = {}
+    for name in DOCUMENTS:
+        path = Path(root) / name
+        text = path.read_text(encoding="utf-8")
+        new = rewrite(text, results, name)
+        if new != text:
+            changed[name] = new
+    return changed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a block is stale")
+    args = parser.parse_args(argv)
+    try:
+        changed = stale(ROOT, RESULTS)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name, text in changed.items():
+        if args.check:
+            print(f"stale: {name} (run `make readme`)")
+        else:
+            (ROOT / name).write_text(text, encoding="utf-8")
+            print(f"wrote {name}")
+    if not changed:
+        print("every generated block is up to date")
+    return 1 if args.check and changed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
