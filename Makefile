@@ -17,7 +17,7 @@ TEST_WORKERS ?= 2
 # What the speed tables compare every meta-iteration with (ALGORITHM:BACKEND; column x_vs_<backend>_<algorithm>).
 YARDSTICK ?= maml:l2l
 
-.PHONY: setup test browser-check install-check bench bench-results speed figures paper paper-results regress baseline clean
+.PHONY: setup test test-fast browser-check install-check bench bench-results speed figures paper paper-results regress baseline clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ $(STAMP): requirements.txt scripts/build_learn2learn_wheel.sh Makefile
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 	$(MAKE) regress
+
+# A contributor's quick loop: the tests not marked `slow` (those train for hundreds of iterations or
+# start subprocesses that import torch), no regression sweep.
+test-fast: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 # The committed results/baseline/index.html (or PAGE=...) in headless Chromium, installed if missing:
 # it loads without console errors and its script ran; screenshot in .cache/browser-check.png.

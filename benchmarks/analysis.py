@@ -77,19 +77,36 @@ def per_task_word(metric: Metric = MSE) -> str:
     return "values" if metric.higher_is_better else "errors"
 
 
+def extrapolated(config, steps) -> bool:
+    """Whether `steps` adaptation steps lie beyond the configuration's trained inner steps S (its
+    `inner_steps`): the learned initialisation (and rates) were meta-trained for S steps, so a
+    number after more is a rule applied beyond its training horizon (Meta-SGD trained at S = 1 and
+    scored after 10: a one-step rule applied ten times). Decision: the one rule for every algorithm,
+    by its cell's S, pre-training and Reptile included (pre-training trains no inner loop at all,
+    so no number of steps is a trained horizon for it); the tables mark such numbers with
+    `tables.EXTRAPOLATION_MARK`, the figures draw the trained S."""
+    return int(steps) > int(config["inner_steps"])
+
+
 def ci_note(metric: Metric = MSE) -> str:
-    """How seeds are pooled into one value and interval, in the metric's words."""
+    """How seeds are pooled into one value, and the t-formula interval the tables print (`mean ± h`)
+    only where no per-task store exists (older records), in the metric's words."""
     label = metric.label
     return (
         f"Pooling seeds: the {label} is the mean over seeds of each seed's mean over the same n test (or validation) "
-        "tasks. Its 95% CI is sqrt(mean_s(ci_s^2) + (t_{0.975,S-1} * sd_s / sqrt(S))^2), where ci_s = "
-        "1.96 * sd_tasks / sqrt(n) is seed s's own per-task interval and sd_s the spread of the S per-seed means. "
+        f"tasks. `{label} [low, high]`: its 95% interval is the two-way bootstrap of the per-task store, the one "
+        "interval of every mean, median, IQM and blow-up rate (definition under (a2)); the point is the records' "
+        "mean (float64), the interval resamples the stored per-task values. `mean ± h`: **t-formula**, printed "
+        "only where no per-task store exists (records made before it): h = sqrt(mean_s(ci_s^2) + "
+        "(t_{0.975,S-1} * sd_s / sqrt(S))^2), where ci_s = 1.96 * sd_tasks / sqrt(n) is seed s's own per-task "
+        "interval and sd_s the spread of the S per-seed means. "
         "The first term is the task-sampling uncertainty; it is not divided by S because every seed is scored on "
         f"the same tasks, so the seeds' task {per_task_word(metric)} are not independent. The second is the "
         "training-seed spread (Student t, S-1 degrees of freedom). Both terms count the seed x task interaction, so "
-        "the interval is conservative; with one seed it is the per-task interval alone and says nothing about "
-        f"seed-to-seed variation. A seed with a non-finite {label} makes the pooled {label} non-finite; the mean of "
-        "the finite seeds is then shown beside it as `[f/S seeds finite: mean ± CI]`, pooled over those f seeds only.")
+        "the interval is conservative (wider than the bootstrap's); with one seed it is the per-task interval "
+        "alone and says nothing about seed-to-seed variation. A seed with a non-finite "
+        f"{label} makes the pooled {label} non-finite; the mean of the finite seeds is then shown beside it as "
+        "`[f/S seeds finite: mean [low, high]]` (or `± h`), pooled over those f seeds only.")
 
 
 CI_NOTE = ci_note(MSE)
@@ -331,11 +348,22 @@ class TaskErrors:
             log.warning("the store of %s holds no finite zero-predictor MSE for %s K=%d (the blow-up yardstick): "
                         "no per-task statistics", config_label(config), split, eval_k)
             return None
+        self._memo[("yardstick", _key(config), split, eval_k)] = (zero, untrained)
         return np.stack(arrays), statistics.blowup_threshold(zero, untrained, scaled=scaled), zero
 
+    def thresholds(self, config, split: str, eval_k: int, factors=statistics.SENSITIVITY_FACTORS) -> list[float] | None:
+        """The blow-up threshold at each of `factors` x the error scale (`statistics.blowup_threshold`;
+        at BLOWUP_FACTOR exactly `errors`' own); None without per-task errors or for a metric without
+        scaled blow-ups (its threshold is inf whatever the factor)."""
+        if not self.metric.scaled_blowups or self.errors(config, split, eval_k) is None:
+            return None
+        zero, untrained = self._memo[("yardstick", _key(config), split, int(eval_k))]
+        return [statistics.blowup_threshold(zero, untrained, factor=factor) for factor in factors]
+
     def summary(self, config, split: str, eval_k: int, steps: int, bootstrap: bool = True) -> dict | None:
-        """`statistics.summarize` at one step (Estimates mean, median, iqm, blowup) plus n_seeds and
-        n_tasks; None without per-task errors. `bootstrap=False`: point estimates only."""
+        """`statistics.summarize` at one step (Estimates mean, median, iqm, blowup: at that step) plus
+        blowup_cumulative (blown up at any step <= `steps`, `statistics.blown_up_by`, same resamples),
+        n_seeds and n_tasks; None without per-task errors. `bootstrap=False`: point estimates only."""
         key = ("summary", _key(config), split, int(eval_k), int(steps))
         if (key, True) in self._memo:
             return self._memo[(key, True)]
@@ -345,11 +373,38 @@ class TaskErrors:
                 self._memo[(key, bootstrap)] = None
             else:
                 values, threshold, _ = found
-                result = statistics.summarize(values[:, steps], threshold,
-                                              n_resamples=statistics.N_RESAMPLES if bootstrap else 0,
+                n_resamples = statistics.N_RESAMPLES if bootstrap else 0
+                result = statistics.summarize(values[:, steps], threshold, n_resamples=n_resamples,
                                               higher_is_better=self.metric.higher_is_better)
+                ever = statistics.blown_up_by(values[:, :steps + 1], threshold)[:, -1]
+                result["blowup_cumulative"], = statistics.shares([ever], n_resamples)
                 self._memo[(key, bootstrap)] = {**result, "n_seeds": values.shape[0], "n_tasks": values.shape[2]}
         return self._memo[(key, bootstrap)]
+
+    def finite_mean(self, config, split: str, eval_k: int, steps: int) -> tuple[statistics.Estimate, int] | None:
+        """(the mean over the seeds whose every stored value at `steps` is finite, with its two-way
+        bootstrap interval; their number) for the tables' `[f/S seeds finite: ...]`; None without
+        per-task errors or with no such seed."""
+        key = ("finite", _key(config), split, int(eval_k), int(steps))
+        if key not in self._memo:
+            found = self.errors(config, split, eval_k)
+            values = None if found is None or steps >= found[0].shape[1] else found[0][:, steps]
+            finite = None if values is None else values[np.isfinite(values).all(axis=1)]
+            self._memo[key] = None if finite is None or not len(finite) else (statistics.summarize(
+                finite, np.inf, higher_is_better=self.metric.higher_is_better)["mean"], len(finite))
+        return self._memo[key]
+
+    def sensitivity(self, config, split: str, eval_k: int, steps: int,
+                    factors=statistics.SENSITIVITY_FACTORS) -> list[statistics.Estimate] | None:
+        """The blow-up rate at `steps` (at that step) with the threshold at each of `factors` x the
+        error scale, each with its two-way bootstrap interval (the same resamples as `summary`); None
+        without per-task errors or for a metric without scaled blow-ups (`thresholds`)."""
+        key = ("sensitivity", _key(config), split, int(eval_k), int(steps), tuple(factors))
+        if key not in self._memo:
+            found, thresholds = self.errors(config, split, eval_k), self.thresholds(config, split, eval_k, factors)
+            self._memo[key] = None if thresholds is None or steps >= found[0].shape[1] else statistics.shares(
+                [statistics.blown_up(found[0][:, steps], threshold) for threshold in thresholds])
+        return self._memo[key]
 
     def compare(self, config, reference, split: str, eval_k: int, steps: int) -> dict | None:
         """`statistics.compare` of `config` against `reference` at one step, plus n_tasks and seeds;
@@ -382,8 +437,10 @@ class TaskErrors:
 
 def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
                  steps=TABLE_STEPS) -> pd.DataFrame:
-    """Per chosen configuration (table (a)), test eval K and step: the pooled mean and the per-task
-    statistics with bootstrap intervals (empty without per-task errors)."""
+    """Per chosen configuration (table (a)), test eval K and step: the per-task statistics with their
+    two-way bootstrap intervals: mean, median, IQM, the blow-up rate at the step (`blowup`) and by it
+    (`blowup_cumulative`), and the at-step rate at the other SENSITIVITY_FACTORS (`blowup_3x`...;
+    NaN for a metric without scaled blow-ups). Empty without per-task errors."""
     rows = []
     if not task_errors:
         return pd.DataFrame(rows)
@@ -396,11 +453,24 @@ def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErro
                     continue
                 row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
                        "n_seeds": found["n_seeds"], "n_tasks": found["n_tasks"]}
-                for name in ("mean", "median", "iqm", "blowup"):
-                    estimate = found[name]
+                estimates = {name: found[name] for name in ("mean", "median", "iqm", "blowup", "blowup_cumulative")}
+                rates = task_errors.sensitivity(config, "test", eval_k, step)
+                for factor, i in SENSITIVITY_COLUMNS.items():
+                    estimates[factor] = statistics.Estimate(np.nan) if rates is None else rates[i]
+                for name, estimate in estimates.items():
                     row.update({name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high})
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sensitivity_column(factor: float) -> str:
+    """robust.csv's column of the blow-up rate at `factor` x the error scale (`blowup_3x`)."""
+    return f"blowup_{factor:g}x"
+
+
+#: robust.csv's threshold-sensitivity columns -> index in SENSITIVITY_FACTORS (the rule's own factor is `blowup`)
+SENSITIVITY_COLUMNS = {sensitivity_column(f): i for i, f in enumerate(statistics.SENSITIVITY_FACTORS)
+                       if f != statistics.BLOWUP_FACTOR}
 
 
 def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
@@ -427,7 +497,9 @@ def paired_frame(scores: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskEr
                         row = {"task": task, "k_shot": int(k_shot), "eval_k_shot": int(eval_k), "eval_steps": step,
                                "algorithm": algorithm, "reference": reference, "label": config["label"],
                                "reference_label": base["label"], "n_tasks": found["n_tasks"],
-                               "n_seeds": found["n_seeds"], "n_seeds_reference": found["n_seeds_reference"]}
+                               "n_seeds": found["n_seeds"], "n_seeds_reference": found["n_seeds_reference"],
+                               "inner_steps": int(config["inner_steps"]),
+                               "reference_inner_steps": int(base["inner_steps"])}
                         for name in ("mean_difference", "median_difference", "p_improvement"):
                             estimate = found[name]
                             row.update({name: estimate.value, f"{name}_low": estimate.low,

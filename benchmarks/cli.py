@@ -27,7 +27,8 @@ from benchmarks.executors import ClusterError, quiet_dependencies
 quiet_dependencies()  # before algorithms/ imports learn2learn (and with it gym's banner)
 
 from algorithms import list_algorithms  # noqa: E402
-from benchmarks.config import LIMITS, ConfigError, check_device_available, load_sweep, parse_limit  # noqa: E402
+from benchmarks.config import (LIMITS, TENSORBOARD_FOLDER, ConfigError, check_device_available,  # noqa: E402
+                               load_sweep, parse_limit)
 from benchmarks.atomic import refuse_links  # noqa: E402
 from benchmarks.lock import LOCK_NAME, LockHeld, folder_lock  # noqa: E402
 from benchmarks.plugins import PluginError, load_plugins  # noqa: E402
@@ -155,6 +156,8 @@ def execute_sweep(sweep, out, executor: str = "local", workers: int = 1, address
     _print_skipped(sweep.skipped, show_skipped)
     out = Path(out)
     check_output_path(out)
+    if sweep.settings.tensorboard:  # a link there would write the event files outside OUT
+        refuse_links(out, (TENSORBOARD_FOLDER,))
     if runs_dir(out).is_dir():  # read-only: records made under other settings refuse here, before anything is written
         pending_cells(sweep, out, executor, threads)
     if executor == "ray":  # the cluster answers (or not) before anything is written

@@ -132,8 +132,8 @@ class Cell:
         1000, help="meta-training iterations (outer steps)",
         check=_at_least(1), id="it", label="iters")
     seed: int = cell_key(
-        0, help="training seed: tasks from `seed`, initial weights from `seed + 1`; must be < 1,000,000 (higher "
-                "seeds are the evaluation sets')",
+        0, help="training seed: its training tasks and initial weights come from separate streams derived from it "
+                "(`seed_streams`); must be < 1,000,000 (higher seeds are the evaluation sets')",
         check=_seed, id="seed", pooled=True, ensemble_key=False)
     network: str = cell_key(
         DEFAULT_NETWORK.name,
@@ -308,6 +308,38 @@ LIMITS = {
 MAX_CONFIG_BYTES = 1 << 20  # a sweep file is a few hundred bytes; /dev/zero must not be read forever
 
 
+#: `seed_streams` values: how a cell's seed becomes its random streams (`stream_seed`)
+SEED_STREAMS = ("independent", "offset")
+#: What a cell draws random numbers for, each on its own stream; the number is the purpose's
+#: SeedSequence spawn key ("independent") and its offset from the seed ("offset"). Evaluation,
+#: probe and qualitative tasks are fixed streams shared by every seed (`tasks.evaluation_set`);
+#: no learner keeps a generator past its initialisation.
+STREAM_PURPOSES = {"tasks": 0, "weights": 1}
+#: "independent" torch seeds lie in [2**31, 2**32): torch's CPU generator keys its Mersenne Twister
+#: with a seed's low 32 bits, and every fixed seed of the suite (training seeds < MAX_TRAIN_SEED
+#: under "offset", the validation and test sets' from 1,000,003 and 2,000,003) lies below 2**31,
+#: so no derived stream is an evaluation stream
+STREAM_FLOOR = 2 ** 31
+
+
+def stream_seed(seed: int, purpose: str, streams: str) -> int:
+    """The torch seed of `seed`'s stream for `purpose`. "independent": the first 32-bit word of
+    `SeedSequence(seed).spawn(...)[STREAM_PURPOSES[purpose]]` (hashed, so neighbouring seeds share
+    nothing), its top bit set (`STREAM_FLOOR`); "offset": `seed + STREAM_PURPOSES[purpose]`, the
+    streams of before, where seed s's weights are seed s + 1's tasks."""
+    import numpy as np
+
+    if purpose not in STREAM_PURPOSES:
+        raise KeyError(f"unknown stream purpose {purpose!r}; purposes: {', '.join(STREAM_PURPOSES)}")
+    number = STREAM_PURPOSES[purpose]
+    if streams == "offset":
+        return seed + number
+    if streams != "independent":
+        raise ValueError(f"unknown seed_streams {streams!r}; valid choices: {', '.join(SEED_STREAMS)}")
+    word = int(np.random.SeedSequence(seed, spawn_key=(number,)).generate_state(1, np.uint32)[0])
+    return STREAM_FLOOR | word >> 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every cell of a sweep shares: evaluation schedule, sizes, device."""
@@ -326,11 +358,50 @@ class Settings:
     compile: bool = False  # the accelerated/generic engines' meta-gradient through torch.compile (others: ignored)
     device: str = "cpu"
     task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
+    seed_streams: str = field(default="independent", metadata={
+        "choices": SEED_STREAMS, "added": "offset",  # records written before the key trained on the old streams
+        "help": "how a cell's `seed` becomes its random streams: `\"independent\"`, one `numpy.random.SeedSequence` "
+                "child per seed and purpose (training tasks, initial weights); `\"offset\"`, the streams of "
+                "before (tasks from `seed`, weights from `seed + 1`: seed s's weights are drawn from the stream "
+                "seed s + 1's tasks start with), pinned by the committed sweep files to keep their numbers; a "
+                "record without the key was made with `\"offset\"`"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "also write live training curves for TensorBoard (`tensorboard --logdir OUT/tensorboard`): per "
+                "cell, `OUT/tensorboard/<cell id>/` gets the training loss and initial-gradient norm at each log "
+                "point and the metric per split after 1 and `eval_steps` steps at each evaluation; a boolean, so "
+                "nothing read from a sweep file writes outside OUT; no number or fingerprint changes; needs the "
+                "optional extra (`pip install 'metabench[tensorboard]'`)"})
+
+    def generator(self, seed: int, purpose: str):
+        """The torch generator of `seed`'s stream for `purpose` (a key of `STREAM_PURPOSES`)."""
+        import torch
+
+        return torch.Generator().manual_seed(stream_seed(seed, purpose, self.seed_streams))
 
     def evaluation_iterations(self, iterations: int) -> set[int]:
         """The iterations a run of `iterations` is evaluated at: every `eval_every` and the last."""
         every = set(range(self.eval_every, iterations + 1, self.eval_every)) if self.eval_every else set()
         return {iterations} | every
+
+
+#: The folder under OUT where `tensorboard = true` writes one folder of event files per cell.
+TENSORBOARD_FOLDER = "tensorboard"
+
+
+def check_tensorboard_installed(settings: Settings) -> None:
+    """`tensorboard = true` without the package is bad input, found when a sweep is parsed (before
+    anything is written), not when a job starts. Only a sweep asks: reading a folder's records
+    made with it on needs no tensorboard."""
+    import importlib.util
+
+    if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("tensorboard = true needs the tensorboard package: pip install 'metabench[tensorboard]' "
+                          "(or set tensorboard = false)")
+
+
+#: settings whose sweep default is not what records written before them did: the value that
+#: reproduces those records (declared with the field, `added`; a record without the key reads it)
+ADDED_SETTINGS = {f.name: f.metadata["added"] for f in fields(Settings) if "added" in f.metadata}
 
 
 @dataclass
@@ -392,6 +463,10 @@ def _settings(raw: dict, limits: dict) -> Settings:
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{f.name} must be an integer >= 0, got {value!r}")
+        elif "choices" in f.metadata:
+            if not (isinstance(value, str) and value in f.metadata["choices"]):
+                raise ConfigError(f"unknown {f.name} {suggest(value, f.metadata['choices'])}; "
+                                  f"valid choices: {', '.join(f.metadata['choices'])}")
         elif isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{f.name} must be a string, got {value!r}")
         elif isinstance(default, dict) and not isinstance(value, dict):
@@ -515,6 +590,7 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     grids = [_expand_grid({**top, **table}, f" in [[grid]] #{i + 1}" if "grid" in raw else "", limits)
              for i, table in enumerate(tables)]
     settings = _settings(raw, limits)
+    check_tensorboard_installed(settings)
     metrics, problems = {}, {}
     for grid in grids:  # task parameters checked once per task, before any training
         for task, k in itertools.product(grid["task"], grid["k_shot"]):

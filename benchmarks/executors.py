@@ -107,7 +107,7 @@ def _kill_children() -> None:
         child.join(timeout=5)
 
 
-def run_pool(jobs, settings, finish, workers: int, threads: int, report=None) -> None:
+def run_pool(jobs, settings, finish, workers: int, threads: int, report=None, tensorboard=None) -> None:
     """Local processes ('spawn': safe with CUDA and threads); records are written as jobs end:
     `finish(job index, records)`. Jobs report their iterations through a queue, handed to
     `report(job index, iterations)` whenever the parent wakes.
@@ -123,7 +123,8 @@ def run_pool(jobs, settings, finish, workers: int, threads: int, report=None) ->
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)) or 1, mp_context=context,
                                initializer=_worker_init, initargs=(os.getpid(), queue))
     try:
-        index = {pool.submit(run_job, job, settings, threads, Reporter(_to_progress_queue, i) if queue else None): i
+        index = {pool.submit(run_job, job, settings, threads, Reporter(_to_progress_queue, i) if queue else None,
+                             tensorboard): i
                  for i, job in enumerate(jobs)}
         pending = set(index)
         while pending:
@@ -213,9 +214,12 @@ def start_ray(address: str | None, workers: int):
     return ray
 
 
-def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: int, report=None) -> None:
+def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: int, report=None,
+            tensorboard=None) -> None:
     """Each job is a Ray task; `address` joins a cluster, default a local Ray instance.
-    `finish` and `report` as in `run_pool` (progress travels through a Ray queue actor)."""
+    `finish` and `report` as in `run_pool` (progress travels through a Ray queue actor);
+    `tensorboard` as in `run_job`: on a remote cluster each worker writes its event files on its
+    own machine, at that path."""
     ray = start_ray(address, workers)
     from ray.exceptions import RayError
 
@@ -226,7 +230,7 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
 
             queue = Queue()
         remote = ray.remote(num_cpus=1)(_ray_job)
-        index = {remote.remote(job, settings, threads, queue, i): i for i, job in enumerate(jobs)}
+        index = {remote.remote(job, settings, threads, queue, i, tensorboard): i for i, job in enumerate(jobs)}
         pending = list(index)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
@@ -249,9 +253,10 @@ def run_ray(jobs, settings, finish, workers: int, address: str | None, threads: 
             ray.shutdown()
 
 
-def _ray_job(job, settings, threads, queue=None, index=0):
+def _ray_job(job, settings, threads, queue=None, index=0, tensorboard=None):
     quiet_dependencies()
     from benchmarks.job import run_job
     from benchmarks.progress import Reporter
 
-    return run_job(job, settings, threads, None if queue is None else Reporter(queue.put, index, interval=1.0))
+    return run_job(job, settings, threads, None if queue is None else Reporter(queue.put, index, interval=1.0),
+                   tensorboard)

@@ -15,6 +15,11 @@ it as `<name>.caption.txt` with any notes its data called for). Decisions:
   would cost minutes on the paper's 18,000 tasks; 200 give the band's shape).
 - Legends name algorithms; the configuration each line is (chosen by validation) is in the
   caption, once.
+- The mean's interval is the tables' two-way bootstrap where per-task errors are stored (the
+  t-formula only where not, and the caption says so). Axes of adaptation steps draw the trained
+  inner steps S as a dotted line and the caption calls the steps beyond it extrapolation
+  (`analysis.extrapolated`); fig14 (blow-up rate against the threshold's factor, 3x/10x/100x)
+  marks its panels beyond S with the tables' dagger.
 - Sizes are a paper's: TWO_COLUMN (6.9 in) wide, or ONE_COLUMN (3.3 in) for a single panel,
   8-pt text (`plots.PAPER_RC`).
 - The folder's metric (`Analysis.metric`) names every axis, caption and column (`captions`,
@@ -72,8 +77,9 @@ FIGURES = {
     "fig1_adaptation_steps":
         f"How fast does each algorithm's typical test error fall with adaptation steps? Test {METRIC} against "
         "adaptation steps, best configuration per algorithm (chosen by validation), one column per test K: the IQM "
-        "of the per-task errors with its 95% bootstrap band (log axis), and below it the mean with its 95% CI, "
-        "drawn only where it is finite and no task blew up. Points above the axis are arrows on the edge.",
+        "of the per-task errors with its 95% bootstrap band (log axis), and below it the mean with its 95% CI (the "
+        "same two-way bootstrap where per-task errors are stored), drawn only where it is finite and no task blew "
+        "up. Points above the axis are arrows on the edge; dotted vertical line: the trained inner steps S.",
     "fig2_gradient_norm":
         "Does meta-training move the initialisation to where the loss is steep? Frobenius norm of the "
         "initial gradient on one fixed probe batch over meta-training, best configuration per algorithm, "
@@ -103,8 +109,10 @@ FIGURES = {
         "so the panels are not compared with each other (fig12 compares the algorithms on validation).",
     "fig7_blowup_rate":
         "When does adaptation diverge? Share of test tasks x seeds whose adapted error is non-finite or above "
-        f"{statistics.BLOWUP_FACTOR:g}x the zero predictor's, against adaptation steps, best configuration per "
-        "algorithm, one panel per test K, 95% bootstrap bands; symlog axis, linear (shaded) below 0.1%.",
+        f"{statistics.BLOWUP_FACTOR:g}x the zero predictor's at each step (a task can drop back below it later; the "
+        "cumulative rate is in tables.md (a2)), against adaptation steps, best configuration per algorithm, one "
+        "panel per test K, 95% bootstrap bands; symlog axis, linear (shaded) below 0.1%; dotted vertical line: the "
+        "trained inner steps S.",
     "fig8_paired_comparison":
         "Task by task, which algorithm beats MAML and pre-training, and by how much? On the shared test tasks "
         "(trained and evaluated at the figures' K): the median per-task difference, one panel per adaptation step "
@@ -126,11 +134,20 @@ FIGURES = {
         f"When during meta-training does each algorithm reach its validation error? Validation {METRIC} after "
         f"{SELECT_STEPS} step at the trained K (the selection statistic) at every evaluated iteration, best "
         "configuration per algorithm, mean over seeds with its 95% CI (log axis).",
+    "fig14_blowup_threshold":
+        "Does a conclusion about blow-ups depend on the threshold's factor? Share of test tasks x seeds blown up at "
+        "step 1, 5 and 10 (one panel each) with the threshold at "
+        f"{', '.join(f'{f:g}' for f in statistics.SENSITIVITY_FACTORS)}x the error scale (factor on a log axis; "
+        f"dotted: the tables' {statistics.BLOWUP_FACTOR:g}x), best configuration per algorithm at the figures' test "
+        "K, 95% bootstrap bands; rate on a symlog axis, linear (shaded) below 0.1%.",
     "fig13_reproduction":
         f"Does this suite reproduce Finn et al. (2017)'s sinusoid numbers? Test {METRIC} at K = 5 of models trained "
-        "at K = 10 in Finn's setup, after 1, 5 and 10 steps: the published value (open diamond, grey bar: the "
-        "±25% tolerance of tables.md (d)), our mean with its 95% CI (the statistic the paper reports) and our "
-        "median (hollow) with its bootstrap CI. Means above the axis are arrows on the edge.",
+        "at K = 10 in Finn's setup, after 1, 5 and 10 steps, as the paper reports it: the mean of one trained model "
+        "over one set of 600 test tasks. Dots: each of our (seed, test set) means; bar: the range the rule reads "
+        "(the central 95% of them, min–max with 40 or fewer), tick: their median; open diamond: the published "
+        "value. Rule, fixed before the results were read and the same at every step: reproduced when the diamond "
+        "lies within the bar, else ours lower or higher (tables.md (d)). Log axis; sets above it (a diverged task "
+        "decides a set's mean) are arrows on the edge.",
 }
 #: FIGURES for a metric other than MSE (`captions`): its label, linear axes, its direction and chance
 #: level; figures absent here either do not show the metric (2, 5, 6) or are skipped for it (3, 7, 10)
@@ -265,6 +282,23 @@ def _need_task_errors(a: Analysis) -> None:
         raise Skip(a.task_errors.missing())
 
 
+def _trained_steps(a: Analysis, fig, axes, configs: pd.DataFrame, steps=None) -> None:
+    """The trained inner steps S of `configs` as dotted lines on every visible axis of adaptation steps
+    (`plots.mark_trained_steps`), and the caption's word on the steps beyond them (`analysis.extrapolated`),
+    where any drawn step (`steps`: default up to TABLE_STEPS' last) lies beyond an S."""
+    from benchmarks import plots
+
+    trained = sorted({int(s) for s in configs["inner_steps"]})
+    last = max(TABLE_STEPS) if steps is None else max(steps)
+    for ax in np.ravel(axes):
+        if ax.get_visible():
+            plots.mark_trained_steps(ax, trained)
+    if trained and last > min(trained):
+        _note(fig, f"Dotted line{'s' if len(trained) > 1 else ''}: the trained inner steps S = "
+                   f"{', '.join(map(str, trained))}; a step right of a configuration's S is beyond the trained inner "
+                   "steps (extrapolation: a rule meta-trained for S steps applied more times).")
+
+
 def _legend_below(fig, axes, columns: int = 4) -> None:
     """One legend for the figure, below the panels (clear of data, notes and title): every line's
     label once."""
@@ -323,6 +357,11 @@ def _fig_adaptation(a: Analysis, plt):
         raise Skip("the best configurations have no test evaluations")
     eval_ks = sorted(frame["eval_k_shot"].unique())
     robust, omitted = {}, []
+    value = _column(a)
+    # the mean's interval: the two-way bootstrap where per-task errors are stored, else the t-formula's
+    frame = frame.assign(low=frame[value].astype(float) - frame[_column(a, "{}_ci95")].astype(float),
+                         high=frame[value].astype(float) + frame[_column(a, "{}_ci95")].astype(float))
+    t_formula = bool(len(frame))
     if a.task_errors:
         for k in eval_ks:
             parts = []
@@ -330,6 +369,12 @@ def _fig_adaptation(a: Analysis, plt):
                 part = _per_step(a, config, k, "iqm")
                 if part.empty:
                     continue
+                means = _per_step(a, config, k, "mean").set_index("eval_steps")
+                rows = (frame["algorithm"] == config["algorithm"]) & (frame["eval_k_shot"] == k)
+                steps = frame.loc[rows, "eval_steps"]
+                frame.loc[rows, "low"] = steps.map(means["low"]).to_numpy()
+                frame.loc[rows, "high"] = steps.map(means["high"]).to_numpy()
+                t_formula = False
                 parts.append(part.assign(label=config["algorithm"], algorithm=config["algorithm"]))
                 # the mean only where it is finite and no task blew up
                 blowup = [_summary(a, config, "test", k, s, bootstrap=False)["blowup"].value
@@ -346,7 +391,7 @@ def _fig_adaptation(a: Analysis, plt):
     n_rows = 2 if robust else 1
     fig, axes = plt.subplots(n_rows, len(eval_ks), figsize=(plots.TWO_COLUMN, 2.3 * n_rows + 1.0), squeeze=False,
                              layout="constrained")
-    label, value = a.metric.label, _column(a)
+    label = a.metric.label
     for j, k in enumerate(eval_ks):
         mean_row = axes[n_rows - 1, j]
         if robust:
@@ -361,11 +406,14 @@ def _fig_adaptation(a: Analysis, plt):
         plots.plot_adaptation(mean_row, part, title=f"{int(k)}-shot test: mean"
                               + (" (where no task blew up)" if omitted else ""), value=value,
                               ylabel=f"mean test {label} (95% CI)", legend=False, notes="caption",
-                              **_linear(a, _with_interval(a, part)))
+                              **_linear(a, (part, [value, "low", "high"])))
     _chance(a, axes)
+    _trained_steps(a, fig, axes, best)
     _legend_below(fig, axes)
     fig.suptitle(f"Test {label} vs adaptation steps ({scope_text(a)})")
     _note(fig, _configurations(best))
+    if t_formula:
+        _note(fig, "No per-task errors are stored: the mean's interval is the t-formula's (tables.md, note under (a)).")
     if omitted:
         _note(fig, "Mean omitted from the first step at which a task blew up (fig7): " + "; ".join(omitted) + ".")
     return fig
@@ -832,9 +880,54 @@ def _fig_blowup(a: Analysis, plt):
                              sharey=True)
     for ax, (k, parts) in zip(axes[0], sorted(panels.items())):
         plots.plot_blowup(ax, pd.concat(parts), title=f"{k}-shot test", legend=False)
+    _trained_steps(a, fig, axes, best)
     _legend_below(fig, axes)
     fig.suptitle(f"Blow-up rate vs adaptation steps ({scope_text(a)})")
     _note(fig, _configurations(best))
+    return fig
+
+
+def _fig_blowup_threshold(a: Analysis, plt):
+    from benchmarks import plots
+    from benchmarks.tables import EXTRAPOLATION_MARK, EXTRAPOLATION_NOTE  # tables imports this module's neighbours
+
+    _only_mse(a, BLOWUP_SKIP, a.metric.scaled_blowups)
+    best = _best(a)
+    _need_task_errors(a)
+    k = a.scope["k_shot"]
+    factors = statistics.SENSITIVITY_FACTORS
+    panels: dict[int, list[pd.DataFrame]] = {}
+    for _, config in best.iterrows():
+        for step in TABLE_STEPS:
+            rates = a.task_errors.sensitivity(config, "test", k, step, factors)
+            if rates is not None:
+                panels.setdefault(step, []).append(pd.DataFrame({
+                    "factor": factors, "blowup": [r.value for r in rates], "low": [r.low for r in rates],
+                    "high": [r.high for r in rates], "label": config["algorithm"], "algorithm": config["algorithm"]}))
+    if not panels:
+        raise Skip(f"the best configurations have no stored per-task test errors at test K={k}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(plots.TWO_COLUMN, 3.0), squeeze=False, layout="constrained",
+                             sharey=True)
+    beyond = False
+    for j, (ax, (step, parts)) in enumerate(zip(axes[0], sorted(panels.items()))):
+        mark = EXTRAPOLATION_MARK if (best["inner_steps"].astype(int) < step).any() else ""
+        beyond |= bool(mark)
+        plots.plot_blowup(ax, pd.concat(parts), title=f"at step {step}{mark}", legend=False, x="factor",
+                          xlabel="threshold (x error scale)")
+        if j:
+            ax.set_ylabel("")
+        ax.set_xscale("log")
+        ax.set_xticks(factors, [f"{f:g}x" for f in factors])
+        ax.minorticks_off()
+        ax.axvline(statistics.BLOWUP_FACTOR, color="0.45", linewidth=0.8, linestyle=":", zorder=0)
+    _legend_below(fig, axes)
+    fig.suptitle(f"Blow-up rate against the threshold's factor ({scope_text(a)}, test K={k}; dotted: the tables' "
+                 f"{statistics.BLOWUP_FACTOR:g}x)")
+    _note(fig, _configurations(best))
+    if beyond:
+        trained = sorted({int(s) for s in best["inner_steps"]})
+        _note(fig, f"{EXTRAPOLATION_NOTE} A panel is marked where its step is beyond some configuration's S "
+                   f"(trained S: {', '.join(map(str, trained))}).")
     return fig
 
 
@@ -923,6 +1016,8 @@ def _fig_ecdf(a: Analysis, plt):
 
 
 def _fig_reproduction(a: Analysis, plt):
+    """Per step and algorithm, every single-model x single-set mean (the paper's statistic), the
+    range the reproduction rule reads, their median and the published value (`benchmarks.paper`)."""
     from benchmarks import paper, plots
 
     _only_mse(a, "Finn et al. (2017)'s published numbers are test errors of the sine regression families")
@@ -933,46 +1028,56 @@ def _fig_reproduction(a: Analysis, plt):
     if frame.empty:
         raise Skip("no algorithm with a published number (" + ", ".join(sorted(set(paper.PUBLISHED["algorithm"])))
                    + ") in Finn et al.'s setup")
+    if not a.task_errors:
+        raise Skip(f"the reproduction rule reads single-set means from the per-task store: {a.task_errors.missing()}")
     series = list(dict.fromkeys(zip(frame["algorithm"], frame["backend"])))
-    fig, ax = plt.subplots(figsize=(plots.ONE_COLUMN + 0.4, 3.2), layout="constrained")
     steps = list(paper.STEPS)
-    published = frame["published"].to_numpy(dtype=float)
-    top, bottom = 3.0 * published.max(), published.min() / 4
+    means = {}
+    for _, row in frame.iterrows():
+        values = paper.single_sets(a.task_errors, row, int(row["eval_steps"]))[0]
+        means[(row["algorithm"], row["backend"], int(row["eval_steps"]))] = np.where(np.isfinite(values), values,
+                                                                                      np.inf)
+    finite = np.concatenate([v[np.isfinite(v)] for v in means.values()] + [frame["published"].to_numpy(float)])
+    medians = frame["single_set_median"].to_numpy(dtype=float)
+    top = 3.0 * max(frame["published"].max(), np.nanmax(np.where(np.isfinite(medians), medians, np.nan),
+                                                       initial=0.0))
+    bottom = finite.min() / 1.5
+    fig, ax = plt.subplots(figsize=(plots.ONE_COLUMN + 0.4, 3.2), layout="constrained")
     width = 0.8 / len(series)
     for i, (algorithm, backend) in enumerate(series):
-        style = plots.algorithm_style(algorithm)
+        color = plots.algorithm_style(algorithm)["color"]
         rows = frame[(frame["algorithm"] == algorithm) & (frame["backend"] == backend)].set_index("eval_steps")
         base = np.array([steps.index(s) for s in rows.index]) + (i - (len(series) - 1) / 2) * width
-        ax.bar(base, rows["published"] * 2 * paper.REL_TOL, bottom=rows["published"] * (1 - paper.REL_TOL),
-               width=width * 0.9, color="0.88", linewidth=0)
-        ax.plot(base - width * 0.25, rows["published"], marker="D", markerfacecolor="white", color="black",
-                linestyle="", markersize=4.5, label="Finn et al. 2017" if i == 0 else None)
-        mean = rows["mse"].to_numpy(dtype=float)
-        ci = rows["mse_ci95"].to_numpy(dtype=float)
-        shown = np.isfinite(mean) & (mean <= top)
-        ci = np.where(np.isfinite(ci), ci, 0.0)  # an interval stops at the axis ends
-        ax.errorbar(base[shown], mean[shown], yerr=[np.clip(ci, None, mean - bottom)[shown],
-                                                    np.clip(ci, None, top - mean)[shown]],
-                    marker=style["marker"], color=style["color"], linestyle="", markersize=4,
-                    label=f"{algorithm} [{backend}] mean")
-        plots.mark_overflow(ax, base, np.where(np.isfinite(mean), mean, np.inf), None, top, style["color"])
-        median = rows["median"].to_numpy(dtype=float)
-        if np.isfinite(median).any():
-            lows, highs = rows["median_low"].to_numpy(dtype=float), rows["median_high"].to_numpy(dtype=float)
-            ax.errorbar(base + width * 0.25, median,
-                        yerr=[np.clip(median - lows, 0, None), np.clip(highs - median, 0, None)],
-                        marker=style["marker"], markerfacecolor="white", color=style["color"], linestyle="",
-                        markersize=4, label=f"{algorithm} [{backend}] median")
+        for x, (step, row) in zip(base, rows.iterrows()):
+            values = means[(algorithm, backend, int(step))]
+            if not len(values):
+                continue
+            jitter = x - width * 0.1 + np.linspace(-0.22, 0.22, len(values)) * width if len(values) > 1 else [x]
+            jitter = np.asarray(jitter, dtype=float)
+            shown = values <= top
+            ax.plot(jitter[shown], values[shown], marker="o", linestyle="", markersize=2.5, alpha=0.6, color=color,
+                    markeredgewidth=0, gid="single-set",
+                    label=f"{algorithm} [{backend}]: single-set means" if step == rows.index[0] else None)
+            plots.mark_overflow(ax, jitter, values, None, top, color)
+            low, high = row["single_set_low"], min(row["single_set_high"], top)
+            ax.plot([x + width * 0.25] * 2, [low, high], color=color, linewidth=1.2, solid_capstyle="butt")
+            ax.plot([x + width * 0.25], [row["single_set_median"]], marker="_", markersize=7, color=color,
+                    linestyle="")
+        ax.plot(base + width * 0.25, rows["published"], marker="D", markerfacecolor="white", color="black",
+                linestyle="", markersize=4.5, zorder=5, label="Finn et al. 2017" if i == 0 else None)
     ax.set_yscale("log")
     plots.plain_ticks(ax, "y")
     ax.set_ylim(bottom, top)
     ax.set_xticks(range(len(steps)), [f"{s} step{'s' if s > 1 else ''}" for s in steps])
-    ax.set_ylabel(f"test {a.metric.label} at K = {paper.EVAL_K}")
+    ax.set_ylabel(f"test {a.metric.label} at K = {paper.EVAL_K}, one model x one set")
     ax.set_title("Finn et al. 2017, Table 2, vs this suite")
-    fig.legend(loc="outside lower center", ncols=2)
-    verdicts = [f"{r['algorithm']}@{int(r['eval_steps'])}: {'✓' if r['reproduced'] else '✗'} "
-                f"({r['relative_difference']:+.0%})" for _, r in frame.iterrows()]
-    _note(fig, "Within ±25% of the published mean: " + ", ".join(verdicts) + ".")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="0.4", linewidth=1.2, marker="_", markersize=7))
+    labels.append("range the rule reads, median")
+    fig.legend(handles, labels, loc="outside lower center", ncols=2)
+    verdicts = [f"{r['algorithm']}@{int(r['eval_steps'])}: {paper.fmt_verdict(r)} (percentile "
+                f"{paper.fmt_percentile(r['published_percentile'])})" for _, r in frame.iterrows()]
+    _note(fig, "Verdicts: " + "; ".join(verdicts) + ".")
     return fig
 
 
@@ -990,6 +1095,7 @@ FIGURE_MAKERS = {
     "fig10_stability_map": _fig_stability,
     "fig11_error_vs_k": _fig_error_vs_k,
     "fig12_validation_curves": _fig_validation_curves,
+    "fig14_blowup_threshold": _fig_blowup_threshold,
     "fig13_reproduction": _fig_reproduction,
 }
 

@@ -31,6 +31,8 @@ Left out, on purpose (recorded in the record's `environment`, not compared):
 - the device index (`cuda:1` vs `cuda:0`): only its type;
 - `plugins`, the list of plug-ins a sweep loaded: loading another plug-in does not change a cell's
   numbers (the code of the ones that registered what the cell names is in, above);
+- `tensorboard`: it only copies numbers already computed into event files (tested: the same
+  records with it on and off), so a folder resumes with it switched either way;
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
 - torch threads where they change no number (learners with `thread_invariant`: the `func`,
   `generic` and `jax` engines, bitwise the same at 1 and 2 threads, tested); for the per-task
@@ -42,9 +44,16 @@ Records made before `hardware` was recorded compare as "(not recorded)": a sweep
 resume into them (their machine is unknown); reports and regression checks still read them.
 
 A setting added after a record was written is compared at its default (a new setting's default
-reproduces the behaviour from before it existed). Records written before fingerprints existed get
-one rebuilt from their stored cell, settings and torch version, with no numerics version: they
-are never reused by a sweep of this version (the numbers may have changed since).
+reproduces the behaviour from before it existed), or where its default does not, at its `added`
+value (`config.ADDED_SETTINGS`): `seed_streams` is a key like any other setting, so a record's
+streams are part of its fingerprint and `NUMERICS_VERSION` stays (no number changed: "offset"
+computes what every record before the key computed, and "independent" records never match them);
+a fingerprint without it was made with "offset", the streams of before. A committed folder
+resumes under its sweep file, which pins "offset", and regress compares it with the candidate.
+
+Records written before fingerprints existed get one rebuilt from their stored cell, settings and
+torch version, with no numerics version: they are never reused by a sweep of this version (the
+numbers may have changed since).
 """
 from __future__ import annotations
 
@@ -61,7 +70,7 @@ import algorithms
 import tasks
 from algorithms import NUMERICS_VERSION
 from algorithms.network import BUILTIN_NETWORKS
-from benchmarks.config import POOLED_KEYS, Cell, ConfigError, Settings
+from benchmarks.config import ADDED_SETTINGS, POOLED_KEYS, Cell, ConfigError, Settings
 from benchmarks.hardware import hardware
 from benchmarks.plugins import BUILTIN_SOURCE
 from benchmarks.records import RecordError, identity
@@ -72,7 +81,7 @@ NOT_RECORDED = "(not recorded)"
 #: thread counts) and between the sides of a regression check: far below the seed-to-seed
 #: spread, within tolerance
 EXECUTION_KEYS = ("hardware", "threads")
-EXCLUDED_SETTINGS = ("ensemble", "device", "plugins")  # device enters as its type
+EXCLUDED_SETTINGS = ("ensemble", "device", "plugins", "tensorboard")  # device enters as its type
 ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
 #: fingerprint key -> the cell key whose code it names, that registry's built-in names, its lookup
@@ -167,7 +176,7 @@ def _stored_settings(record: dict) -> Settings:
     values = {k: v for k, v in stored.items() if k in known}
     if isinstance(values.get("eval_k_shot"), list):
         values["eval_k_shot"] = tuple(values["eval_k_shot"])
-    return dataclasses.replace(Settings(), **values)
+    return dataclasses.replace(Settings(), **{**ADDED_SETTINGS, **values})
 
 
 def _cell(record: dict) -> Cell:
@@ -210,9 +219,10 @@ def record_fingerprint(record: dict) -> dict:
 
 def differences(old: dict, new: dict, cell: Cell | None = None) -> list[str]:
     """`key: old -> new` for every key whose value differs; a key absent on one side is taken at
-    its default (for `cell`), else shown as not recorded. An absent code key is read by
-    `recorded_source` on its own side (never from this process's registrations)."""
-    default = fingerprint(cell, Settings()) if cell is not None else {}
+    the value that reproduces records from before it (`ADDED_SETTINGS`), else at its default (for
+    `cell`), else shown as not recorded. An absent code key is read by `recorded_source` on its own
+    side (never from this process's registrations)."""
+    default = {**(fingerprint(cell, Settings()) if cell is not None else {}), **ADDED_SETTINGS}
     for key in EXECUTION_KEYS:  # never assumed: a record that does not name its machine is from an unknown one
         default.pop(key, None)
     lines = []

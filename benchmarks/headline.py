@@ -14,6 +14,9 @@ Decisions:
   parentheses, as a point estimate (its interval is in (a2)); a cell without it had none. Other
   metrics (accuracy) get no blow-up mark: a non-finite value already shows in the IQM, and (a)
   and (a2) count them. The caption names the metric (`Metric.label`) and the better direction.
+- A cell at more steps than its configuration's trained S ends with the tables' extrapolation
+  mark (`tables.mark_extrapolated`); the validation value of the hyperparameter table is the
+  tables' mean with its bootstrap interval (`tables.fmt_mean`).
 - The hyperparameter table selects per (task, algorithm, backend, K, network, S) with the same
   ranking as (a) (`analysis.best_configs`, one more group key). Its columns come from the cell
   schema, never a hand-kept list: the group keys and the chosen ones (LR_base, LR_meta, B,
@@ -32,7 +35,7 @@ from benchmarks.analysis import (GROUP_COLUMNS, SELECT_STEPS, SHOWN_COLUMNS, Ana
 from benchmarks.config import SCHEMA
 from benchmarks.document import Block, Heading, Note, Table
 from benchmarks.statistics import Estimate
-from benchmarks.tables import DASH, _estimate, _lookup, fmt_estimate, fmt_pooled, fmt_rate
+from benchmarks.tables import DASH, _estimate, fmt_estimate, fmt_mean, fmt_rate, mark_extrapolated
 
 STATISTIC = "iqm"  # robust.csv's column of the headline's statistic (the figures' IQM)
 STEP_KEY = "inner_steps"  # the hyperparameter table's extra group key: S
@@ -70,7 +73,7 @@ def _cell(a: Analysis, rows: pd.DataFrame) -> str:
     text = fmt_estimate(_estimate(row, STATISTIC), 3)
     if a.metric.scaled_blowups and row["blowup"] > 0:
         text += f" (blow-up {fmt_rate(Estimate(row['blowup']), interval=False)})"  # its interval: (a2)
-    return text
+    return mark_extrapolated(text, row, row["eval_steps"])
 
 
 def headline_robust(a: Analysis) -> pd.DataFrame:
@@ -147,9 +150,9 @@ def hyperparameter_table(a: Analysis) -> tuple[pd.DataFrame, dict[str, str]]:
         group = a.scores
         for key in groups:
             group = group[group[key] == config[key]]
-        val = _lookup(a.pooled, config, "validation", config["k_shot"], SELECT_STEPS)
+        val = fmt_mean(a, config, "validation", config["k_shot"], SELECT_STEPS)
         rows.append({**config_columns(config, groups + keys), "configs": len(group),
-                     f"val {a.metric.label}@{SELECT_STEPS}": fmt_pooled(val, metric=a.metric),
+                     f"val {a.metric.label}@{SELECT_STEPS}": mark_extrapolated(val, config, SELECT_STEPS),
                      EDGE: edge_flags(group, config, keys),
                      HEADLINE_MARK: "✓" if tuple(config[k] for k in SHOWN_COLUMNS) in shown else ""})
     frame = pd.DataFrame(rows)
@@ -195,7 +198,8 @@ def headline_blocks(a: Analysis) -> list[Block]:
         "`configs`: the configurations swept in that group. "
         f"`{EDGE}`: the chosen value is the smallest (`low`) or largest (`high`) of the two or more values that key "
         "took in the group, so the best value may lie outside the swept grid: extend the sweep in that direction "
-        f"before quoting it as the optimum. `{HEADLINE_MARK}`: the configuration the headline table shows."]))
+        f"before quoting it as the optimum. `{HEADLINE_MARK}`: the configuration the headline table shows. "
+        f"`val {label}@{SELECT_STEPS}`: the seed-pooled mean with its interval as in (a)."]))
     if fixed:
         blocks.append(Note("Same in every row: " + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + "."))
     return blocks

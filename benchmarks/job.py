@@ -1,8 +1,10 @@
 """One job: train a program (a single cell, or an ensemble of cells trained together) and
-turn it into one record per cell. Failures become records; nothing here writes files.
+turn it into one record per cell. Failures become records; nothing here writes files, except
+the optional TensorBoard event files (`tensorboard = true`: `TensorBoard`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
@@ -10,6 +12,7 @@ import resource
 import time
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -164,19 +167,75 @@ def evaluate_sets(adaptation, sets, steps: int, iteration: int, problem: Problem
     return rows, errors
 
 
-def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, on_iteration=None) -> list[dict]:
+class TensorBoard:
+    """Live training curves, one `SummaryWriter` per member under `folder/<cell id>/`: what the
+    record's `curve` holds (training loss, initial-gradient norm) at each log point, and at each
+    evaluation the metric per split after 1 and `eval_steps` steps, tagged like `test/mse@1`
+    (`validation-K5/accuracy@10` for an extra evaluated K). Only numbers already computed are
+    written, so no number changes. A cell trains only when it has no finished record, so event
+    files already in its folder are from an unfinished attempt: they are removed, and the folder
+    says what the record says."""
+
+    def __init__(self, cells: list[Cell], folder: Path, settings: Settings):
+        from torch.utils.tensorboard import SummaryWriter  # imported only when on: an optional extra
+
+        self.cells, self.steps, self.writers = cells, sorted({min(1, settings.eval_steps), settings.eval_steps}), []
+        try:
+            for cell in cells:
+                member = Path(folder) / cell.cell_id
+                for stale in member.glob("events.out.tfevents.*"):
+                    stale.unlink()
+                self.writers.append(SummaryWriter(log_dir=str(member), flush_secs=10))
+        except BaseException:
+            self.close()
+            raise
+
+    def curve(self, m: int, point: dict) -> None:
+        for name in ("loss", "grad_norm"):
+            self.writers[m].add_scalar(f"train/{name}", point[name], point["iteration"])
+
+    def evaluation(self, m: int, rows: list[dict], metric: str) -> None:
+        for row in rows:
+            if row["eval_steps"] in self.steps:
+                split = row["split"] + ("" if row["eval_k_shot"] == self.cells[m].k_shot else f"-K{row['eval_k_shot']}")
+                self.writers[m].add_scalar(f"{split}/{metric}@{row['eval_steps']}", row[metric], row["iteration"])
+        self.writers[m].flush()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()  # flushes
+
+
+@contextlib.contextmanager
+def _tensorboard(cells: list[Cell], settings: Settings, folder: Path | None):
+    """A `TensorBoard` closed (flushed) at the end and on failure; None when off (`folder` None)."""
+    if folder is None:
+        yield None
+        return
+    board = TensorBoard(cells, folder, settings)
+    try:
+        yield board
+    finally:
+        board.close()
+
+
+def run_job(cells: list[Cell], settings: Settings, threads: int | None = None, on_iteration=None,
+            tensorboard: Path | None = None) -> list[dict]:
     """Train one job and return one record per cell (never raises: failures become records).
 
     `on_iteration(n)` is called after every training iteration (progress display), and
     `on_iteration(n, live=k)` before each evaluation: only the k members that have not diverged
-    are evaluated, so the progress scales the job's evaluation cost by them.
+    are evaluated, so the progress scales the job's evaluation cost by them. `tensorboard`: the
+    folder of the members' TensorBoard event folders (OUT/tensorboard when `tensorboard = true`);
+    None: none written, and tensorboard is not imported.
     """
     if threads:
         torch.set_num_threads(threads)
     tune_malloc()  # freed memory stays in the worker: no page faults for an ensemble's tensors every step
     try:
         load_plugins(settings.plugins)  # a spawned worker or Ray task has not imported them yet
-        return _run_job(cells, settings, on_iteration)
+        with _tensorboard(cells, settings, tensorboard) as board:
+            return _run_job(cells, settings, on_iteration, board)
     except Exception as error:  # recorded, and the sweep goes on
         return [_record(cell, settings, status="failed", error=f"{type(error).__name__}: {error}",
                         traceback=traceback.format_exc()) for cell in cells]
@@ -191,7 +250,7 @@ def _record(cell: Cell, settings: Settings, **fields) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
 
 
-def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[dict]:
+def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: TensorBoard | None = None) -> list[dict]:
     base = cells[0]
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -203,8 +262,8 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
     else:
         options = {}
     hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in cells]
-    generators = [torch.Generator().manual_seed(c.seed) for c in cells]
-    init_generators = [torch.Generator().manual_seed(c.seed + 1) for c in cells]  # weights: own stream
+    generators = [settings.generator(c.seed, "tasks") for c in cells]  # each purpose its own stream (`seed_streams`)
+    init_generators = [settings.generator(c.seed, "weights") for c in cells]
     if settings.compile and getattr(get_learner_class(base.algorithm, base.backend, base.network, problem), "compiles",
                                     False):
         options["compile"] = True
@@ -245,9 +304,13 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None) -> list[d
             adaptation = learner.adaptation(m)
             curves[m].append({"iteration": report["iteration"], "loss": losses[m],
                               "grad_norm": initial_gradient_norm(adaptation, probe, problem)})
+            if board is not None:
+                board.curve(m, curves[m][-1])
             if report["iteration"] in eval_at:
                 rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"], problem)
                 evaluations[m].extend(rows)
+                if board is not None:
+                    board.evaluation(m, rows, problem.metric.name)
                 if report["iteration"] == base.iterations:
                     final[m] = store.from_adaptation(adaptation)
                     final[m].errors = errors

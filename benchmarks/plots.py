@@ -21,6 +21,8 @@ Axes never let one value flatten the rest (decisions, stated once here):
 """
 from __future__ import annotations
 
+import textwrap
+
 import zlib
 
 import matplotlib
@@ -252,6 +254,14 @@ def _draw_interval(ax, steps, values, band, color, top: float | None, bottom: fl
 X_NAMES = {"eval_steps": "step", "k_shot": "K", "iteration": "iteration"}  # in notes: "non-finite from step 8"
 
 
+def mark_trained_steps(ax, steps) -> None:
+    """A dotted vertical line at each trained inner-step count S in `steps` (gid `trained_steps`):
+    on an axis of adaptation steps, the steps right of it are beyond what was meta-trained
+    (extrapolation, `analysis.extrapolated`)."""
+    for s in sorted(set(int(v) for v in steps)):
+        ax.axvline(s, color="0.45", linewidth=0.8, linestyle=":", gid="trained_steps", zorder=0)
+
+
 def plot_lines(ax, frame: pd.DataFrame, x: str, value: str, ylabel: str, xlabel: str, ymax: float | None = None,
                ymin: float | None = None, log: bool = True, title: str | None = None, legend: bool = True,
                notes: str = "legend"):
@@ -331,16 +341,17 @@ def plot_adaptation(ax, frame: pd.DataFrame, title: str | None = None, ymax: flo
                       log=log, title=title, legend=legend, notes=notes)
 
 
-def plot_blowup(ax, frame: pd.DataFrame, title: str | None = None, legend: bool = True, linthresh: float = 0.1):
-    """Blow-up rate (percent of seed × task evaluations) against adaptation steps, one line per
-    `label` in its algorithm's style, with the band `low`-`high` where given, on a symlog axis
-    (linear below `linthresh` %, shaded). Columns: label, algorithm, eval_steps, blowup (a
-    fraction), optionally low, high. A note under the panel names the lines that never blew up
-    (they lie on 0) and lines identical to an earlier one."""
-    same = _identical_to(frame, "blowup")
+def plot_blowup(ax, frame: pd.DataFrame, title: str | None = None, legend: bool = True, linthresh: float = 0.1,
+                x: str = "eval_steps", xlabel: str = "adaptation steps on the support set"):
+    """Blow-up rate (percent of seed × task evaluations) against adaptation steps (or another `x`, e.g.
+    the threshold's factor), one line per `label` in its algorithm's style, with the band
+    `low`-`high` where given, on a symlog axis (linear below `linthresh` %, shaded). Columns: label,
+    algorithm, `x`, blowup (a fraction), optionally low, high. A note under the panel names the
+    lines that never blew up (they lie on 0) and lines identical to an earlier one."""
+    same = _identical_to(frame, "blowup", x)
     never, identical = [], []
     for label, group in frame.groupby("label", sort=False):
-        group = group.sort_values("eval_steps")
+        group = group.sort_values(x)
         style = algorithm_style(group["algorithm"].iloc[0])
         name = short(label)
         if bool((group["blowup"] == 0).all()):
@@ -348,23 +359,23 @@ def plot_blowup(ax, frame: pd.DataFrame, title: str | None = None, legend: bool 
         elif label in same:
             identical.append(f"{name} = {short(same[label])}")
         hollow = label in same
-        ax.plot(group["eval_steps"], 100 * group["blowup"], label=label, color=style["color"],
+        ax.plot(group[x], 100 * group["blowup"], label=label, color=style["color"],
                 linestyle=style["linestyle"], marker=style["marker"], markersize=6 if hollow else 3.5,
                 markerfacecolor="none" if hollow else style["color"])
         if {"low", "high"} <= set(group):
-            _draw_interval(ax, group["eval_steps"].to_numpy(), 100 * group["blowup"].to_numpy(dtype=float),
+            _draw_interval(ax, group[x].to_numpy(), 100 * group["blowup"].to_numpy(dtype=float),
                            (100 * group["low"].to_numpy(dtype=float), 100 * group["high"].to_numpy(dtype=float)),
                            style["color"], None)
     tops = frame[[c for c in ("blowup", "high") if c in frame]].to_numpy(dtype=float)
     top = min(100.0, max(100.0 * float(np.nanmax(tops)) * 1.5, 1.0))
     ax.set_ylim(bottom=0, top=top)
-    ax.set_xlabel("adaptation steps on the support set")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("blow-up rate (% of tasks × seeds)")
     mark_symlog(ax, "y", linthresh, nonnegative=True, limits=(0, top))  # 0 visible, 0.1% and 50% both readable
     notes = ([f"never blew up (on 0): {', '.join(never)}"] if never else []) + (
         [f"identical: {'; '.join(identical)}"] if identical else [])
     if notes:
-        ax.annotate("\n".join(notes), xy=(0, 0), xycoords="axes fraction", xytext=(0, -26),
+        ax.annotate("\n".join(textwrap.fill(note, 46) for note in notes), xy=(0, 0), xycoords="axes fraction", xytext=(0, -26),
                     textcoords="offset points", va="top", ha="left", fontsize=6)
     if title:
         ax.set_title(title)

@@ -40,7 +40,7 @@ from benchmarks.atomic import (TMP_SUFFIX, UnsafePath, fsync_dir, refuse_links, 
 #: cell keys added after records were first written, at the value that reproduces older records
 #: (a record written before `network` existed trained Finn's ReLU 40-40 network): declared with
 #: each key in `benchmarks.config.Cell` (its `added` value), re-exported here
-from benchmarks.config import ADDED_CELL_KEYS  # noqa: E402
+from benchmarks.config import ADDED_CELL_KEYS, ADDED_SETTINGS  # noqa: E402
 
 FINISHED = ("ok", "diverged")
 STATUSES = FINISHED + ("failed",)
@@ -168,7 +168,9 @@ _STAND_INS = {"algorithm": "maml", "task": "sine"}  # built-ins that take every 
 
 def record_settings(values, limits: dict | None = None) -> Settings:
     """The record's settings, validated like a sweep's (ConfigError): types, values, `limits`,
-    unknown keys; none of its plug-ins is imported."""
+    unknown keys; none of its plug-ins is imported. A key the record lacks because it was written
+    before the key existed is read at the value that reproduces it (`config.ADDED_SETTINGS`: no
+    `seed_streams` is "offset", the streams of before), not at a new sweep's default."""
     if not isinstance(values, dict):
         raise ConfigError(f"settings must be a table, got a {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(Settings)}
@@ -176,7 +178,7 @@ def record_settings(values, limits: dict | None = None) -> Settings:
     if unknown:
         raise ConfigError(f"unknown settings key(s) {', '.join(map(repr, unknown))}; "
                           f"valid keys: {', '.join(sorted(known))}")
-    return _settings(values, {**LIMITS, **(limits or {})})
+    return _settings({**ADDED_SETTINGS, **values}, {**LIMITS, **(limits or {})})
 
 
 def _number(value) -> bool:

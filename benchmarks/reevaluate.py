@@ -218,12 +218,14 @@ def finished_before(src: Path, dst: Path, records: list[dict], overrides: dict, 
             same = _json(have) == _json(source)
             problem = None if same else f"differs from its source {_record_file(runs_dir(src), source)}"
         else:
-            ignored = {"settings", "fingerprint", "evaluations", "artifacts", "reevaluated"}
+            # `metric`: a re-evaluation writes it; a source made before records named it is MSE
+            ignored = {"settings", "fingerprint", "evaluations", "artifacts", "reevaluated", "metric"}
             cell = cell_from_dict(source["cell"], limits)
             settings = replace(settings_from_record(source, limits), **overrides)
             made = have.get("reevaluated") if isinstance(have.get("reevaluated"), dict) else {}
             if _json({k: v for k, v in have.items() if k not in ignored}) != \
-                    _json({k: v for k, v in source.items() if k not in ignored}):
+                    _json({k: v for k, v in source.items() if k not in ignored}) \
+                    or record_metric(have) != record_metric(source):
                 problem = f"is not a re-evaluation of {_record_file(runs_dir(src), source)} (its training differs)"
             elif _json(made.get("changed")) != changed or _json(have.get("settings")) != _json(asdict(settings)):
                 problem = (f"was re-evaluated with {_json(made.get('changed'))}, this command asks {changed}")

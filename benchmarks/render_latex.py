@@ -18,7 +18,8 @@ PREAMBLE = "\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "–": "--", "−": "$-$", "✓": r"$\checkmark$",
-            "✗": r"$\times$", "½": r"$\frac{1}{2}$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$"}
+            "✗": r"$\times$", "½": r"$\frac{1}{2}$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$",
+            "†": r"\textsuperscript{\dag}"}
 
 
 def escape(text: str) -> str:

@@ -15,6 +15,15 @@ Decisions (stated once, used everywhere):
 - **Non-finite errors are blow-ups and rank worst.** A NaN or inf MSE is treated as +inf: the
   mean containing one is non-finite (never silently dropped), while the median and IQM stay
   finite as long as fewer than half (a quarter) of the values blew up.
+- **One interval method.** Every interval the report prints for a mean, median, IQM, blow-up rate
+  or paired statistic is the two-way bootstrap below (`summarize`, `shares`, `compare`); the
+  t-formula of `benchmarks.analysis.ci_note` only where no per-task store exists.
+- **Blow-up at and by a step.** `blown_up` is the at-step rule: a task above the threshold at step
+  s (it may drop back later). `blown_up_by` is the cumulative one: blown up at any step <= s.
+  Both are reported (robust.csv `blowup`, `blowup_cumulative`); "the rate after s steps" is the
+  at-step one.
+- **Threshold sensitivity.** SENSITIVITY_FACTORS (3, 10, 100) x the error scale, each rate with
+  the same resamples (`shares`), so the rates are ordered resample by resample.
 - **Blow-up.** For a metric with scaled blow-ups (`Metric.scaled_blowups`: MSE only) a task's
   adaptation blew up at a step when its MSE is non-finite or above
   BLOWUP_FACTOR x the error scale (`error_scale`): the larger of the evaluation set's
@@ -70,6 +79,9 @@ from scipy import stats
 from tasks.problem import MSE, Metric
 
 BLOWUP_FACTOR = 10.0
+#: the blow-up factors of the threshold-sensitivity table and figure: the rule's, about half a decade
+#: below it and a decade above it (does a conclusion depend on the factor?)
+SENSITIVITY_FACTORS = (3.0, BLOWUP_FACTOR, 100.0)
 #: the smallest error scale (an MSE): targets and untrained outputs both (near) 0, e.g. a plug-in
 #: network initialised to output 0, still leave a threshold above 0 (rounding error is no blow-up)
 SCALE_FLOOR = 1e-12
@@ -85,15 +97,16 @@ CHUNK = 25  # resamples evaluated at once: CHUNK x seeds x tasks arrays small en
 def method_note(metric: Metric = MSE) -> str:
     """The tables' statement of the blow-up rule and the bootstrap, in the metric's words."""
     if metric.scaled_blowups:
-        blowup = (f"Blow-up: a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its evaluation "
-                  "set's zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks), or x the "
-                  "untrained network's MSE on zero targets where that is larger (only for targets smaller than an "
-                  "untrained network's outputs). ")
+        blowup = (f"Blow-up (at a step): a task's adapted query MSE is non-finite or above {BLOWUP_FACTOR:g} x its "
+                  "evaluation set's zero-predictor MSE (the mean query MSE of predicting 0 over all its tasks), or "
+                  "x the untrained network's MSE on zero targets where that is larger (only for targets smaller "
+                  "than an untrained network's outputs). ")
     else:
         blowup = (f"Blow-up: a task's adapted {metric.label} is non-finite; the squared-error threshold (a multiple "
                   f"of predicting 0) does not apply to {metric.label}, so a finite value never counts as one. ")
     return (blowup + "Median and IQM (mean of the middle "
-            "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals are "
+            "50%) are over every seed x task value, non-finite values ranking worst. Their 95% intervals, like "
+            "those of the means and blow-up rates, are "
             f"percentile intervals of {N_RESAMPLES:,} bootstrap resamples (numpy Generator seed {BOOTSTRAP_SEED}) "
             "that draw the seeds with replacement and, independently, the shared test tasks with replacement (a "
             "two-way bootstrap for crossed seeds x tasks; every seed is scored on the same tasks). With fewer than "
@@ -129,16 +142,17 @@ def error_scale(zero_mse, untrained_mse=np.nan) -> float:
     return max(float(np.mean(zero_mse)), float(untrained.max()) if untrained.size else 0.0, SCALE_FLOOR)
 
 
-def blowup_threshold(zero_mse, untrained_mse=np.nan, scaled: bool = True) -> float:
-    """BLOWUP_FACTOR x the error scale (`error_scale`; today's zero-predictor threshold on sine-scale
-    targets). `scaled=False` (a metric without `scaled_blowups`): inf, a blow-up is a non-finite value
-    only. A scaled threshold needs a finite zero-predictor MSE (ValueError): from a NaN one the scale
-    would be NaN or the floor, counting nothing or everything."""
+def blowup_threshold(zero_mse, untrained_mse=np.nan, scaled: bool = True, factor: float = BLOWUP_FACTOR) -> float:
+    """`factor` (default BLOWUP_FACTOR) x the error scale (`error_scale`; today's zero-predictor
+    threshold on sine-scale targets); another factor only for the sensitivity table
+    (SENSITIVITY_FACTORS). `scaled=False` (a metric without `scaled_blowups`): inf, a blow-up is a
+    non-finite value only. A scaled threshold needs a finite zero-predictor MSE (ValueError): from a
+    NaN one the scale would be NaN or the floor, counting nothing or everything."""
     if not scaled:
         return np.inf
     if not np.isfinite(np.mean(zero_mse)):
         raise ValueError(f"a blow-up threshold needs a finite zero-predictor MSE, got {np.mean(zero_mse)!r}")
-    return BLOWUP_FACTOR * error_scale(zero_mse, untrained_mse)
+    return factor * error_scale(zero_mse, untrained_mse)
 
 
 def blown_up(errors, threshold) -> np.ndarray:
@@ -153,6 +167,15 @@ def blown_up(errors, threshold) -> np.ndarray:
 
 def blowup_rate(errors, threshold) -> float:
     return float(blown_up(errors, threshold).mean())
+
+
+def blown_up_by(errors_by_step, threshold) -> np.ndarray:
+    """The cumulative blow-up: `errors_by_step` [..., steps, n_tasks] (step 0 first) -> a boolean array
+    like it, true at step s where the task blew up at any step <= s. `blown_up` is the at-step one:
+    a task above the threshold at step 2 and back below it at step 5 is blown up by step 5 but not
+    at step 5. At step 0 both are the same."""
+    blown = blown_up(errors_by_step, threshold)
+    return np.logical_or.accumulate(blown, axis=-2) if blown.shape[-2] else blown
 
 
 def iqm(values) -> float:
@@ -321,6 +344,28 @@ def _summarize(errors, threshold, n_resamples: int, seed: int) -> dict[str, Esti
         boot["median"].append(robust["median"])
         boot["iqm"].append(robust["iqm"])
     return {name: Estimate(point[name], *_interval(np.concatenate(boot[name]), n_tasks)) for name in point}
+
+
+def shares(indicators, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[Estimate]:
+    """The share of true values of each of `indicators` [m, n_seeds, n_tasks] (booleans: a task x seed
+    blew up, at another threshold or by a step) with its two-way bootstrap interval: the draws of
+    `summarize` (same seed, same resamples), so the share of `blown_up(errors, threshold)` is
+    `summarize(errors, threshold)["blowup"]` exactly, and one loop serves the m indicators."""
+    matrices = np.asarray(indicators, dtype=np.float64)
+    if matrices.ndim != 3 or matrices.shape[1] == 0 or matrices.shape[2] == 0:
+        raise ValueError(f"indicators must be a [m, n_seeds, n_tasks] array, got shape {matrices.shape}")
+    _, n_seeds, n_tasks = matrices.shape
+    n = n_seeds * n_tasks
+    point = [float(matrix.mean()) for matrix in matrices]
+    if n_resamples <= 0:
+        return [Estimate(value) for value in point]
+    boot: list[list[np.ndarray]] = [[] for _ in point]
+    for seed_idx, task_idx in resample_indices(n_seeds, n_tasks, n_resamples, seed):
+        seed_weights = _counts(seed_idx, n_seeds).astype(np.float64)
+        task_weights = _counts(task_idx, n_tasks).astype(np.float64)
+        for found, matrix in zip(boot, matrices):
+            found.append(np.einsum("ct,st,cs->c", task_weights, matrix, seed_weights) / n)  # as in `_summarize`
+    return [Estimate(value, *_interval(np.concatenate(found), n_tasks)) for value, found in zip(point, boot)]
 
 
 # ----------------------------------------------------------------------------- paired comparison

@@ -15,10 +15,11 @@ the sweep refuses before training.
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from algorithms import get_learner_class
 
-from benchmarks.config import Cell, Settings, Sweep, cell_family, ensemble_key
+from benchmarks.config import TENSORBOARD_FOLDER, Cell, Settings, Sweep, cell_family, ensemble_key
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
 from benchmarks.progress import ProgressBar, Reporter, longest_first
 from benchmarks.records import FINISHED, identity, metric_columns, record_metric, scan_records, write_record
@@ -96,6 +97,7 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
     jobs = longest_first(group_jobs(todo, sweep.settings), sweep.settings)  # order changes no number, only the makespan
     in_process = executor != "ray" and (workers <= 1 or len(jobs) <= 1)
     bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress, settings=sweep.settings)
+    board = Path(out) / TENSORBOARD_FOLDER if sweep.settings.tensorboard else None  # under OUT, never elsewhere
     done = []
 
     def finish(index, records):
@@ -110,16 +112,16 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
         if executor == "ray":
             from benchmarks.executors import run_ray
 
-            run_ray(jobs, sweep.settings, finish, workers, address, threads, bar.update)
+            run_ray(jobs, sweep.settings, finish, workers, address, threads, bar.update, tensorboard=board)
         elif in_process:
             from benchmarks.job import run_job
 
             for i, job in enumerate(jobs):
-                finish(i, run_job(job, sweep.settings, threads, Reporter(lambda m: bar.update(*m), i)))
+                finish(i, run_job(job, sweep.settings, threads, Reporter(lambda m: bar.update(*m), i), board))
         else:
             from benchmarks.executors import run_pool
 
-            run_pool(jobs, sweep.settings, finish, workers, threads, bar.update)
+            run_pool(jobs, sweep.settings, finish, workers, threads, bar.update, tensorboard=board)
     except Interrupted as interrupt:
         interrupt.finished = finished_before + sum(r["status"] in FINISHED for r in done)
         interrupt.total = len(sweep.cells)

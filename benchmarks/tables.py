@@ -3,6 +3,12 @@ blocks (`report_blocks`, `benchmarks.document`), rendered to Markdown (`tables.m
 
 Every mean is printed with its interval and n; where per-task errors are stored, beside it
 the blow-up rate, and the median and IQM with bootstrap intervals (`benchmarks.statistics`).
+One interval method: wherever per-task errors are stored, a mean's interval is the same two-way
+bootstrap as the median's, IQM's and blow-up rate's (`fmt_mean`, `value [low, high]`); the
+t-formula (`value ± h`, `analysis.ci_note`) only where they are not. Blow-up rates are at step s
+(`blow-up@s`) and, in (a2), by step s (`blow-up@≤s`, cumulative); (a2) also shows the threshold's
+sensitivity (3x, 10x, 100x). A number at more adaptation steps than the configuration's trained S
+carries EXTRAPOLATION_MARK (note under the title, once).
 A number that could not be computed is "–", never a silent blank.
 
 The folder's metric (`Analysis.metric`) is read, never assumed: its label heads the value columns
@@ -27,12 +33,18 @@ from benchmarks.document import (Block, Figure, Heading, Note, Table, markdown_t
                                  render_markdown, with_captions)
 from benchmarks.analysis import (CONFIG_COLUMNS, GROUP_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS, SHOWN_COLUMNS,
                                  SPEED_COLUMNS, SPEED_REFERENCE, TABLE_STEPS, Analysis, ci_note, config_columns,
-                                 matching, per_task_word, pooled_columns, ranked)
+                                 extrapolated, matching, per_task_word, pooled_columns, ranked, sensitivity_column)
 from benchmarks.records import metric_columns
 from tasks.problem import MSE, Metric
 
 DASH = "–"
 NA = "n/a"  # an interval that does not exist (one test task, a non-finite spread), never a zero-width one
+#: after a number at more adaptation steps than the configuration was meta-trained for (`analysis.extrapolated`)
+EXTRAPOLATION_MARK = "†"
+EXTRAPOLATION_NOTE = (f"{EXTRAPOLATION_MARK} beyond the trained inner steps: the configuration was meta-trained with S "
+                      "inner steps and is scored after more, so the number is extrapolation (a rule learned for S "
+                      "steps applied s > S times, e.g. Meta-SGD's learned rates, trained for one step, applied ten "
+                      "times), not the method's behaviour at a trained horizon.")
 NA_NOTE = (f"`{NA}`: no interval. A 95% interval needs at least {statistics.MIN_TASKS} test tasks and a finite "
            "spread (from a single task any interval would claim a certainty the data cannot give); a mean "
            "difference whose resamples hold blow-ups on both sides (inf − inf) has none either.")
@@ -163,6 +175,39 @@ def _lookup(pooled: pd.DataFrame, config, split: str, eval_k: int, steps: int):
     return None if rows.empty else rows.iloc[0]
 
 
+def mark_extrapolated(text: str, config, steps) -> str:
+    """`text` with EXTRAPOLATION_MARK where `steps` lie beyond the configuration's trained S (a number
+    only: "–" stays bare)."""
+    return text + EXTRAPOLATION_MARK if text != DASH and extrapolated(config, steps) else text
+
+
+def fmt_mean(a: Analysis, config, split: str, eval_k: int, steps: int, with_n: bool = False) -> str:
+    """The seed-pooled mean (`fmt_pooled`'s row of `analysis.pool_seeds`) with the one interval of the
+    tables: `mean [low, high]`, the two-way bootstrap of the per-task store (as for medians, IQMs and
+    blow-up rates), the point the records' float64 mean; the finite seeds' mean alike. Without a
+    per-task store (older records) the t-formula's `mean ± h` instead, which `ci_note` labels.
+    Not marked for extrapolation (`mark_extrapolated`: the caller's)."""
+    row = _lookup(a.pooled, config, split, eval_k, steps)
+    found = None if row is None else a.task_errors.summary(config, split, eval_k, steps)
+    if found is None:
+        return fmt_pooled(row, with_n, a.metric)
+    value, _, _, _, _, finite, finite_ci = pooled_columns(a.metric)
+    mean = float(row[value])
+    text = fmt_estimate(statistics.Estimate(mean, found["mean"].low, found["mean"].high), 4) \
+        if math.isfinite(mean) else f"{mean:.4g}"
+    if with_n:
+        text += f" (n={int(row['n_tasks'])}×{int(row['n_seeds'])})"
+    n_finite, n_seeds = int(row["n_finite"]), int(row["n_seeds"])
+    if 0 < n_finite < n_seeds:
+        seeds = a.task_errors.finite_mean(config, split, eval_k, steps)
+        if seeds is not None and seeds[1] == n_finite:
+            shown = fmt_estimate(statistics.Estimate(float(row[finite]), seeds[0].low, seeds[0].high), 4)
+        else:  # the store's finite seeds are not the records' (a value float16 and float32 cannot hold)
+            shown = f"{row[finite]:.4g} ± {_fmt_ci(row[finite_ci])}"
+        text += f" [{n_finite}/{n_seeds} seeds finite: {shown}]"
+    return text
+
+
 def _blowup(a: Analysis, config, split: str, eval_k: int, steps: int) -> str:
     found = a.task_errors.summary(config, split, eval_k, steps, bootstrap=False)
     return DASH if found is None else fmt_rate(statistics.Estimate(found["blowup"].value), interval=False)
@@ -187,26 +232,30 @@ def best_table(a: Analysis) -> pd.DataFrame:
                 "eval K": int(eval_k) if eval_k == config["k_shot"] else f"**{int(eval_k)}**",
                 **config_columns(config, SHOWN_COLUMNS[len(GROUP_COLUMNS):]),
                 "cells ok": f"{int(config['n_ok'])}/{int(config['n_cells'])}",
-                f"val {label}@{SELECT_STEPS}": fmt_pooled(val, metric=a.metric),
-                f"val blow-up@{SELECT_STEPS}": _blowup(a, config, "validation", eval_k, SELECT_STEPS),
+                f"val {label}@{SELECT_STEPS}": mark_extrapolated(
+                    fmt_mean(a, config, "validation", eval_k, SELECT_STEPS), config, SELECT_STEPS),
+                f"val blow-up@{SELECT_STEPS}": mark_extrapolated(
+                    _blowup(a, config, "validation", eval_k, SELECT_STEPS), config, SELECT_STEPS),
                 "val n": DASH if val is None else int(val["n_tasks"]),
             }
             for steps in TABLE_STEPS:
-                row[f"test {label}@{steps}"] = fmt_pooled(_lookup(a.pooled, config, "test", eval_k, steps),
-                                                          metric=a.metric)
-                row[f"blow-up@{steps}"] = _blowup(a, config, "test", eval_k, steps)
+                row[f"test {label}@{steps}"] = mark_extrapolated(fmt_mean(a, config, "test", eval_k, steps), config,
+                                                                 steps)
+                row[f"blow-up@{steps}"] = mark_extrapolated(_blowup(a, config, "test", eval_k, steps), config, steps)
             row["test n"] = DASH if test is None else int(test["n_tasks"])
             row["seeds"] = DASH if test is None else int(test["n_seeds"])
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
-    """Table (a2): per chosen configuration and test eval K, median and IQM with bootstrap intervals
-    and the blow-up rate after 1, 5, 10 steps."""
-    rows = []
-    keys = SHOWN_COLUMNS + ["eval_k_shot"]
-    for _, group in robust.groupby(keys, sort=False):
+#: table (a2)'s column of the cumulative blow-up rate (`blowup_cumulative`) by step s; `blow-up@s`: at step s
+CUMULATIVE = "blow-up@≤{}"
+
+
+def _robust_rows(robust: pd.DataFrame):
+    """(the identifying columns of a configuration and test eval K, its rows of `robust`) for (a2) and its
+    threshold sensitivity."""
+    for _, group in robust.groupby(SHOWN_COLUMNS + ["eval_k_shot"], sort=False):
         first = group.iloc[0]
         row = {"algorithm": first["algorithm"], "backend": first["backend"], "K": int(first["k_shot"]),
                "eval K": int(first["eval_k_shot"]) if first["eval_k_shot"] == first["k_shot"]
@@ -214,13 +263,48 @@ def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
                "S": int(first["inner_steps"])}
         row.update({k: v for k, v in config_columns(first, GROUP_COLUMNS).items() if k not in row})  # task, network
         row["seeds×tasks"] = f"{int(first['n_seeds'])}×{int(first['n_tasks'])}"
+        yield row, group
+
+
+def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
+    """Table (a2): per chosen configuration and test eval K, median and IQM with bootstrap intervals
+    and the blow-up rate at and by (cumulative) step 1, 5, 10; numbers beyond the trained S marked."""
+    rows = []
+    for row, group in _robust_rows(robust):
         for _, step in group.iterrows():
             s = int(step["eval_steps"])
-            row[f"median@{s}"] = fmt_estimate(_estimate(step, "median"), 3)
-            row[f"IQM@{s}"] = fmt_estimate(_estimate(step, "iqm"), 3)
-            row[f"blow-up@{s}"] = fmt_rate(_estimate(step, "blowup"))
+            row[f"median@{s}"] = mark_extrapolated(fmt_estimate(_estimate(step, "median"), 3), step, s)
+            row[f"IQM@{s}"] = mark_extrapolated(fmt_estimate(_estimate(step, "iqm"), 3), step, s)
+            row[f"blow-up@{s}"] = mark_extrapolated(fmt_rate(_estimate(step, "blowup")), step, s)
+            if "blowup_cumulative" in step:
+                row[CUMULATIVE.format(s)] = mark_extrapolated(fmt_rate(_estimate(step, "blowup_cumulative")), step, s)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sensitivity_table(robust: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Table (a2)'s threshold sensitivity: per chosen configuration and test eval K, the blow-up rate at
+    step 1, 5, 10 with the threshold at each of `statistics.SENSITIVITY_FACTORS` x the error scale
+    (robust.csv's `blowup_3x`, `blowup`, `blowup_100x`), with bootstrap intervals; and the rows left out
+    because no task blew up at any factor (the least, 3x, counts the most), named for the note. Empty
+    for a metric without scaled blow-ups (its `robust.csv` columns are NaN)."""
+    rows, quiet = [], []
+    if robust.empty or sensitivity_column(statistics.SENSITIVITY_FACTORS[0]) not in robust:
+        return pd.DataFrame(), quiet
+    names = {f: "blowup" if f == statistics.BLOWUP_FACTOR else sensitivity_column(f)
+             for f in statistics.SENSITIVITY_FACTORS}
+    for row, group in _robust_rows(robust):
+        if group[list(names.values())].isna().all().all():
+            continue
+        if not (group[list(names.values())] > 0).any().any():
+            quiet.append(f"{row['algorithm']} [{row['backend']}] K={row['K']}→{str(row['eval K']).strip('*')}")
+            continue
+        for _, step in group.iterrows():
+            s = int(step["eval_steps"])
+            for factor, name in names.items():
+                row[f"{factor:g}×@{s}"] = mark_extrapolated(fmt_rate(_estimate(step, name)), step, s)
+        rows.append(row)
+    return pd.DataFrame(rows), quiet
 
 
 def _estimate(row, name: str) -> statistics.Estimate:
@@ -234,11 +318,11 @@ def all_configs_table(a: Analysis) -> pd.DataFrame:
         entry = {
             **config_columns(row, SHOWN_COLUMNS),
             "cells ok": f"{int(row['n_ok'])}/{int(row['n_cells'])}"}
-        for name, prefix, split in (("val", "val", "validation"), ("test", "test", "test")):
-            pooled = row[[f"{prefix}_{c}" for c in pooled_columns(a.metric)]]
-            pooled.index = [c[len(prefix) + 1:] for c in pooled.index]
-            entry[f"{name} {a.metric.label}@{SELECT_STEPS}"] = fmt_pooled(pooled, with_n=True, metric=a.metric)
-            entry[f"{name} blow-up@{SELECT_STEPS}"] = _blowup(a, row, split, row["k_shot"], SELECT_STEPS)
+        for name, split in (("val", "validation"), ("test", "test")):
+            entry[f"{name} {a.metric.label}@{SELECT_STEPS}"] = mark_extrapolated(
+                fmt_mean(a, row, split, row["k_shot"], SELECT_STEPS, with_n=True), row, SELECT_STEPS)
+            entry[f"{name} blow-up@{SELECT_STEPS}"] = mark_extrapolated(
+                _blowup(a, row, split, row["k_shot"], SELECT_STEPS), row, SELECT_STEPS)
         entry["chosen"] = "✓" if tuple(row[c] for c in CONFIG_COLUMNS) in chosen else ""
         rows.append(entry)
     return pd.DataFrame(rows)
@@ -258,9 +342,11 @@ def paired_table(paired: pd.DataFrame, reference: str) -> pd.DataFrame:
                "seeds": f"{int(first['n_seeds'])} vs {int(first['n_seeds_reference'])}"}
         for _, step in group.iterrows():
             s = int(step["eval_steps"])
-            row[f"Δmean@{s}"] = fmt_estimate(_estimate(step, "mean_difference"), 3)
-            row[f"Δmedian@{s}"] = fmt_estimate(_estimate(step, "median_difference"), 3)
-            row[f"P(better)@{s}"] = fmt_estimate(_estimate(step, "p_improvement"), 2)
+            # beyond the trained S of either side (records before these columns: nothing known, nothing marked)
+            trained = {"inner_steps": min(step.get("inner_steps", s), step.get("reference_inner_steps", s))}
+            row[f"Δmean@{s}"] = mark_extrapolated(fmt_estimate(_estimate(step, "mean_difference"), 3), trained, s)
+            row[f"Δmedian@{s}"] = mark_extrapolated(fmt_estimate(_estimate(step, "median_difference"), 3), trained, s)
+            row[f"P(better)@{s}"] = mark_extrapolated(fmt_estimate(_estimate(step, "p_improvement"), 2), trained, s)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -353,7 +439,12 @@ def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict
     label, direction = a.metric.label, direction_text(a.metric)
     intro = Note(f"Regenerated from {len(a.records)} run records in `runs/` without training "
                  f"({', '.join(f'{n} {s}' for s, n in status.items())}). "
-                 f"Every {label} is `mean ± 95% CI (n=tasks×seeds)`" + (f" ({direction})" if direction else "") +
+                 f"Every {label} is " + ("`mean [95% CI] (n=tasks×seeds)`, the interval the two-way bootstrap of "
+                                         "the per-task store as for every median, IQM and blow-up rate (`mean ± 95% "
+                                         "CI`, the t-formula, only where no per-task store exists; note under (a))"
+                                         if a.task_errors else "`mean ± 95% CI (n=tasks×seeds)`, the t-formula's "
+                                         "interval (no per-task store; note under (a))")
+                 + (f" ({direction})" if direction else "") +
                  f"; where the table has n columns, the {label} cells leave n "
                  "out. " + (f"Per-task {per_task_word(a.metric)} are stored: blow-up rates, medians, IQMs and paired "
                             "comparisons below."
@@ -372,10 +463,12 @@ def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict
         blocks.append(Note(f"No `ok` cell has a validation {label} at its trained K, so no configuration can be "
                            "chosen."))
     else:
-        blown = ("whose adaptation blew up by step s (definition under (a2))" if a.metric.scaled_blowups else
-                 f"whose {label} is non-finite by step s (for {label} only a non-finite value is a blow-up; "
-                 "definition under (a2))")
-        blocks.append(Table("a_best", best_table(a), notes=[
+        blown = ("whose adaptation is blown up **at** step s (a task can drop back below the threshold later; "
+                 "definition, and the cumulative rate, under (a2))" if a.metric.scaled_blowups else
+                 f"whose {label} is non-finite **at** step s (for {label} only a non-finite value is a blow-up; "
+                 "definition, and the cumulative rate, under (a2))")
+        best = best_table(a)
+        blocks.append(Table("a_best", best, notes=[
             f"Chosen per (task, algorithm, backend, K) by the {'highest' if a.metric.higher_is_better else 'lowest'} "
             f"mean **validation** {label} after {SELECT_STEPS} "
             "adaptation step at the trained K and the final iteration, averaged over seeds; configurations whose "
@@ -396,11 +489,26 @@ def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict
         blocks.append(Note(f"None: {a.task_errors.missing()}." if not a.task_errors else
                            f"None: no chosen configuration has stored per-task test {per_task_word(a.metric)}."))
     else:
-        blocks.append(Table("a2_robust", robust_table(a.robust), notes=[
+        robust = robust_table(a.robust)
+        blocks.append(Table("a2_robust", robust, notes=[
             f"The models of (a), scored task by task: median and interquartile mean (IQM) of the test {label} over "
             "every seed × task, with 95% bootstrap intervals, and the blow-up rate. Read the mean when no task "
             "blew up; once some did, the mean measures how large the rare blow-ups are, and the median and IQM "
-            "the typical task. " + statistics.method_note(a.metric)]))
+            "the typical task. `blow-up@s`: the share of seed × task values blown up **at** step s (a task can "
+            f"drop back below the threshold at a later step); `{CUMULATIVE.format('s')}`: the share blown up at "
+            "**any** step 0..s (cumulative: a task counts from its first blow-up on; never below `blow-up@s`, "
+            "equal at step 0). " + statistics.method_note(a.metric)]))
+        sensitivity, quiet = sensitivity_table(a.robust)
+        if a.metric.scaled_blowups and (not sensitivity.empty or quiet):
+            blocks.append(Heading("Blow-up threshold sensitivity (test)", 3))
+            factors = ", ".join(f"{f:g}×" for f in statistics.SENSITIVITY_FACTORS)
+            note = (f"The blow-up rate of (a2) (at step s) with the threshold at {factors} the error scale (the "
+                    f"tables use {statistics.BLOWUP_FACTOR:g}×), 95% bootstrap intervals as in (a2): a conclusion "
+                    "about blow-ups that holds in every column does not depend on the factor. "
+                    + (f"No task × seed blew up at any of these factors (so none at {statistics.BLOWUP_FACTOR:g}×) "
+                       f"for: {', '.join(quiet)}." if quiet else ""))
+            blocks.append(Table("a2b_threshold_sensitivity", sensitivity, caption="Blow-up threshold sensitivity",
+                                notes=[note]) if not sensitivity.empty else Note(note))
     if not a.scores.empty:
         blocks.append(Heading("All configurations (in selection order within each group)", 3))
         blocks.append(Table("a3_all_configurations", all_configs_table(a),
@@ -465,6 +573,9 @@ def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict
     if any(isinstance(b, Table) and b.frame.astype(str).apply(
             lambda column: column.str.contains(rf"± {NA}|\[{NA}\]", regex=True)).to_numpy().any() for b in blocks):
         intro.text += " " + NA_NOTE  # the introduction, under the title
+    if any(isinstance(b, Table) and b.frame.astype(str).apply(
+            lambda column: column.str.contains(EXTRAPOLATION_MARK, regex=False)).to_numpy().any() for b in blocks):
+        intro.text += " " + EXTRAPOLATION_NOTE  # once, for every table that marks a number
     return with_captions(blocks)
 
 

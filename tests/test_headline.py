@@ -17,7 +17,7 @@ from benchmarks.headline import (EDGE, HEADLINE_MARK, headline_blocks, headline_
                                  hyperparameter_table)
 from benchmarks.speed.table import fmt_time_ratio
 from benchmarks.statistics import Estimate
-from benchmarks.tables import fmt_estimate, fmt_rate, speed_table
+from benchmarks.tables import fmt_estimate, fmt_rate, mark_extrapolated, speed_table
 from tasks.problem import accuracy
 
 # maml: l2l is better at K = 5, func at K = 10 (the headline takes the best backend per K);
@@ -74,6 +74,7 @@ def test_headline_has_one_row_per_algorithm_and_robust_csv_values(folder):
             expected = fmt_estimate(Estimate(row.iqm, row.iqm_low, row.iqm_high), 3)
             if row.blowup > 0:
                 expected += f" (blow-up {fmt_rate(Estimate(row.blowup), interval=False)})"
+            expected = mark_extrapolated(expected, row, s)
             assert cell == expected, (algorithm, k, s)
             value, low, high = map(float, re.match(r"([\d.e+-]+) \[([\d.e+-]+), ([\d.e+-]+)\]", cell).groups())
             assert value == pytest.approx(row.iqm, rel=5e-3) and low <= value <= high

@@ -113,8 +113,8 @@ def test_table_a_shows_accuracy_and_the_chance_level(report_folder):
     header = [c.strip() for c in block[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in block[2:]]
     maml = next(r for r in rows if r["algorithm"] == "maml")
-    assert maml["LR_base"] == "0.01" and maml["val accuracy@1"].startswith("0.805 ±")
-    assert maml["test accuracy@1"].startswith("0.605 ±")
+    assert maml["LR_base"] == "0.01" and maml["val accuracy@1"].startswith("0.805 [")
+    assert maml["test accuracy@1"].startswith("0.605 [")
     assert "highest mean **validation** accuracy" in tables
     assert "chance = 0.5" in tables
 
