@@ -35,7 +35,8 @@ Left out, on purpose (recorded in the record's `environment`, not compared):
   records with it on and off), so a folder resumes with it switched either way;
 - `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
 - torch threads where they change no number (learners with `thread_invariant`: the `func`,
-  `generic` and `jax` engines, bitwise the same at 1 and 2 threads, tested); for the per-task
+  `generic` and `jax` engines running the suite's own rules and MLPs, bitwise the same at 1 and 2
+  threads, tested; a plug-in rule or network keeps its threads in); for the per-task
   loops (learn2learn, higher, torch), which move by up to 7e-4 relative between 1 and 2
   threads, `threads` is in the fingerprint, so a resume with other `--threads` refuses there;
 - the Python version.
@@ -137,11 +138,20 @@ def _version(package: str) -> str:
 
 
 def _thread_invariant(cell: Cell) -> bool:
-    from algorithms import get_learner_class
+    """Whether the cell's numbers are tested to be the same at any thread count: its learner says
+    so, for the suite's own rules and MLPs only. A plug-in rule or network runs ops of its own on
+    those engines (a reduction over threads, e.g. LSLR's rates moved at 2 threads), so its
+    threads stay in the fingerprint."""
+    from algorithms import BUILTIN, get_learner_class
+    from algorithms.network import NetworkSpec, as_spec
 
+    if cell.algorithm not in BUILTIN:
+        return False
     try:
+        if not isinstance(as_spec(cell.network), NetworkSpec):
+            return False
         return get_learner_class(cell.algorithm, cell.backend, cell.network).thread_invariant
-    except KeyError:  # an algorithm whose plug-in is not loaded here: assume the threads matter
+    except KeyError:  # a network whose plug-in is not loaded here: assume the threads matter
         return False
 
 
