@@ -257,10 +257,8 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     family = cell_family(base, settings)
     problem = problem_of(family)
-    if problem != REGRESSION:  # the sine families' learners (and plug-in learners written for them) as always
-        options = {"problem": problem}
-    else:
-        options = {}
+    # the sine families' learners (and plug-in learners written for them) are built as always
+    options = {} if problem == REGRESSION else {"problem": problem}
     hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in cells]
     generators = [settings.generator(c.seed, "tasks") for c in cells]  # each purpose its own stream (`seed_streams`)
     init_generators = [settings.generator(c.seed, "weights") for c in cells]
