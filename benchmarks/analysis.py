@@ -463,6 +463,47 @@ def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErro
     return pd.DataFrame(rows)
 
 
+#: the relative precisions (95% half-width / |mean|) variance.csv gives the seeds needed for
+VARIANCE_PRECISIONS = (0.10, 0.05)
+
+
+def precision_column(precision: float) -> str:
+    """variance.csv's column of the seeds needed for a 95% half-width of `precision` x |mean|."""
+    return f"seeds_for_{precision * 100:g}pct"
+
+
+def variance_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
+                   steps=TABLE_STEPS) -> pd.DataFrame:
+    """Per chosen configuration (table (a)) with two or more seeds, test eval K and step: the
+    variance components of its seed x task values (`statistics.variance_components`), the 95%
+    half-width of the mean they imply for this design, and the seeds a mean over the same number
+    of tasks needs for each of VARIANCE_PRECISIONS. Rows with a non-finite value are left out
+    (a blow-up has no variance). Empty without per-task errors."""
+    rows = []
+    if not task_errors:
+        return pd.DataFrame(rows)
+    evaluated = pooled[pooled["split"] == "test"]
+    for _, config in best.iterrows():
+        for eval_k in sorted(matching(evaluated, config)["eval_k_shot"].unique()):
+            found = task_errors.errors(config, "test", eval_k)
+            if found is None:
+                continue
+            for step in steps:
+                if step >= found[0].shape[1]:
+                    continue
+                parts = statistics.variance_components(found[0][:, step])
+                if parts is None:
+                    continue
+                row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
+                       "n_seeds": parts.n_seeds, "n_tasks": parts.n_tasks, "mean": parts.mean,
+                       "var_seed": parts.seed, "var_task": parts.task, "var_interaction": parts.interaction,
+                       "halfwidth": parts.halfwidth(parts.n_seeds, parts.n_tasks)}
+                for precision in VARIANCE_PRECISIONS:
+                    row[precision_column(precision)] = parts.seeds_needed(precision * abs(parts.mean), parts.n_tasks)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def sensitivity_column(factor: float) -> str:
     """robust.csv's column of the blow-up rate at `factor` x the error scale (`blowup_3x`)."""
     return f"blowup_{factor:g}x"
@@ -561,6 +602,7 @@ class Analysis:
     figure_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best configuration per algorithm in scope
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-task statistics of table (a)'s rows
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired comparisons
+    variance: pd.DataFrame = field(default_factory=pd.DataFrame)  # variance components of table (a)'s rows
     metric: Metric = MSE  # the folder's one metric (`benchmarks.records.folder_metric`): column, label, direction
 
 
@@ -579,6 +621,7 @@ def analyse(records: list[dict], artifacts: dict | None = None, speed_suite: pd.
                         task_errors, speed_suite if speed_suite is not None else pd.DataFrame(), metric=metric)
     analysis.robust = robust_frame(best, pooled, task_errors)
     analysis.paired = paired_frame(scores, pooled, task_errors)
+    analysis.variance = variance_frame(best, pooled, task_errors)
     selectable = scores[scores["val_n_seeds"].notna()]
     if selectable.empty:
         return analysis

@@ -429,3 +429,55 @@ def _compare(errors_a, errors_b, n_resamples: int, seed: int) -> dict[str, Estim
         boot["p_improvement"].append(tasks @ per_task / n_tasks)
     boot = {name: np.concatenate(values) for name, values in boot.items()}
     return {name: Estimate(point[name], *_interval(boot[name], n_tasks)) for name in point}
+
+
+@dataclass(frozen=True)
+class VarianceComponents:
+    """The variance of one configuration's seed x task values split into its sources, for planning:
+    how many seeds and tasks a claim of a given precision needs. Two-way crossed random effects
+    with one value per (seed, task), estimated by the ANOVA method of moments (negative estimates
+    clipped at 0): `seed` (a model's offset, shared by all its tasks), `task` (a task's difficulty,
+    shared by every model: the test tasks are the same for every seed) and `interaction` (a model
+    on a task beyond both; with one value per pair it also holds the measurement noise)."""
+
+    mean: float
+    seed: float
+    task: float
+    interaction: float
+    n_seeds: int
+    n_tasks: int
+
+    def variance_of_mean(self, n_seeds: int, n_tasks: int) -> float:
+        """Var of the grand mean of `n_seeds` new seeds scored on `n_tasks` new tasks."""
+        return self.seed / n_seeds + self.task / n_tasks + self.interaction / (n_seeds * n_tasks)
+
+    def halfwidth(self, n_seeds: int, n_tasks: int) -> float:
+        """The normal-approximation 95% half-width of that mean (the bootstrap's, to first order)."""
+        return float(stats.norm.ppf(0.5 + CONFIDENCE / 2) * np.sqrt(self.variance_of_mean(n_seeds, n_tasks)))
+
+    def seeds_needed(self, halfwidth: float, n_tasks: int) -> float:
+        """The fewest seeds whose mean over `n_tasks` tasks has a 95% half-width <= `halfwidth`;
+        inf where the task term alone is wider (more tasks are needed, not more seeds)."""
+        z2 = stats.norm.ppf(0.5 + CONFIDENCE / 2) ** 2
+        room = halfwidth ** 2 / z2 - self.task / n_tasks
+        if room <= 0:
+            return np.inf
+        return float(max(1, np.ceil((self.seed + self.interaction / n_tasks) / room)))
+
+
+def variance_components(values) -> VarianceComponents | None:
+    """`VarianceComponents` of `values` [n_seeds, n_tasks] (one configuration, one step); None
+    with fewer than 2 seeds or 2 tasks, or any non-finite value (a blow-up has no variance)."""
+    x = np.asarray(values, dtype=np.float64)
+    n_seeds, n_tasks = x.shape
+    if n_seeds < 2 or n_tasks < 2 or not np.isfinite(x).all():
+        return None
+    grand = x.mean()
+    seed_means, task_means = x.mean(axis=1), x.mean(axis=0)
+    ms_seed = n_tasks * ((seed_means - grand) ** 2).sum() / (n_seeds - 1)
+    ms_task = n_seeds * ((task_means - grand) ** 2).sum() / (n_tasks - 1)
+    residual = x - seed_means[:, None] - task_means[None, :] + grand
+    ms_interaction = (residual ** 2).sum() / ((n_seeds - 1) * (n_tasks - 1))
+    return VarianceComponents(mean=float(grand), seed=float(max(0.0, (ms_seed - ms_interaction) / n_tasks)),
+                              task=float(max(0.0, (ms_task - ms_interaction) / n_seeds)),
+                              interaction=float(ms_interaction), n_seeds=n_seeds, n_tasks=n_tasks)

@@ -32,8 +32,9 @@ from benchmarks import statistics
 from benchmarks.document import (Block, Figure, Heading, Note, Table, markdown_table,  # noqa: F401 (paper.py)
                                  render_markdown, with_captions)
 from benchmarks.analysis import (CONFIG_COLUMNS, GROUP_COLUMNS, PAIRED_REFERENCES, SELECT_STEPS, SHOWN_COLUMNS,
-                                 SPEED_COLUMNS, SPEED_REFERENCE, TABLE_STEPS, Analysis, ci_note, config_columns,
-                                 extrapolated, matching, per_task_word, pooled_columns, ranked, sensitivity_column)
+                                 SPEED_COLUMNS, SPEED_REFERENCE, TABLE_STEPS, VARIANCE_PRECISIONS, Analysis, ci_note,
+                                 config_columns, extrapolated, matching, per_task_word, pooled_columns,
+                                 precision_column, ranked, sensitivity_column)
 from benchmarks.records import metric_columns
 from tasks.problem import MSE, Metric
 
@@ -282,6 +283,32 @@ def robust_table(robust: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _fmt_seeds(value) -> str:
+    return "∞" if not np.isfinite(value) else f"{int(value)}"
+
+
+def variance_table(variance: pd.DataFrame) -> pd.DataFrame:
+    """Table (a4): per chosen configuration, test eval K and step, the standard deviations of the
+    seed, task and seed × task terms (`statistics.VarianceComponents`), the seeds' share of the
+    mean's variance in this design, the 95% half-width it implies and the seeds a ±10% / ±5% claim
+    needs over as many tasks."""
+    rows = []
+    for row, group in _robust_rows(variance):
+        for _, step in group.iterrows():
+            s = int(step["eval_steps"])
+            design = {"seeds": step["var_seed"] / step["n_seeds"], "rest": step["var_task"] / step["n_tasks"]
+                      + step["var_interaction"] / (step["n_seeds"] * step["n_tasks"])}
+            total = design["seeds"] + design["rest"]
+            rows.append({**row, "steps": mark_extrapolated(str(s), step, s), "mean": f"{step['mean']:.3g}",
+                         "sd seed": f"{np.sqrt(step['var_seed']):.3g}", "sd task": f"{np.sqrt(step['var_task']):.3g}",
+                         "sd seed×task": f"{np.sqrt(step['var_interaction']):.3g}",
+                         "seed share %": fmt_percent(100 * design["seeds"] / total) if total > 0 else DASH,
+                         "±95%": f"{step['halfwidth']:.2g}",
+                         **{f"seeds for ±{p * 100:g}%": _fmt_seeds(step[precision_column(p)])
+                            for p in VARIANCE_PRECISIONS}})
+    return pd.DataFrame(rows)
+
+
 def sensitivity_table(robust: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Table (a2)'s threshold sensitivity: per chosen configuration and test eval K, the blow-up rate at
     step 1, 5, 10 with the threshold at each of `statistics.SENSITIVITY_FACTORS` x the error scale
@@ -509,6 +536,22 @@ def report_blocks(a: Analysis, out: Path, figures: dict[str, str], skipped: dict
                        f"for: {', '.join(quiet)}." if quiet else ""))
             blocks.append(Table("a2b_threshold_sensitivity", sensitivity, caption="Blow-up threshold sensitivity",
                                 notes=[note]) if not sensitivity.empty else Note(note))
+    if not a.variance.empty:
+        blocks.append(Heading("(a4) Variance components: the seeds and tasks a claim needs (test)"))
+        blocks.append(Table("a4_variance", variance_table(a.variance), notes=[
+            f"Where the spread of the test {label} of (a)'s models comes from, seed × task value by value "
+            "(two-way crossed random effects, ANOVA estimates, `variance.csv`): `sd seed`, a model's offset "
+            "shared by all its tasks (what more seeds average out); `sd task`, a task's difficulty, shared by every "
+            "seed, since all are scored on the same test tasks (what more tasks average out); `sd seed×task`, the "
+            "rest. `seed share %`: the seeds' part of the variance of this table's mean in this design (seeds × "
+            "tasks). `±95%`: the half-width of that mean's 95% interval implied by the components (normal "
+            "approximation; the bootstrap intervals of (a) and (a2) agree with it to first order). `seeds for "
+            "±10%`/`±5%`: the fewest seeds whose mean over as many tasks has a 95% half-width within 10%/5% of "
+            "the mean (∞: the task term alone is wider; more tasks are needed). Rows where a value is "
+            "non-finite (a blow-up) are left out. The seed term rests on seeds − 1 degrees of freedom: with 3 "
+            "seeds it can be off by a factor of several, so plan from a folder with many seeds." + (f" Differences between two configurations are usually "
+                                                       "measured on shared tasks, where the task term cancels "
+                                                       "(section (e))." if not a.paired.empty else "")]))
     if not a.scores.empty:
         blocks.append(Heading("All configurations (in selection order within each group)", 3))
         blocks.append(Table("a3_all_configurations", all_configs_table(a),

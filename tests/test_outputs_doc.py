@@ -59,7 +59,7 @@ CSVS = sorted(p for folder in FOLDERS for p in (ROOT / "results" / folder).glob(
 
 
 def test_doc_has_schemas():
-    assert {"summary.csv", "curves.csv", "robust.csv", "paired.csv", "paper_comparison.csv", "speed.csv",
+    assert {"summary.csv", "curves.csv", "robust.csv", "paired.csv", "variance.csv", "paper_comparison.csv", "speed.csv",
             "peers.csv"} <= {n for names in SCHEMAS for n in names}
     for names, columns in SCHEMAS.items():
         assert columns, f"{names}: heading without a column table"
