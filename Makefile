@@ -84,6 +84,15 @@ paper: setup
 paper-results:
 	$(MAKE) paper PAPER_OUT=results/paper
 
+# Issue 23's fidelity ablations (benchmarks/ablation.py: `ABLATIONS`, one --set list each, over
+# benchmarks/configs/ablation.toml) into $(ABLATIONS_OUT)/<name>/, then their report against the
+# reference runs: $(ABLATIONS_OUT)/ablations.md and .csv. Resumable; each is 10 seeds x 70,000 iterations.
+ABLATIONS_OUT ?= results/ablations
+REFERENCE_OUT ?= results/reference
+.PHONY: ablations
+ablations: setup
+	$(PY) -m benchmarks.ablation $(ABLATIONS_OUT) --baseline $(REFERENCE_OUT) --run --workers $(WORKERS)
+
 # Rerun the CI config from scratch and compare with the committed baseline.
 regress: setup
 	rm -rf .cache/regress-candidate

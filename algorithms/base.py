@@ -108,9 +108,13 @@ def use_compile_cache(device: str | torch.device = "cpu") -> None:
     folder than torch's default (the user's choice, or the speed suite's empty folder for cold
     compiles, wins). Called before each compile, in whichever process (worker, Ray task) compiles,
     so every cell, seed and worker of a sweep shares one cache; learning rates and seeds do not
-    enter its key (the traced programs take the meta-parameters as inputs, and Inductor passes
-    the rates' tensor constants at call time: a warm program with another LR_meta was checked to
-    follow the eager run)."""
+    enter its key: a seed only changes the values of inputs (initial meta-parameters, task
+    batches), and LR_base and LR_meta are tensors the trace reads from the learner, constants of
+    the graph that Inductor passes at call time and keys by shape and dtype only (a warm program
+    with another LR_meta was checked to follow the eager run; two jobs differing only in LR_base,
+    LR_meta and seed compile once, the second hitting the FX graph cache: tests/test_compile_choice.py).
+    So one compile serves every cell of a program shape, which `compile = "auto"` counts on
+    (`benchmarks.compile_choice`: cold for the first cell of a group, warm for the rest)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

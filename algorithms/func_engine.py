@@ -50,7 +50,7 @@ from algorithms.adam import StackedAdam
 from algorithms.base import Adaptation, HyperParams, MetaLearner, mse_only_refusal
 from algorithms.network import (as_spec, make_network, mlp_backward, mlp_forward, mlp_gradients, mlp_gradients_backward,
                                 mse_scale, parameter_names, scaled)
-from algorithms.generic_engine import GenericPretrain, GenericReptile
+from algorithms.generic_engine import PRETRAIN_POINTS, GenericPretrain, GenericReptile, PretrainPoints
 from algorithms.rules import InnerRule, adapted_mask, has_context, has_state
 from tasks import TaskBatch
 from tasks.problem import refuse_unless_mse
@@ -108,7 +108,7 @@ class FuncLearner(MetaLearner):
 
     def __init__(self, hp: HyperParams | Sequence[HyperParams], generator: torch.Generator | Sequence[torch.Generator],
                  device: str = "cpu", checkpoint_inner: bool | int = False, network=None, compile: bool = False,
-                 problem=None):
+                 problem=None, init: str = "torch"):
         # MSE on 1 -> 1 networks only: its reverse pass is MSE's, written out (`get_algorithm` runs a rule with
         # another loss on the generic engine instead)
         refuse_unless_mse(problem, f"the accelerated engine ({type(self).__name__})")
@@ -138,8 +138,8 @@ class FuncLearner(MetaLearner):
         if not self.network.accelerated:
             raise ValueError(f"the accelerated engine covers ReLU networks, not {self.network.name!r} "
                              "(the registry runs those on the generic engine)")
-        stacked = [torch.stack(ps).detach() for ps in zip(*(make_network(g, device=device, network=self.network)
-                                                             .parameters() for g in generators))]
+        nets = [make_network(g, device=device, network=self.network, init=init) for g in generators]
+        stacked = [torch.stack(ps).detach() for ps in zip(*(net.parameters() for net in nets))]
         # float64: cast to the parameters' dtype where used, so a float64 run gets the exact rate
         self.lr_base = torch.tensor([h.lr_base for h in hps], dtype=torch.float64, device=self.device)
         self.lr_meta = torch.tensor([h.lr_meta for h in hps], device=self.device)
@@ -493,8 +493,9 @@ def _split_views(buffer: torch.Tensor, shapes) -> list[torch.Tensor]:
     return views
 
 
-class FuncPretrain(FuncLearner):
-    """Joint pre-training: one network regresses every task's support and query points.
+class FuncPretrain(PretrainPoints, FuncLearner):
+    """Joint pre-training: one network regresses every task's support and query points (or its
+    support points only: `pretrain_points`).
 
     Another problem than 1 -> 1 MSE (classification) runs `problem_fallback`, the generic engine's
     pre-training with the task's loss; its record's `engine` says "generic"."""
@@ -502,15 +503,22 @@ class FuncPretrain(FuncLearner):
     compiles = False  # one forward and backward: nothing to fuse worth a compile
     problem_fallback = GenericPretrain
 
+    def __init__(self, hp, generator, device: str = "cpu", checkpoint_inner: bool | int = False, network=None,
+                 compile: bool = False, problem=None, init: str = "torch", pretrain_points: str = PRETRAIN_POINTS[0]):
+        self._use_points(pretrain_points)
+        super().__init__(hp, generator, device, checkpoint_inner, network, compile, problem, init)
+
+    def _points(self, batch):
+        """The fitted points as [members·tasks, points, 1]."""
+        return (t.flatten(0, 1) for t in self.fitted_points(batch, dim=-2))
+
     def member_losses(self, batch, iteration: int = 0):
-        x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
-        y = torch.cat([batch.y_support, batch.y_query], dim=-2).flatten(0, 1)
+        x, y = self._points(batch)
         return self._query_loss(self.params, x, y)  # the parameters are shared by all tasks
 
     def meta_gradient(self, batch, iteration: int = 0):
         with torch.no_grad():
-            x = torch.cat([batch.x_support, batch.x_query], dim=-2).flatten(0, 1)
-            y = torch.cat([batch.y_support, batch.y_query], dim=-2).flatten(0, 1)
+            x, y = self._points(batch)
             out, inputs = mlp_forward(self.params, x)
             diff = out - y
             grads = mlp_backward(self.params, inputs, diff * (2.0 / (diff.numel() // self.n_members)))[0]

@@ -49,20 +49,22 @@ from tasks.problem import Problem, problem_of
 
 
 def problem_network(generator: torch.Generator, network, problem: Problem | None = None, device="cpu",
-                    dtype=torch.float32, extra_inputs: int = 0) -> torch.nn.Module:
+                    dtype=torch.float32, extra_inputs: int = 0, init: str = "torch") -> torch.nn.Module:
     """`network`'s hidden layers between the problem's input and output dimensions (a task's
     `input_dim` -> `output_dim`). A 1 -> 1 problem builds exactly `make_network(network=...)` (the
     same draws: stored numbers stay bitwise); another sizes the layers from the problem, with the
-    same initialisation, and puts the spec's activation in."""
+    same initialisation (`init`, `network.INITS`), and puts the spec's activation in."""
     problem = problem_of(problem)
     spec = as_spec(network)
     if (problem.input_dim, problem.output_dim) == (1, 1):
-        return make_network(generator, network=network, dtype=dtype, device=device, extra_inputs=extra_inputs)
+        return make_network(generator, network=network, dtype=dtype, device=device, extra_inputs=extra_inputs,
+                            init=init)
     if not isinstance(spec, NetworkSpec):  # a plug-in network (`PluginNetwork`): its factory sizes it
         spec = dataclasses.replace(spec, input_dim=problem.input_dim, output_dim=problem.output_dim)
-        return make_network(generator, network=spec, dtype=dtype, device=device, extra_inputs=extra_inputs)
+        return make_network(generator, network=spec, dtype=dtype, device=device, extra_inputs=extra_inputs,
+                            init=init)
     net = make_network(generator, sizes=(problem.input_dim, *spec.hidden, problem.output_dim), dtype=dtype,
-                       device=device, extra_inputs=extra_inputs)
+                       device=device, extra_inputs=extra_inputs, init=init)
     for i, module in enumerate(net):
         if not isinstance(module, torch.nn.Linear):
             net[i] = ACTIVATIONS[spec.activation][0]()
@@ -187,7 +189,8 @@ class GenericLearner(MetaLearner):
     self_check: str | None = None  # what the first-use self-check found (`algorithms.selfcheck`); None: not run
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu",
-                 network=None, rule: InnerRule | None = None, compile: bool = False, problem: Problem | None = None):
+                 network=None, rule: InnerRule | None = None, compile: bool = False, problem: Problem | None = None,
+                 init: str = "torch"):
         if isinstance(hp, (list, tuple)) or isinstance(generator, (list, tuple)):
             raise ValueError("the generic engine trains one run per learner (no ensembles)")
         super().__init__(hp, generator, device)
@@ -195,7 +198,7 @@ class GenericLearner(MetaLearner):
         self.network = as_spec(network)
         self.problem = problem_of(problem)  # the task's loss and network dimensions (`tasks.problem`)
         self.net = problem_network(generator, self.network, self.problem, device=device,
-                                   extra_inputs=context_width(self.rule, hp))
+                                   extra_inputs=context_width(self.rule, hp), init=init)
         params = list(self.net.parameters())
         names = [name for name, _ in self.net.named_parameters()]
         self.program = TaskProgram(self.net, self.rule, hp, adapted_mask(self.rule, names), self.problem)
@@ -325,9 +328,40 @@ class GenericLearner(MetaLearner):
         return rule_adaptation(self.rule, self.net, self.extra, self.hp, self.network)
 
 
-class GenericPretrain(GenericLearner):
+#: which points of a training task pre-training fits (the sweep setting `pretrain_points`):
+#: "support+query", every point a task has (this suite's baseline); "support", its K support points
+#: only, as Finn et al.'s released code (`cbfinn/maml`: `pretrain_op` minimises `total_loss1`, the
+#: loss on `inputa`, the K support points, at the initial weights)
+PRETRAIN_POINTS = ("support+query", "support")
+
+
+class PretrainPoints:
+    """The `pretrain_points` option of every pre-training learner (`PRETRAIN_POINTS`), mixed in:
+    `fitted_points` is the one place that says which points a step fits, so the backends cannot
+    differ in it. Each learner's constructor names the option explicitly (`pretrain_points=`),
+    beside its base's own parameters: the sweep's parse-time check reads constructors' signatures."""
+
+    pretrain_points: str = PRETRAIN_POINTS[0]
+
+    def _use_points(self, pretrain_points: str) -> None:
+        if pretrain_points not in PRETRAIN_POINTS:
+            raise ValueError(f"unknown pretrain_points {pretrain_points!r}; "
+                             f"valid choices: {', '.join(PRETRAIN_POINTS)}")
+        self.pretrain_points = pretrain_points
+
+    def fitted_points(self, batch, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) a pre-training step fits: support and query points joined along the points
+        dimension `dim` (as always), or the support points alone."""
+        if self.pretrain_points == "support":
+            return batch.x_support, batch.y_support
+        return (torch.cat([batch.x_support, batch.x_query], dim=dim),
+                torch.cat([batch.y_support, batch.y_query], dim=dim))
+
+
+class GenericPretrain(PretrainPoints, GenericLearner):
     """Joint pre-training with the task's loss (`tasks.problem`) on any network: every task's
-    support and query points through the shared network at once, loss the mean of the tasks'.
+    support and query points (or support points only: `pretrain_points`) through the shared
+    network at once, loss the mean of the tasks'.
 
     What the `func` backend runs for a problem its accelerated pre-training does not cover
     (anything but 1 -> 1 MSE): `engine` "generic". Only a forward and a first-order backward, no
@@ -335,11 +369,16 @@ class GenericPretrain(GenericLearner):
 
     compiles = False
 
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None,
+                 rule: InnerRule | None = None, compile: bool = False, problem: Problem | None = None,
+                 init: str = "torch", pretrain_points: str = PRETRAIN_POINTS[0]):
+        self._use_points(pretrain_points)
+        super().__init__(hp, generator, device, network, rule, compile, problem, init)
+
     def meta_gradient(self, batch, iteration: int = 0):
         if isinstance(self.network, NetworkSpec):
             self.problem.check_inputs(batch.x_support)
-        x = torch.cat([batch.x_support, batch.x_query], dim=1)
-        y = torch.cat([batch.y_support, batch.y_query], dim=1)
+        x, y = self.fitted_points(batch)
         with torch.enable_grad():
             rows, _ = self.program.start(self.meta_parameters, [], x.shape[0])  # shared: expanded, not copied
             loss = self.program.batched_losses(rows, x, y).mean()

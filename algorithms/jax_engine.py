@@ -7,7 +7,7 @@ at trace time (S is static), as in the usual tutorials; first-order MAML is the 
 with `jax.lax.stop_gradient` on the inner gradient.
 
 It is a cross-framework check of the numbers and the strongest speed peer of the `func`
-engine, so it starts from the same weights (`make_network(generator)`'s torch parameters,
+engine, so it starts from the same weights (`make_network(generator, init=...)`'s torch parameters,
 in torch's [out, in] layout) and reads the same torch batches; `meta_gradient`, `step` and
 `adaptation` hand back torch tensors, so the shared runner and the shared (torch)
 evaluation run it unchanged.
@@ -176,7 +176,8 @@ class JaxLearner(MetaLearner):
     def problem_refusal(cls, problem):
         return mse_only_refusal(problem, "the jax backend")  # its jitted programs are written for 1 -> 1 MSE
 
-    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None, problem=None):
+    def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None, problem=None,
+                 init: str = "torch"):
         refuse_unless_mse(problem, "the jax backend")  # its jitted programs are written for MSE
         if isinstance(hp, (list, tuple)) or isinstance(generator, (list, tuple)):
             raise ValueError("the jax backend trains one run per learner; ensembles are a 'func' feature")
@@ -184,7 +185,7 @@ class JaxLearner(MetaLearner):
         load()
         self.jax_device = jax_device(self.device)
         self.dtype = torch.float32
-        self.params = [to_jax(p, self.jax_device) for p in make_network(generator, network=network).parameters()]
+        self.params = [to_jax(p, self.jax_device) for p in make_network(generator, network=network, init=init).parameters()]
         self.jit_meta_gradient, self.jit_step, optimizer = programs(hp.inner_steps, self.first_order, hp.lr_base, hp.lr_meta)
         # committed to the device like the step's outputs: optax makes Adam's step count on the default
         # device, uncommitted, and jit keys its cache on that, so the second step compiled again (0.5 s)

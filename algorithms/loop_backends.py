@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.base import Adaptation, HyperParams, MetaLearner, mse_only_refusal
-from algorithms.generic_engine import problem_network
+from algorithms.generic_engine import PRETRAIN_POINTS, PretrainPoints, problem_network
 from algorithms.network import NetworkSpec, as_spec, parameter_names, with_context
 from algorithms.rules import (InnerRule, adapted_mask, apply_update, check_no_python_state, context_width, has_context,
                               has_state, rule_adaptation, rule_context)
@@ -73,14 +73,14 @@ class LoopLearner(MetaLearner):
         return mse_only_refusal(problem, f"{cls.__name__} (backend {cls.engine!r})") if cls.mse_only else None
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu", network=None,
-                 problem: Problem | None = None):
+                 problem: Problem | None = None, init: str = "torch"):
         super().__init__(hp, generator, device)
         self.network = as_spec(network)
         self.problem = problem_of(problem)
         if self.mse_only:
             refuse_unless_mse(self.problem, f"{type(self).__name__} (backend {self.engine!r})")
         self.net = problem_network(generator, self.network, self.problem, device=device,
-                                   extra_inputs=context_width(self.rule, hp))
+                                   extra_inputs=context_width(self.rule, hp), init=init)
         self.meta_parameters = list(self.net.parameters())
 
     def task_loss_of(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -151,8 +151,8 @@ class TorchRuleLearner(LoopLearner):
 
     engine = "loop"
 
-    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
-        super().__init__(hp, generator, device, network, problem)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None, init="torch"):
+        super().__init__(hp, generator, device, network, problem, init)
         self.names = [name for name, _ in self.net.named_parameters()]
         self.adapted = adapted_mask(self.rule, self.names)
         params = [p.detach() for p in self.net.parameters()]
@@ -236,8 +236,8 @@ class L2LLearner(LoopLearner):
         return (f"learn2learn adapts every parameter or ({'MAML' if rule.fast_update == 'sgd' else 'not for MetaSGD'}) "
                 f"the last module's, but the rule adapts {adapted or 'none'} of {list(names)}")
 
-    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
-        super().__init__(hp, generator, device, network, problem)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None, init="torch"):
+        super().__init__(hp, generator, device, network, problem, init)
         import_gym_quietly()
         import learn2learn as l2l
 
@@ -299,8 +299,8 @@ class HigherLearner(LoopLearner):
             return f"higher adapts every parameter, but the rule adapts {adapted or 'none'}"
         return None
 
-    def __init__(self, hp, generator, device="cpu", network=None, problem=None):
-        super().__init__(hp, generator, device, network, problem)
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None, init="torch"):
+        super().__init__(hp, generator, device, network, problem, init)
         self.inner_optimizer = torch.optim.SGD(self.net.parameters(), lr=hp.lr_base)
 
     def task_loss(self, batch, t, weights):
@@ -311,20 +311,24 @@ class HigherLearner(LoopLearner):
                                           batch.x_query[t], batch.y_query[t], weights, self.task_loss_of)
 
 
-class TorchPretrain(LoopLearner):
-    """Joint pre-training baseline: fit every training task's points with one network, with the
-    task's loss (the mean over tasks of each task's loss; MSE: `F.mse_loss` over all points, as
-    always).
+class TorchPretrain(PretrainPoints, LoopLearner):
+    """Joint pre-training baseline: fit every training task's points (or its support points only:
+    `pretrain_points`) with one network, with the task's loss (the mean over tasks of each task's
+    loss; MSE: `F.mse_loss` over all points, as always).
 
     There is no inner loop in training; at meta-test time it is fine-tuned by the same
     shared evaluation as every other algorithm (SGD with LR_base on the support set).
     """
 
+    def __init__(self, hp, generator, device="cpu", network=None, problem=None, init="torch",
+                 pretrain_points=PRETRAIN_POINTS[0]):
+        self._use_points(pretrain_points)
+        super().__init__(hp, generator, device, network, problem, init)
+
     def meta_gradient(self, batch, iteration: int = 0):
         if isinstance(self.network, NetworkSpec):
             self.problem.check_inputs(batch.x_support)
-        x = torch.cat([batch.x_support, batch.x_query], dim=1)
-        y = torch.cat([batch.y_support, batch.y_query], dim=1)
+        x, y = self.fitted_points(batch)
         loss = self.task_loss_of(self.net(x), y).mean()  # MSE: one scalar already (mean() leaves it as is)
         return loss.detach(), list(torch.autograd.grad(loss, self.meta_parameters))
 

@@ -43,6 +43,11 @@ LAYER_SIZES = (1, 40, 40, 1)
 #: activation name -> (module, function); the fast path covers "relu"
 ACTIVATIONS = {"relu": (nn.ReLU, torch.relu), "tanh": (nn.Tanh, torch.tanh)}
 MAX_WIDTH = 4096  # a hidden layer wider than this is a typo (and would not fit an ensemble in memory)
+#: how the suite's MLPs draw their initial weights (the sweep setting `init`, `make_network`):
+#: "torch", `nn.Linear`'s default; "finn", Finn et al.'s released code (`cbfinn/maml`, maml.py,
+#: `MAML.construct_fc_weights`): weights `tf.truncated_normal(stddev=0.01)`, biases `tf.zeros`
+INITS = ("torch", "finn")
+FINN_WEIGHT_SD = 0.01  # tf.truncated_normal's stddev there; it redraws beyond 2 sd, so |w| <= 0.02
 
 
 @dataclass(frozen=True)
@@ -222,16 +227,26 @@ class MLP(nn.Sequential):
 
 
 def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.float32, device="cpu",
-                 network: "NetworkSpec | str | None" = None, extra_inputs: int = 0) -> MLP:
-    """The network with torch's default Linear init, drawn from `generator` (not the global RNG).
+                 network: "NetworkSpec | str | None" = None, extra_inputs: int = 0, init: str = "torch") -> MLP:
+    """The network with `init`'s initialisation (`INITS`; default torch's Linear init), drawn from
+    `generator` (not the global RNG).
 
     `network` (a spec or its name) overrides `sizes` and sets the activation (default ReLU).
     `extra_inputs` widens the first layer for a rule's context vectors (CAVIA; `algorithms.rules`).
+    `init = "finn"`: each layer's weight ([out, in], row-major) from a normal of sd `FINN_WEIGHT_SD`
+    truncated at 2 sd (`nn.init.trunc_normal_`: the distribution of `tf.truncated_normal`, by the
+    inverse CDF rather than TensorFlow's redraws), layer by layer; biases zero. A plug-in network
+    initialises itself (its factory), so it refuses "finn" (ValueError) rather than ignore it.
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid choices: {', '.join(INITS)}")
     name = "relu"
     if network is not None:
         spec = as_spec(network)
         if isinstance(spec, PluginNetwork):
+            if init != "torch":
+                raise ValueError(f"init = {init!r} draws the suite's MLPs' weights; plug-in network {spec.name!r} "
+                                 "has its own initialisation (its factory's): use init = \"torch\"")
             return spec.build(generator, extra_inputs).to(dtype=dtype, device=device)
         sizes, name = spec.sizes, spec.activation
     if extra_inputs:
@@ -241,10 +256,15 @@ def make_network(generator: torch.Generator, sizes=LAYER_SIZES, dtype=torch.floa
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         linear = nn.Linear(fan_in, fan_out, dtype=dtype)
         with torch.no_grad():
-            # Same distribution as nn.Linear.reset_parameters, with an explicit generator.
-            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+            if init == "finn":
+                nn.init.trunc_normal_(linear.weight, std=FINN_WEIGHT_SD, a=-2 * FINN_WEIGHT_SD,
+                                      b=2 * FINN_WEIGHT_SD, generator=generator)
+                nn.init.zeros_(linear.bias)
+            else:
+                # Same distribution as nn.Linear.reset_parameters, with an explicit generator.
+                nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(fan_in)
+                nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
         layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(activation())

@@ -435,6 +435,15 @@ class TaskErrors:
         return self._memo[key]
 
 
+def chosen_test_ks(best: pd.DataFrame, pooled: pd.DataFrame):
+    """(configuration, test eval K) for each chosen configuration (table (a)) and each K its test
+    set was evaluated at: the rows of robust.csv, variance.csv and blowup_amplitude.csv."""
+    evaluated = pooled[pooled["split"] == "test"]
+    for _, config in best.iterrows():
+        for eval_k in sorted(matching(evaluated, config)["eval_k_shot"].unique()):
+            yield config, eval_k
+
+
 def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErrors,
                  steps=TABLE_STEPS) -> pd.DataFrame:
     """Per chosen configuration (table (a)), test eval K and step: the per-task statistics with their
@@ -444,22 +453,20 @@ def robust_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskErro
     rows = []
     if not task_errors:
         return pd.DataFrame(rows)
-    evaluated = pooled[pooled["split"] == "test"]
-    for _, config in best.iterrows():
-        for eval_k in sorted(matching(evaluated, config)["eval_k_shot"].unique()):
-            for step in steps:
-                found = task_errors.summary(config, "test", eval_k, step)
-                if found is None:
-                    continue
-                row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
-                       "n_seeds": found["n_seeds"], "n_tasks": found["n_tasks"]}
-                estimates = {name: found[name] for name in ("mean", "median", "iqm", "blowup", "blowup_cumulative")}
-                rates = task_errors.sensitivity(config, "test", eval_k, step)
-                for factor, i in SENSITIVITY_COLUMNS.items():
-                    estimates[factor] = statistics.Estimate(np.nan) if rates is None else rates[i]
-                for name, estimate in estimates.items():
-                    row.update({name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high})
-                rows.append(row)
+    for config, eval_k in chosen_test_ks(best, pooled):
+        for step in steps:
+            found = task_errors.summary(config, "test", eval_k, step)
+            if found is None:
+                continue
+            row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
+                   "n_seeds": found["n_seeds"], "n_tasks": found["n_tasks"]}
+            estimates = {name: found[name] for name in ("mean", "median", "iqm", "blowup", "blowup_cumulative")}
+            rates = task_errors.sensitivity(config, "test", eval_k, step)
+            for factor, i in SENSITIVITY_COLUMNS.items():
+                estimates[factor] = statistics.Estimate(np.nan) if rates is None else rates[i]
+            for name, estimate in estimates.items():
+                row.update({name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -482,25 +489,23 @@ def variance_frame(best: pd.DataFrame, pooled: pd.DataFrame, task_errors: TaskEr
     rows = []
     if not task_errors:
         return pd.DataFrame(rows)
-    evaluated = pooled[pooled["split"] == "test"]
-    for _, config in best.iterrows():
-        for eval_k in sorted(matching(evaluated, config)["eval_k_shot"].unique()):
-            found = task_errors.errors(config, "test", eval_k)
-            if found is None:
+    for config, eval_k in chosen_test_ks(best, pooled):
+        found = task_errors.errors(config, "test", eval_k)
+        if found is None:
+            continue
+        for step in steps:
+            if step >= found[0].shape[1]:
                 continue
-            for step in steps:
-                if step >= found[0].shape[1]:
-                    continue
-                parts = statistics.variance_components(found[0][:, step])
-                if parts is None:
-                    continue
-                row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
-                       "n_seeds": parts.n_seeds, "n_tasks": parts.n_tasks, "mean": parts.mean,
-                       "var_seed": parts.seed, "var_task": parts.task, "var_interaction": parts.interaction,
-                       "halfwidth": parts.halfwidth(parts.n_seeds, parts.n_tasks)}
-                for precision in VARIANCE_PRECISIONS:
-                    row[precision_column(precision)] = parts.seeds_needed(precision * abs(parts.mean), parts.n_tasks)
-                rows.append(row)
+            parts = statistics.variance_components(found[0][:, step])
+            if parts is None:
+                continue
+            row = {**{c: config[c] for c in CONFIG_COLUMNS}, "eval_k_shot": int(eval_k), "eval_steps": step,
+                   "n_seeds": parts.n_seeds, "n_tasks": parts.n_tasks, "mean": parts.mean,
+                   "var_seed": parts.seed, "var_task": parts.task, "var_interaction": parts.interaction,
+                   "halfwidth": parts.halfwidth(parts.n_seeds, parts.n_tasks)}
+            for precision in VARIANCE_PRECISIONS:
+                row[precision_column(precision)] = parts.seeds_needed(precision * abs(parts.mean), parts.n_tasks)
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -603,6 +608,7 @@ class Analysis:
     robust: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-task statistics of table (a)'s rows
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired comparisons
     variance: pd.DataFrame = field(default_factory=pd.DataFrame)  # variance components of table (a)'s rows
+    by_amplitude: pd.DataFrame = field(default_factory=pd.DataFrame)  # blow-up rate per task amplitude bin
     metric: Metric = MSE  # the folder's one metric (`benchmarks.records.folder_metric`): column, label, direction
 
 
@@ -622,6 +628,8 @@ def analyse(records: list[dict], artifacts: dict | None = None, speed_suite: pd.
     analysis.robust = robust_frame(best, pooled, task_errors)
     analysis.paired = paired_frame(scores, pooled, task_errors)
     analysis.variance = variance_frame(best, pooled, task_errors)
+    from benchmarks.task_parameters import amplitude_frame  # it reads an Analysis: imported here, not above
+    analysis.by_amplitude = amplitude_frame(analysis)
     selectable = scores[scores["val_n_seeds"].notna()]
     if selectable.empty:
         return analysis

@@ -174,13 +174,19 @@ def execute_sweep(sweep, out, executor: str = "local", workers: int = 1, address
 
 
 def compile_summary(records: list[dict]) -> str | None:
-    """What compiling cost this sweep (the cells trained now; None when nothing compiled): a user
-    waits for it, and a warm program cache (`.cache/inductor/`) should make it small."""
+    """What compiling cost this sweep (the cells trained now; None when nothing compiled and nothing
+    was left to `compile = "auto"`): a user waits for it, and a warm program cache
+    (`.cache/inductor/`) should make it small; and what "auto" chose (each record says why)."""
     seconds = [r.get("compile_seconds") or 0.0 for r in records if "compile" in str(r.get("engine", ""))]
-    if not seconds:
+    auto = [r["compile_choice"] for r in records if (r.get("compile_choice") or {}).get("setting") == "auto"]
+    if not seconds and not auto:
         return None
-    return (f"compile: {sum(seconds):.1f} s over {len(seconds)} compiled cell{'s' if len(seconds) > 1 else ''} "
+    line = (f"compile: {sum(seconds):.1f} s over {len(seconds)} compiled cell{'s' if len(seconds) != 1 else ''} "
             f"(first calls of their programs, kept out of s/iter)")
+    if auto:
+        line += (f"; compile = \"auto\" compiled {sum(bool(c.get('compiled')) for c in auto)} of {len(auto)} cells "
+                 f"(why: each record's compile_choice)")
+    return line
 
 
 def print_report_location(report) -> None:
@@ -336,7 +342,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                             "interrupted re-evaluation: it resumes)")
     again.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="an evaluation setting: eval_steps, eval_k_shot, n_test_tasks, n_test_sets, "
-                            "n_validation_tasks, device (repeatable)")
+                            "n_validation_tasks, n_eval_query, device (repeatable)")
     again.set_defaults(func=cmd_reevaluate)
     regress = sub.add_parser("regress", help="compare a candidate sweep's numbers with a baseline; exit 1 on regression",
                              parents=[common, limit])

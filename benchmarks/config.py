@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import itertools
 import math
 import re
@@ -19,9 +20,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from algorithms import ALGORITHMS, HyperParams, get_learner_class
-from algorithms.network import DEFAULT_NETWORK, as_spec
+from algorithms.generic_engine import PRETRAIN_POINTS
+from algorithms.network import DEFAULT_NETWORK, INITS, NetworkSpec, as_spec
 from benchmarks.plugins import PluginError, load_plugins
-from tasks import MAX_TRAIN_SEED, TASKS, get_task
+from tasks import MAX_TRAIN_SEED, N_EVAL_QUERY, TASKS, get_task
 from tasks.problem import problem_of
 
 
@@ -277,7 +279,8 @@ def cell_family(cell: Cell, settings: "Settings", k_shot: int | None = None):
     """The task family a cell trains on (its K unless `k_shot`), with the sweep's query size and task
     parameters: one place that says how a cell names its family, for the job, the sweep's
     grouping and re-evaluation (the family's `problem` decides which engine runs it)."""
-    return get_task(cell.task, k_shot=k_shot or cell.k_shot, n_query=settings.n_query, **settings.task_params)
+    k_shot = k_shot or cell.k_shot
+    return get_task(cell.task, k_shot=k_shot, n_query=settings.query_points(k_shot), **settings.task_params)
 
 
 def ensemble_key(cell: Cell) -> tuple:
@@ -298,6 +301,7 @@ LIMITS = {
     "eval_k_shot": 1_000,
     "meta_batch": 1_000,
     "n_query": 1_000,
+    "n_eval_query": 10_000,  # Finn's test: K; this suite's default 100
     "n_test_tasks": 10_000,  # Finn: 600
     "n_validation_tasks": 10_000,
     "n_test_sets": 100,
@@ -340,6 +344,15 @@ def stream_seed(seed: int, purpose: str, streams: str) -> int:
     return STREAM_FLOOR | word >> 1
 
 
+def compile_setting(value):
+    """The `compile` setting's value: true, false or "auto" (decided per group of cells,
+    `benchmarks.compile_choice`); anything else is bad input."""
+    if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
+        raise ConfigError(f"unknown compile {suggest(value, ['true', 'false', 'auto'])}; "
+                          f"valid choices: true, false, \"auto\"")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every cell of a sweep shares: evaluation schedule, sizes, device."""
@@ -350,12 +363,28 @@ class Settings:
     n_test_tasks: int = 600  # tasks per test set
     n_test_sets: int = 1  # independent test sets of n_test_tasks each (set j: test seed + j)
     n_validation_tasks: int = 600
-    n_query: int = 10  # query points per training task
+    n_query: int | str = field(default=10, metadata={
+        "per_k": True,
+        "help": "query points per training task: an integer, or `\"k\"` for the cell's K (Finn's code: K support "
+                "and K query points per task); the fingerprint holds the resolved number, so `\"k\"` at K = 10 is "
+                "the default's cell"})
     log_every: int = 100  # training-loss / gradient-norm logging interval
     msl_anneal_iters: int = 0  # 0: 10% of iterations
     ensemble: bool = True  # train func cells that differ only in seed/LR as one batched program
     plugins: tuple[str, ...] = ()  # modules imported first: they register algorithms and tasks
-    compile: bool = False  # the accelerated/generic engines' meta-gradient through torch.compile (others: ignored)
+    compile: bool | str = field(default="auto", metadata={
+        "check": lambda key, value: compile_setting(value), "added": False,  # records from before "auto": false
+        "help": "train compiled: `true`, `false` or `\"auto\"`. Compiled, the accelerated (`func`) engine's step "
+                "(meta-gradient and Adam) is one Inductor program and the generic engine's meta-gradient goes "
+                "through `torch.compile`: a one-off compile (seconds; shared by every cell of one program shape "
+                "through the persistent cache `.cache/inductor/`; recorded as `compile_seconds`, not in s/iter), "
+                "then fewer, fused kernels, and floats that differ from eager ones by rounding; compiled runs do "
+                "not ensemble; loop and library backends ignore it. `\"auto\"` decides per group of cells that "
+                "would ensemble, from their iterations, S, meta-batch, order, engine and device only (never the "
+                "machine's load), by the cost model of `benchmarks/compile_choice.py` (docs/speed.md): compiled "
+                "where it projects less CPU time than eager, compiles included; each record states the choice "
+                "(`compile_choice`) and its fingerprint the resolved true/false; a record without the key was "
+                "made with `false`"})
     device: str = "cpu"
     task_params: dict = field(default_factory=dict)  # extra task parameters (noise, ranges)
     seed_streams: str = field(default="independent", metadata={
@@ -371,6 +400,28 @@ class Settings:
                 "point and the metric per split after 1 and `eval_steps` steps at each evaluation; a boolean, so "
                 "nothing read from a sweep file writes outside OUT; no number or fingerprint changes; needs the "
                 "optional extra (`pip install 'metabench[tensorboard]'`)"})
+    # The fidelity settings (issue 23): Finn et al.'s released code (`cbfinn/maml`) where it differs
+    # from this suite, one setting each, so that the gap to the paper is ablated one change at a time
+    # (benchmarks/configs/ablation.toml). Each default is the behaviour of before (`added`: records
+    # without the key read as it). `learner_option`: handed to the learner's constructor under the
+    # setting's name when away from its default (`learner_options`); `only_for`: the algorithms
+    # that read it (the others' fingerprints leave it out, `fingerprint.ONLY_FOR`).
+    init: str = field(default=INITS[0], metadata={
+        "choices": INITS, "added": INITS[0], "learner_option": True,
+        "help": "initial weights of the suite's MLPs, drawn from the cell's weights stream: `\"torch\"`, "
+                "`nn.Linear`'s default; `\"finn\"`, Finn et al.'s released code (`maml.py`, "
+                "`construct_fc_weights`): weights from a normal of standard deviation 0.01 truncated at 2 "
+                "standard deviations (`tf.truncated_normal`), biases zero; every built-in backend honours it, and "
+                "a sweep is refused where a cell's learner or plug-in network cannot"})
+    n_eval_query: int | str = field(default=N_EVAL_QUERY, metadata={
+        "per_k": True, "added": N_EVAL_QUERY,
+        "help": "query points per validation and test task (each task's error is its mean over them): an "
+                "integer, or `\"k\"` for the evaluated K (Finn's test: K); the probe and qualitative tasks keep "
+                "their own"})
+    pretrain_points: str = field(default=PRETRAIN_POINTS[0], metadata={
+        "choices": PRETRAIN_POINTS, "added": PRETRAIN_POINTS[0], "learner_option": True, "only_for": ("pretrain",),
+        "help": "the points the `pretrain` baseline fits per training task: `\"support+query\"` (all of them), "
+                "or `\"support\"`, the K support points only (Finn's `pretrain_op`); other algorithms ignore it"})
 
     def generator(self, seed: int, purpose: str):
         """The torch generator of `seed`'s stream for `purpose` (a key of `STREAM_PURPOSES`)."""
@@ -382,6 +433,14 @@ class Settings:
         """The iterations a run of `iterations` is evaluated at: every `eval_every` and the last."""
         every = set(range(self.eval_every, iterations + 1, self.eval_every)) if self.eval_every else set()
         return {iterations} | every
+
+    def query_points(self, k_shot: int) -> int:
+        """Query points per training task of a cell trained at `k_shot` (`n_query`; "k": K)."""
+        return k_shot if self.n_query == "k" else self.n_query
+
+    def eval_query_points(self, k_shot: int) -> int:
+        """Query points per validation/test task evaluated at `k_shot` (`n_eval_query`; "k": K)."""
+        return k_shot if self.n_eval_query == "k" else self.n_eval_query
 
 
 #: The folder under OUT where `tensorboard = true` writes one folder of event files per cell.
@@ -457,6 +516,12 @@ def _settings(raw: dict, limits: dict) -> Settings:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"plugins must be a module name or a list of them, got {raw[f.name]!r}")
             value = tuple(dict.fromkeys(value))
+        elif f.metadata.get("per_k"):  # a number of points, or "k": as many as the K in question
+            value = value.lower() if isinstance(value, str) else value
+            if value != "k" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{f.name} must be an integer >= 1 or \"k\" (= K), got {raw[f.name]!r}")
+        elif "check" in f.metadata:  # a setting with its own validation (`compile`)
+            value = f.metadata["check"](f.name, value)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
@@ -473,7 +538,7 @@ def _settings(raw: dict, limits: dict) -> Settings:
             raise ConfigError(f"{f.name} must be a table, got {value!r}")
         values[f.name] = value
     settings = replace(defaults, **values)
-    for name in ("n_test_tasks", "n_test_sets", "n_validation_tasks", "n_query", "log_every"):
+    for name in ("n_test_tasks", "n_test_sets", "n_validation_tasks", "log_every"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)!r}")
     for name in limits:
@@ -595,7 +660,7 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     for grid in grids:  # task parameters checked once per task, before any training
         for task, k in itertools.product(grid["task"], grid["k_shot"]):
             try:
-                family = get_task(task, k_shot=k, n_query=settings.n_query, **settings.task_params)
+                family = get_task(task, k_shot=k, n_query=settings.query_points(k), **settings.task_params)
                 problems[task] = problem_of(family)
                 metrics[task] = problems[task].metric
             except (ValueError, KeyError, TypeError) as error:
@@ -619,7 +684,55 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
     if not cells:
         raise ConfigError("the grid is empty: every combination was skipped"
                           + "".join(f"\n  - {reason}" for _, reason in skipped[:5]))
+    _check_learner_options(cells, settings, problems)
     return Sweep(cells, skipped, settings, limits)
+
+
+def learner_options(algorithm: str, settings: Settings) -> dict:
+    """The options the settings hand to a cell's learner (the `learner_option` settings: `init`,
+    `pretrain_points`), by their names: only those away from their defaults and read by `algorithm`
+    (`only_for`), so a learner written before them (a plug-in's) is built exactly as always."""
+    return {f.name: getattr(settings, f.name) for f in fields(Settings)
+            if f.metadata.get("learner_option") and getattr(settings, f.name) != f.default
+            and algorithm in f.metadata.get("only_for", (algorithm,))}
+
+
+def _accepts(cls: type, option: str) -> bool:
+    """Whether `cls`'s constructor takes keyword `option`: named by the first `__init__` along the
+    MRO, or by a base one that a `**kwargs` constructor passes on to."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        if option in parameters:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
+
+
+def _check_learner_options(cells: list[Cell], settings: Settings, problems: dict) -> None:
+    """Refuse a sweep in which a cell's learner cannot honour a learner option (`learner_options`):
+    its constructor does not take it (a plug-in learner that builds its own network), or, for
+    `init`, its network is a plug-in (it initialises itself). Never a silent fallback to the
+    default: the record would claim a setting its numbers do not have."""
+    for cell in cells:
+        options = learner_options(cell.algorithm, settings)
+        if not options:
+            continue
+        cls = get_learner_class(cell.algorithm, cell.backend, cell.network, problems[cell.task])
+        for name, value in options.items():
+            default = Settings.__dataclass_fields__[name].default
+            where = f"{name} = {value!r}: algorithm {cell.algorithm!r} on backend {cell.backend!r}"
+            if name == "init" and not isinstance(as_spec(cell.network), NetworkSpec):
+                raise ConfigError(f"{where}: it draws the suite's MLPs' weights, but plug-in network "
+                                  f"{cell.network!r} has its own initialisation (its factory's); valid there: "
+                                  f"\"{default}\"")
+            if not _accepts(cls, name):
+                raise ConfigError(f"{where} runs {cls.__name__}, whose constructor takes no {name!r} option (it "
+                                  f"builds its own network or data), so it cannot honour it; "
+                                  f"valid there: \"{default}\"")
 
 
 def _check_one_metric(metrics: dict) -> None:

@@ -140,6 +140,11 @@ FIGURES = {
         f"{', '.join(f'{f:g}' for f in statistics.SENSITIVITY_FACTORS)}x the error scale (factor on a log axis; "
         f"dotted: the tables' {statistics.BLOWUP_FACTOR:g}x), best configuration per algorithm at the figures' test "
         "K, 95% bootstrap bands; rate on a symlog axis, linear (shaded) below 0.1%.",
+    "fig15_blowup_amplitude":
+        "Which tasks does a fixed inner rate blow up on? Share of test tasks x seeds blown up at step 1, 5 and 10 "
+        "(one panel each) against the task's amplitude A (five equal-width bins of the test tasks' A, at the bin's "
+        "centre; the support loss's curvature grows with A squared), best configuration per algorithm at the "
+        "figures' test K, 95% bootstrap bands; symlog axis, linear (shaded) below 0.1%.",
     "fig13_reproduction":
         f"Does this suite reproduce Finn et al. (2017)'s sinusoid numbers? Test {METRIC} at K = 5 of models trained "
         "at K = 10 in Finn's setup, after 1, 5 and 10 steps, as the paper reports it: the mean of one trained model "
@@ -931,6 +936,42 @@ def _fig_blowup_threshold(a: Analysis, plt):
     return fig
 
 
+def _fig_blowup_amplitude(a: Analysis, plt):
+    from benchmarks import plots
+    from benchmarks.tables import EXTRAPOLATION_MARK
+
+    _only_mse(a, BLOWUP_SKIP, a.metric.scaled_blowups)
+    best = _best(a)
+    _need_task_errors(a)
+    k = a.scope["k_shot"]
+    frame = a.by_amplitude
+    if frame.empty:
+        raise Skip("no stored per-task test errors of a task family with an amplitude (the sine families)")
+    parts = []
+    for _, config in best.iterrows():
+        rows = matching(frame, config)
+        rows = rows[rows["eval_k_shot"] == k]
+        parts.append(rows.assign(label=config["algorithm"], algorithm=config["algorithm"],
+                                 amplitude=(rows["amplitude_low"] + rows["amplitude_high"]) / 2,
+                                 low=rows["blowup_low"], high=rows["blowup_high"]))
+    parts = pd.concat(parts) if parts else pd.DataFrame()
+    if parts.empty:
+        raise Skip(f"the best configurations have no blow-up rates by amplitude at test K={k}")
+    steps = sorted(parts["eval_steps"].unique())
+    fig, axes = plt.subplots(1, len(steps), figsize=(plots.TWO_COLUMN, 3.0), squeeze=False, layout="constrained",
+                             sharey=True)
+    for j, (ax, step) in enumerate(zip(axes[0], steps)):
+        mark = EXTRAPOLATION_MARK if (best["inner_steps"].astype(int) < step).any() else ""
+        plots.plot_blowup(ax, parts[parts["eval_steps"] == step], title=f"at step {step}{mark}", legend=False,
+                          x="amplitude", xlabel="task amplitude A (bin centre)")
+        if j:
+            ax.set_ylabel("")
+    _legend_below(fig, axes)
+    fig.suptitle(f"Blow-up rate against the task's amplitude ({scope_text(a)}, test K={k})")
+    _note(fig, _configurations(best))
+    return fig
+
+
 def _scoped_paired(a: Analysis) -> pd.DataFrame:
     paired = a.paired
     if not paired.empty:
@@ -1096,6 +1137,7 @@ FIGURE_MAKERS = {
     "fig11_error_vs_k": _fig_error_vs_k,
     "fig12_validation_curves": _fig_validation_curves,
     "fig14_blowup_threshold": _fig_blowup_threshold,
+    "fig15_blowup_amplitude": _fig_blowup_amplitude,
     "fig13_reproduction": _fig_reproduction,
 }
 

@@ -33,7 +33,8 @@ Left out, on purpose (recorded in the record's `environment`, not compared):
   numbers (the code of the ones that registered what the cell names is in, above);
 - `tensorboard`: it only copies numbers already computed into event files (tested: the same
   records with it on and off), so a folder resumes with it switched either way;
-- `msl_anneal_iters` for algorithms other than `msl`: nothing else reads it;
+- `msl_anneal_iters` for algorithms other than `msl`, `pretrain_points` for other than `pretrain`
+  (`ONLY_FOR`): nothing else reads them;
 - torch threads where they change no number (learners with `thread_invariant`: the `func`,
   `generic` and `jax` engines running the suite's own rules and MLPs, bitwise the same at 1 and 2
   threads, tested; a plug-in rule or network keeps its threads in); for the per-task
@@ -51,6 +52,10 @@ streams are part of its fingerprint and `NUMERICS_VERSION` stays (no number chan
 computes what every record before the key computed, and "independent" records never match them);
 a fingerprint without it was made with "offset", the streams of before. A committed folder
 resumes under its sweep file, which pins "offset", and regress compares it with the candidate.
+The fidelity settings (`init`, `n_eval_query`, `pretrain_points`) are keys the same way, each
+absent from older fingerprints and read at its default, the behaviour of before; `n_query` enters
+as the number of query points trained with (`"k"` resolved to the cell's K), so `"k"` at K = 10
+is the fingerprint of `n_query = 10`.
 
 Records written before fingerprints existed get one rebuilt from their stored cell, settings and
 torch version, with no numerics version: they are never reused by a sweep of this version (the
@@ -83,7 +88,10 @@ NOT_RECORDED = "(not recorded)"
 #: spread, within tolerance
 EXECUTION_KEYS = ("hardware", "threads")
 EXCLUDED_SETTINGS = ("ensemble", "device", "plugins", "tensorboard")  # device enters as its type
-ONLY_FOR = {"msl_anneal_iters": ("msl",)}  # settings only some algorithms read
+#: settings only some algorithms read (others' fingerprints leave them out): MSL's annealing, and the
+#: settings declared `only_for` some algorithms (`pretrain_points`: pre-training's)
+ONLY_FOR = {"msl_anneal_iters": ("msl",),
+            **{f.name: f.metadata["only_for"] for f in fields(Settings) if "only_for" in f.metadata}}
 LIBRARIES = {"l2l": ("learn2learn",), "higher": ("higher",), "jax": ("jax", "jaxlib")}  # backend -> packages
 #: fingerprint key -> the cell key whose code it names, that registry's built-in names, its lookup
 CODE_KEYS = {"code.algorithm": ("algorithm", algorithms.BUILTIN, algorithms.source_of),
@@ -102,7 +110,8 @@ def _jsonable(value):
 
 def _task_params(cell: Cell, settings: Settings) -> dict:
     try:
-        family = get_task(cell.task, k_shot=cell.k_shot, n_query=settings.n_query, **settings.task_params)
+        family = get_task(cell.task, k_shot=cell.k_shot, n_query=settings.query_points(cell.k_shot),
+                          **settings.task_params)
     except (KeyError, ValueError, TypeError):
         return {f"task.{k}": v for k, v in settings.task_params.items()}
     if not dataclasses.is_dataclass(family):
@@ -173,6 +182,7 @@ def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None
         values[f.name] = getattr(settings, f.name)
     if "eval_k_shot" in values:  # the K actually evaluated: () and (K,) are the same evaluation
         values["eval_k_shot"] = sorted(set(settings.eval_k_shot) | {cell.k_shot})
+    values["n_query"] = settings.query_points(cell.k_shot)  # the number trained with: "k" at K = 10 is 10
     values.update(_task_params(cell, settings))
     if numerics_version != NOT_RECORDED:  # a record from before fingerprints did not record them
         values.update({f"lib.{package}": _version(package) for package in LIBRARIES.get(cell.backend, ())})
@@ -254,8 +264,12 @@ def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], s
 
     `existing` is `records.scan_records(out)`. Failed records are retrained anyway and do not count.
     `same_hardware=False` (Ray: the workers, not this process, compute) leaves `hardware` uncompared;
-    `threads`: the torch threads the sweep's jobs will run with.
+    `threads`: the torch threads the sweep's jobs will run with. `compile = "auto"` is resolved
+    over `cells` (`compile_choice.plan`): give all the sweep's cells, as its jobs are planned.
     """
+    from benchmarks.compile_choice import settings_per_cell
+
+    resolved = settings_per_cell(cells, settings)  # compile = "auto" as the sweep's jobs resolve it
     changed: dict[str, list[str]] = {}  # difference -> cell ids
     examples: list[Path] = []
     for cell in cells:
@@ -263,7 +277,7 @@ def check_resumable(existing: dict[str, tuple[Path, dict]], cells: list[Cell], s
         if found is None or found[1]["status"] not in ("ok", "diverged"):
             continue
         path, record = found
-        old, new = record_fingerprint(record), fingerprint(cell, settings, threads=threads)
+        old, new = record_fingerprint(record), fingerprint(cell, resolved(cell), threads=threads)
         if not same_hardware:
             old, new = ({k: v for k, v in fp.items() if k != "hardware"} for fp in (old, new))
         lines = differences(old, new, cell)

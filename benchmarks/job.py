@@ -18,7 +18,7 @@ import torch
 
 import numpy as np
 
-from algorithms import get_algorithm, get_learner_class
+from algorithms import get_algorithm
 from algorithms import generic_engine as generic
 from algorithms.evaluation import (adaptation_curve, initial_gradient_norm, metric_curves, needs_generic, summarize,
                                    summarize_problem)
@@ -26,7 +26,8 @@ from algorithms.functional import adapt, expand_per_task
 from algorithms.network import sized, with_context
 from benchmarks import artifacts as store
 from benchmarks import statistics
-from benchmarks.config import Cell, Settings, cell_family
+from benchmarks.compile_choice import job_compile_choice
+from benchmarks.config import Cell, Settings, cell_family, learner_options
 from benchmarks.fingerprint import fingerprint
 from benchmarks.plugins import load_plugins
 from benchmarks.speed.measure import tune_malloc
@@ -84,12 +85,15 @@ def _short(t: torch.Tensor) -> list[float]:
 
 def evaluation_sets(family, settings: Settings, eval_ks, device) -> dict[tuple[str, int], list[TaskBatch]]:
     """The fixed evaluation tasks per (split, K): `n_test_sets` independent test sets (set j
-    drawn from the test stream's seed + j, so set 0 is the classic 600-task set), one validation set."""
+    drawn from the test stream's seed + j, so set 0 is the classic 600-task set), one validation set,
+    each task with `n_eval_query` query points (`Settings.eval_query_points`: "k" is K)."""
     sets = {}
     for k in eval_ks:
-        sets[("validation", k)] = [evaluation_set(family, "validation", settings.n_validation_tasks, k_shot=k).to(device)]
-        sets[("test", k)] = [evaluation_set(family, "test", settings.n_test_tasks, k_shot=k, seed_offset=j).to(device)
-                             for j in range(settings.n_test_sets)]
+        q = settings.eval_query_points(k)
+        sets[("validation", k)] = [evaluation_set(family, "validation", settings.n_validation_tasks, k_shot=k,
+                                                  n_query=q).to(device)]
+        sets[("test", k)] = [evaluation_set(family, "test", settings.n_test_tasks, k_shot=k, n_query=q,
+                                            seed_offset=j).to(device) for j in range(settings.n_test_sets)]
     return sets
 
 
@@ -259,11 +263,14 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
     problem = problem_of(family)
     # the sine families' learners (and plug-in learners written for them) are built as always
     options = {} if problem == REGRESSION else {"problem": problem}
+    options.update(learner_options(base.algorithm, settings))  # the fidelity settings away from their defaults
     hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in cells]
     generators = [settings.generator(c.seed, "tasks") for c in cells]  # each purpose its own stream (`seed_streams`)
     init_generators = [settings.generator(c.seed, "weights") for c in cells]
-    if settings.compile and getattr(get_learner_class(base.algorithm, base.backend, base.network, problem), "compiles",
-                                    False):
+    # decided over the sweep (`sweep.plan_compile`); a job built by hand: its cells are the group
+    choice = getattr(cells, "compile_choice", None) or job_compile_choice(cells, settings)
+    settings = choice.applied(settings)  # compile resolved: what the records' settings and fingerprints say
+    if choice.compiled:
         options["compile"] = True
     if len(cells) > 1:
         learner = get_algorithm(base.algorithm, base.backend, hps, init_generators, device=settings.device,
@@ -325,7 +332,7 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
     records = []
     for m, cell in enumerate(cells):
         common = dict(metric=problem.metric.declaration(), engine=learner.engine, sec_per_iter=sec_per_iter,
-                      compile_seconds=compile_seconds,
+                      compile_seconds=compile_seconds, compile_choice=choice.record(),
                       ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
                       peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m],
                       **({"self_check": learner.self_check} if getattr(learner, "self_check", None) else {}))

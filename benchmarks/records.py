@@ -297,7 +297,8 @@ def read_record(path: Path, limits: dict | None = None) -> dict:
         settings = record_settings(record.get("settings", {}), limits)
         if cell.task in TASKS:  # a sweep checks its task parameters before training; a record's likewise
             try:
-                get_task(cell.task, k_shot=cell.k_shot, n_query=settings.n_query, **settings.task_params)
+                get_task(cell.task, k_shot=cell.k_shot, n_query=settings.query_points(cell.k_shot),
+                         **settings.task_params)
             except (ValueError, KeyError, TypeError) as error:
                 raise ConfigError(f"task {cell.task!r} with task_params {settings.task_params}: {error}") from None
     except ConfigError as error:

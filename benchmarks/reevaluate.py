@@ -36,7 +36,8 @@ from benchmarks.signals import Interrupted, deferred
 from tasks.problem import problem_of
 
 #: the settings a re-evaluation may change: they describe the evaluation, not the training
-EVALUATION_KEYS = ("eval_steps", "eval_k_shot", "n_test_tasks", "n_test_sets", "n_validation_tasks", "device")
+EVALUATION_KEYS = ("eval_steps", "eval_k_shot", "n_test_tasks", "n_test_sets", "n_validation_tasks", "n_eval_query",
+                   "device")
 
 
 def settings_from_record(record: dict, limits: dict | None = None) -> Settings:

@@ -1,6 +1,6 @@
 """Reports regenerated from DIR/runs/ alone, without training: summary.csv, curves.csv,
 tables.md, index.html (the page to open first), latex/*.tex (one per table), robust.csv,
-paired.csv, variance.csv, paper_comparison.csv and DIR/figures/*.{png,svg}.
+paired.csv, variance.csv, blowup_amplitude.csv, paper_comparison.csv and DIR/figures/*.{png,svg}.
 
 The pieces: `benchmarks.analysis` (frames, pooling, selection by validation, per-task
 statistics via `benchmarks.statistics`), `benchmarks.tables` (the report's blocks,
@@ -101,6 +101,7 @@ def write_report(out: Path, limits: dict | None = None) -> Report:
         "robust.csv": analysis.robust.to_csv(index=False) if not analysis.robust.empty else None,
         "paired.csv": analysis.paired.to_csv(index=False) if not analysis.paired.empty else None,
         "variance.csv": analysis.variance.to_csv(index=False) if not analysis.variance.empty else None,
+        "blowup_amplitude.csv": analysis.by_amplitude.to_csv(index=False) if not analysis.by_amplitude.empty else None,
     }
     for name in FIGURES:
         for fmt in OUTPUTS:  # png, svg, pdf and the caption (`<name>.caption.txt`)

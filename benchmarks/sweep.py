@@ -7,6 +7,11 @@ batched program). An ensemble member computes bitwise what the cell alone comput
 are grouped (which other cells share the sweep, a resume that retrains only the missing members,
 the split into chunks) never changes a number.
 
+Compiled cells (`compile = true`, or where `compile = "auto"` projects less CPU time than eager:
+`benchmarks.compile_choice.plan`) train alone. "auto" is decided over the whole
+sweep's cells, per group that would ensemble eagerly, so a resume decides as the first run did;
+each job carries its group's choice (`Job.compile_choice`) into the worker and its records.
+
 Resume: cells whose finished record exists are skipped, provided that record was made under the
 same fingerprint (`benchmarks.fingerprint`), on the same hardware included (except under Ray,
 whose workers compute) and, for the per-task loop backends, at the same torch threads; otherwise
@@ -17,9 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from algorithms import get_learner_class
-
-from benchmarks.config import TENSORBOARD_FOLDER, Cell, Settings, Sweep, cell_family, ensemble_key
+from benchmarks.compile_choice import CompileChoice, eager_key, plan, settings_per_cell
+from benchmarks.config import TENSORBOARD_FOLDER, Cell, Settings, Sweep
 from benchmarks.fingerprint import check_poolable, check_resumable, fingerprint
 from benchmarks.progress import ProgressBar, Reporter, longest_first
 from benchmarks.records import FINISHED, identity, metric_columns, record_metric, scan_records, write_record
@@ -30,20 +34,31 @@ from benchmarks.signals import Interrupted, deferred
 MAX_ENSEMBLE = 128
 
 
-def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_ENSEMBLE) -> list[list[Cell]]:
+class Job(list):
+    """A job's cells (a list, as executors and the progress bar read it) and the `CompileChoice`
+    they train with, decided over the whole sweep (`compile_choice.plan`), so that a job of an eager
+    group's missing members (a resume) trains eager like the rest; pickled with it to a worker."""
+
+    compile_choice = None
+
+
+def group_jobs(cells: list[Cell], settings: Settings, max_ensemble: int = MAX_ENSEMBLE,
+               choices: dict[Cell, CompileChoice] | None = None) -> list[Job]:
     """Ensemble cells that share everything but seed/LR_base/LR_meta where their engine ensembles
     exactly (the accelerated `func` engine, eager); others run alone (a compiled program's floats
-    may depend on the ensemble's size)."""
+    may depend on the ensemble's size). `choices`: the sweep's `compile_choice.plan` (default:
+    planned over `cells`)."""
+    choices = choices if choices is not None else plan(cells, settings)
     jobs: dict = {}
     for cell in cells:
-        # the class that will run (func: generic for a problem the accelerated engine does not train)
-        learner = get_learner_class(cell.algorithm, cell.backend, cell.network, cell_family(cell, settings))
-        if settings.ensemble and learner.ensembles and not (settings.compile and learner.compiles):
-            key = ensemble_key(cell)  # from the cell schema: all but seed, LR_base and LR_meta
-        else:
-            key = cell
+        key = cell if choices[cell].compiled else eager_key(cell, settings)
         jobs.setdefault(key, []).append(cell)
-    return [job[i:i + max_ensemble] for job in jobs.values() for i in range(0, len(job), max_ensemble)]
+    planned = []
+    for job in jobs.values():
+        for i in range(0, len(job), max_ensemble):
+            planned.append(Job(job[i:i + max_ensemble]))
+            planned[-1].compile_choice = choices[job[i]]
+    return planned
 
 
 def _summary_line(record: dict) -> str:
@@ -71,9 +86,11 @@ def pending_cells(sweep: Sweep, out, executor: str = "local", threads: int = 1) 
     the report would then refuse: better before training than after.
     """
     existing = scan_records(out, sweep.limits)  # records above the default limits: this sweep's --limit reads them
+    # check_resumable resolves compile = "auto" over the cells it is given, as the jobs will
     check_resumable(existing, sweep.cells, sweep.settings, out, same_hardware=executor != "ray", threads=threads)
+    resolved = settings_per_cell(sweep.cells, sweep.settings)
     planned = {identity({"cell": asdict(c)}): {"cell_id": c.cell_id, "cell": asdict(c), "status": "ok",
-                                                 "fingerprint": fingerprint(c, sweep.settings, threads=threads)}
+                                                 "fingerprint": fingerprint(c, resolved(c), threads=threads)}
                for c in sweep.cells}
     check_poolable([record for key, (_, record) in existing.items() if key not in planned] + list(planned.values()))
 
@@ -94,7 +111,8 @@ def run_sweep(sweep: Sweep, out, executor: str = "local", workers: int = 1, addr
     `total` for the message.
     """
     todo, finished_before = pending_cells(sweep, out, executor, threads)
-    jobs = longest_first(group_jobs(todo, sweep.settings), sweep.settings)  # order changes no number, only the makespan
+    choices = plan(sweep.cells, sweep.settings)  # over the whole sweep: a resume decides as the first run
+    jobs = longest_first(group_jobs(todo, sweep.settings, choices=choices), sweep.settings)  # order: only the makespan
     in_process = executor != "ray" and (workers <= 1 or len(jobs) <= 1)
     bar = ProgressBar(jobs, 1 if in_process else workers, enabled=progress, settings=sweep.settings)
     board = Path(out) / TENSORBOARD_FOLDER if sweep.settings.tensorboard else None  # under OUT, never elsewhere

@@ -25,7 +25,7 @@ MEANINGS = {
     "eval_every": "evaluate every N iterations as well as at the end (0: only at the end)",
     "eval_steps": "adaptation steps at evaluation: MSE recorded after 0, 1, ..., N steps",
     "eval_k_shot": "evaluate at these K as well as the training K (an integer or a list)",
-    "n_test_tasks": "tasks per meta-test set (100 query points each)",
+    "n_test_tasks": "tasks per meta-test set (`n_eval_query` query points each)",
     "n_test_sets": "independent meta-test sets of `n_test_tasks` (set j drawn from the test seed + j); "
                    "the report shows their spread",
     "n_validation_tasks": "meta-validation tasks: they choose the best configuration (test never does)",
@@ -37,10 +37,7 @@ MEANINGS = {
     "device": "`cpu` or `cuda` (`cuda:N`)",
     "plugins": "modules (names or `.py` paths) imported first: they register algorithms or tasks "
                "(see CONTRIBUTING.md); also `--plugin` on the command line",
-    "compile": "compile the accelerated (`func`) engine's step (meta-gradient and Adam, one Inductor program) "
-               "and the generic engine's meta-gradient (`torch.compile`): "
-               "a one-off compile (~3-60 s on CPU, recorded as `compile_seconds`, not in s/iter), then "
-               "fewer, fused kernels; compiled runs do not ensemble; loop and library backends ignore it",
+    # `compile`, `seed_streams`, `tensorboard` and later settings: their meanings are declared with them (`help`)
     "task_params": "a table of task-family parameters (below), e.g. `task_params = { noise = 0.1 }`",
 }
 
@@ -58,7 +55,8 @@ FAMILY_CLASSES = (SineFamily, SineFreqFamily)
 
 def _type_name(annotation) -> str:
     text = str(annotation)
-    return {"tuple[int, ...]": "int or list of int", "tuple[str, ...]": "str or list of str", "dict": "table"}.get(text, text)
+    return {"tuple[int, ...]": "int or list of int", "tuple[str, ...]": "str or list of str", "dict": "table",
+            "bool | str": "bool or `\"auto\"`", "int | str": "int or `\"k\"`"}.get(text, text)
 
 
 def _default(field: dataclasses.Field) -> str:

@@ -3,6 +3,12 @@
 A task family is any object with `k_shot`, `sample(n_tasks, generator)` (a `TaskBatch`),
 `with_points(k, q)` (the same family with K support and q query points) and
 `function(x, params)` (the noiseless target for x [tasks, points, in] and a batch's `params`).
+Optionally `sample_block(n_iterations, n_tasks, generator)`: the next `n_iterations` meta-batches
+stacked along a new leading dimension, bit for bit what as many successive `sample(n_tasks,
+generator)` calls give (every field and the generator's state after), which the training loop
+draws in blocks (`benchmarks.training`); a family that cannot draw a block exactly returns
+`tasks.batch.sequential_block` (the calls themselves), and one without the method is sampled
+per iteration.
 It declares what it asks of a network in `problem` (`tasks.problem.Problem`: input and output
 dimensions, loss, reported metric; none declared: 1 -> 1 regression with MSE), mirrored in its
 `input_dim` / `output_dim` (what the network registry sizes networks from).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tasks.batch import TaskBatch
+from tasks.batch import TaskBatch, sequential_block
 from tasks.problem import Problem
 
 MAX_WAYS = 1000
@@ -82,6 +82,16 @@ class GaussClassFamily:
         x_support = self._points(centres, y_support, generator, dtype)
         x_query = self._points(centres, y_query, generator, dtype)
         return TaskBatch(x_support, y_support, x_query, y_query, {"centres": centres})
+
+    def sample_block(self, n_iterations: int, n_tasks: int, generator: torch.Generator,
+                     dtype=torch.float32) -> TaskBatch:
+        """The next `n_iterations` meta-batches, stacked (`tasks.batch.sequential_block`), drawn one
+        `sample` call at a time: every draw here is Gaussian, and `torch.randn` transforms groups
+        of 16 numbers, so one draw for a block would give other tasks (it splits exactly only where
+        every draw's size is a multiple of 16; the suite's settings are not: 25 tasks x 2 centres x
+        10 dimensions = 500). The training loop still stacks members and moves to the device once
+        per block."""
+        return sequential_block(self, n_iterations, n_tasks, generator, dtype)
 
     def function(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The noiseless label of x [..., tasks, points, d]: its nearest centre's class (the Bayes

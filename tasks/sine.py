@@ -2,7 +2,9 @@
 variant with a random frequency, y = A·sin(w·x + φ).
 
 One `SineFamily` describes a task distribution; `sample` draws a whole meta-batch in one
-vectorised call from an explicit `torch.Generator`, so runs never touch the global RNG.
+vectorised call from an explicit `torch.Generator`, so runs never touch the global RNG, and
+`sample_block` draws many iterations' meta-batches at once, bitwise the same as successive
+`sample` calls (the training loop's pre-sampled blocks).
 Variants (half-axis support, noise, other ranges) are the same class with other parameters;
 the frequency variant is a subclass, so the plain family keeps its fields (they enter every
 run's fingerprint) and its draws.
@@ -15,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tasks.batch import TaskBatch
+from tasks.batch import TaskBatch, check_block, sequential_block
 from tasks.problem import REGRESSION
 
 
@@ -81,15 +83,23 @@ class SineFamily:
                              f"float32), got {self.noise!r}")
 
     @staticmethod
-    def _uniform(low_high, shape, generator, dtype) -> torch.Tensor:
+    def _scale(low_high, unit: torch.Tensor) -> torch.Tensor:
+        """Uniforms on [0, 1) mapped to [low, high): element-wise, so a value does not depend on
+        the shape of the tensor it is computed in (what `sample_block` relies on)."""
         low, high = low_high
-        return low + (high - low) * torch.rand(shape, generator=generator, dtype=dtype)
+        return low + (high - low) * unit
+
+    @classmethod
+    def _uniform(cls, low_high, shape, generator, dtype) -> torch.Tensor:
+        return cls._scale(low_high, torch.rand(shape, generator=generator, dtype=dtype))
+
+    def param_ranges(self) -> dict[str, tuple[float, float]]:
+        """Each per-task parameter's range, in draw order (A, then φ; subclasses append)."""
+        return {"amplitude": self.amplitude_range, "phase": self.phase_range}
 
     def draw_params(self, n_tasks: int, generator: torch.Generator, dtype) -> dict[str, torch.Tensor]:
-        """Per-task parameters, drawn first and in this order (A, then φ)."""
-        amplitude = self._uniform(self.amplitude_range, (n_tasks,), generator, dtype)
-        phase = self._uniform(self.phase_range, (n_tasks,), generator, dtype)
-        return {"amplitude": amplitude, "phase": phase}
+        """Per-task parameters, drawn first and in `param_ranges` order."""
+        return {name: self._uniform(bounds, (n_tasks,), generator, dtype) for name, bounds in self.param_ranges().items()}
 
     def function(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The noiseless target y = A·sin(x + φ) for x shaped [tasks, points, 1] and `params`
@@ -115,6 +125,37 @@ class SineFamily:
             y_query = y_query + self.noise * torch.randn(y_query.shape, generator=generator, dtype=dtype)
         return TaskBatch(x_support, y_support, x_query, y_query, params)
 
+    def sample_block(self, n_iterations: int, n_tasks: int, generator: torch.Generator,
+                     dtype=torch.float32) -> TaskBatch:
+        """The next `n_iterations` results of `sample(n_tasks, generator, dtype)`, stacked along a
+        new leading dimension ([iterations, tasks, points, 1]), bit for bit, from one uniform draw.
+
+        Why it is exact: a CPU `torch.rand` takes one number from the generator per element, in
+        order, so one draw of the block is the iterations' draws one after the other (sliced here
+        in `sample`'s order: parameters, support x, query x); the range maps, `x + φ`, `sin` and the
+        products are element-wise and give the same bits in any tensor shape (both tested over
+        thousands of iterations, K and meta-batch sizes, one and two threads, float32 and float64:
+        tests/test_block_sampling.py). Not exact, hence drawn per iteration (`sequential_block`):
+        observation noise (`torch.randn` transforms groups of 16, so its draws do not split), and a
+        subclass that overrides any method the block mirrors (a plug-in's own draws).
+        """
+        check_block(n_iterations, n_tasks)
+        if self.noise > 0 or not self._block_is_exact():
+            return sequential_block(self, n_iterations, n_tasks, generator, dtype)
+        ranges = self.param_ranges()
+        support = self.support_x_range or self.x_range
+        sizes = [n_tasks] * len(ranges) + [n_tasks * self.k_shot, n_tasks * self.n_query]
+        parts = torch.rand((n_iterations, sum(sizes)), generator=generator, dtype=dtype).split(sizes, dim=1)
+        params = {name: self._scale(bounds, part) for (name, bounds), part in zip(ranges.items(), parts)}
+        x_support = self._scale(support, parts[-2]).view(n_iterations, n_tasks, self.k_shot, 1)
+        x_query = self._scale(self.x_range, parts[-1]).view(n_iterations, n_tasks, self.n_query, 1)
+        return TaskBatch(x_support, self.function(x_support, params), x_query, self.function(x_query, params), params)
+
+    def _block_is_exact(self) -> bool:
+        """Whether every method `sample_block` mirrors is this module's own (not a subclass's)."""
+        return all(getattr(type(self), name).__module__ == __name__
+                   for name in ("sample", "draw_params", "param_ranges", "function", "_uniform", "_scale"))
+
     def with_points(self, k_shot: int, n_query: int) -> "SineFamily":
         """The same family with other support/query sizes (e.g. for a meta-test set)."""
         return replace(self, k_shot=k_shot, n_query=n_query)
@@ -136,10 +177,8 @@ class SineFreqFamily(SineFamily):
         object.__setattr__(self, "frequency_range",
                            _check_range("frequency_range", self.frequency_range, allow_point=True))
 
-    def draw_params(self, n_tasks: int, generator: torch.Generator, dtype) -> dict[str, torch.Tensor]:
-        params = super().draw_params(n_tasks, generator, dtype)
-        params["frequency"] = self._uniform(self.frequency_range, (n_tasks,), generator, dtype)
-        return params
+    def param_ranges(self) -> dict[str, tuple[float, float]]:
+        return {**super().param_ranges(), "frequency": self.frequency_range}
 
     def function(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The noiseless target y = A·sin(w·x + φ) (shapes as in `SineFamily.function`)."""
