@@ -437,17 +437,16 @@ def reference_glance(results: Path) -> str:
             parts = variance[(variance["algorithm"] == algorithm) & (variance["inner_steps"] == steps_trained)
                              & (variance["lr_base"] == stat["lr_base"]) & (variance["eval_k_shot"] == eval_k)
                              & (variance["eval_steps"] == 1)]
-            row[f"K={eval_k}: LR_base"] = _g(stat["lr_base"])
             row[f"K={eval_k}: test MSE@1"] = fmt_estimate(_estimate(stat, "mean"), 3)
             row[f"K={eval_k}: sd seed"] = _g(parts["var_seed"].iloc[0] ** 0.5) if len(parts) else "–"
             row[f"K={eval_k}: seeds for ±5%"] = (_g(parts["seeds_for_5pct"].iloc[0]) if len(parts) else "–")
         rows.append(row)
-    frame = pd.DataFrame(rows).drop(columns=["K=10: LR_base"])
+    frame = pd.DataFrame(rows)
     first = robust.iloc[0]
     return (f"`results/reference/` (`reference.toml`): Finn's setting trained at K = 10, "
             f"{int(first['iterations']):,} iterations, {int(first['n_seeds'])} seeds on independent random streams "
-            f"× {int(first['n_tasks']):,} test tasks, each algorithm at Finn's hyperparameters except pre-training's "
-            "test-time LR_base, chosen on validation; tested at K = 5 and K = 10 after one step: the mean [two-way "
+            f"× {int(first['n_tasks']):,} test tasks, every algorithm at Finn's hyperparameters (S: the inner steps "
+            "validation chose where two were trained); tested at K = 5 and K = 10 after one step: the mean [two-way "
             "bootstrap 95% CI], the standard deviation of a model's offset (`sd seed`, table (a4)) and the seeds "
             "whose mean over as many tasks would have a 95% half-width within 5% of the mean.\n\n"
             + markdown_table(frame))
