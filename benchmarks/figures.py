@@ -946,7 +946,8 @@ def _fig_blowup_amplitude(a: Analysis, plt):
     k = a.scope["k_shot"]
     frame = a.by_amplitude
     if frame.empty:
-        raise Skip("no stored per-task test errors of a task family with an amplitude (the sine families)")
+        raise Skip("no blow-up rate by amplitude: it needs per-task test errors of a sine family, on the test tasks "
+                   "its fixed streams redraw (a warning names any store whose tasks are not those)")
     parts = []
     for _, config in best.iterrows():
         rows = matching(frame, config)
