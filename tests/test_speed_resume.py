@@ -85,3 +85,25 @@ def test_the_resume_command_under_make_is_make_speed_with_its_variables(monkeypa
     assert resume.resume_command(None, tmp_path / "speed.partial.jsonl") == "make speed OUT=runs/x YARDSTICK=maml:higher"
     monkeypatch.setenv("MAKEFLAGS", "")
     assert resume.resume_command(None, Path("runs/bench/speed.partial.jsonl")) == "make speed OUT=runs/bench"
+
+
+def test_a_benchmark_interrupted_before_its_first_round_is_dropped_before_the_json_is_written():
+    """The race the signal test can hit: a benchmark with no round yet would make pytest-benchmark fail
+    while writing its JSON (exit 1, not 130/143); it measured nothing and is dropped."""
+    from types import SimpleNamespace
+
+    empty = []
+
+    class Bench:
+        def __init__(self, rounds):
+            self.rounds = rounds
+
+        def __bool__(self):
+            return bool(self.rounds)
+
+    kept = Bench([0.1])
+    config = SimpleNamespace(_benchmarksession=SimpleNamespace(benchmarks=[kept, Bench(empty)]))
+    state = resume.Resume.__new__(resume.Resume)
+    state.config = config
+    state.drop_unmeasured()
+    assert config._benchmarksession.benchmarks == [kept]

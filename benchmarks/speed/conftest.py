@@ -20,7 +20,10 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     config._speed_resume.add_finished(output_json)
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # around pytest-benchmark's own, which writes the JSON first
 def pytest_sessionfinish(session, exitstatus):
+    session.config._speed_resume.drop_unmeasured()
+    yield
     session.config._speed_resume.finish(session)
 
 

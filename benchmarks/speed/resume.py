@@ -128,6 +128,15 @@ class Resume:
         """The skipped benchmarks join this run's JSON, so it holds the whole selection."""
         output_json["benchmarks"].extend(self.skipped.values())
 
+    def drop_unmeasured(self) -> None:
+        """A signal can land inside a benchmark before its first round: pytest-benchmark would then
+        fail while writing its JSON (the statistics of no data) and the run would exit 1, not
+        130/143. Such a benchmark measured nothing, so it is dropped, as pytest-benchmark's own
+        tables drop it (a falsy benchmark)."""
+        benchmarks = getattr(getattr(self.config, "_benchmarksession", None), "benchmarks", None)
+        if benchmarks is not None:
+            benchmarks[:] = [bench for bench in benchmarks if bench]
+
     def finish(self, session) -> None:
         self.interrupted = self.signum is not None or session.exitstatus == pytest.ExitCode.INTERRUPTED
         if self.interrupted:
