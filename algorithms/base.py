@@ -11,7 +11,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -139,11 +139,31 @@ def mse_only_refusal(problem, who: str) -> str | None:
     return None
 
 
+#: the hyperparameters a learner may declare test-time only (`MetaLearner.test_time_keys`): those
+#: `MetaLearner.adaptation_for` knows how to apply to a trained learner's adaptation
+TEST_TIME_KEYS = ("lr_base",)
+
+
 class MetaLearner(ABC):
     """One meta-learning algorithm on one backend."""
 
     #: the learned initialisation of the base network plus any extra meta-parameters
     meta_parameters: list[torch.Tensor]
+
+    #: hyperparameters this learner's training never reads, only the shared evaluation (through
+    #: `adaptation_for`): pre-training's LR_base, its fine-tuning rate at test time. Cells that
+    #: differ only in them train once per job and are each evaluated with their own value
+    #: (`benchmarks.job`), so tuning pre-training's test-time rate on validation, as Finn et al.
+    #: did, costs evaluations, not trainings. A promise, tested for the built-ins (their training
+    #: is bitwise the same at any value); only keys in TEST_TIME_KEYS can be declared.
+    test_time_keys: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.test_time_keys) - set(TEST_TIME_KEYS))
+        if unknown:  # a declaration nothing would honour: refused when the class is defined
+            raise TypeError(f"{cls.__name__}.test_time_keys declares {unknown}: only "
+                            f"{', '.join(TEST_TIME_KEYS)} can be applied after training")
 
     def __init__(self, hp: HyperParams, generator: torch.Generator, device: str = "cpu"):
         self.hp = hp
@@ -156,6 +176,18 @@ class MetaLearner(ABC):
     @abstractmethod
     def adaptation(self) -> Adaptation:
         """The initialisation and inner learning rates the shared evaluation adapts from."""
+
+    def adaptation_for(self, member: int, hp: HyperParams) -> Adaptation:
+        """Member `member`'s adaptation with `hp`'s values of `test_time_keys` (a cell that shared
+        its training); `adaptation(member)` itself when nothing is declared test-time."""
+        adaptation = self.adaptation(member)
+        if "lr_base" not in self.test_time_keys:
+            return adaptation
+        if any(isinstance(lr, torch.Tensor) for lr in adaptation.lrs):
+            raise ValueError(f"{type(self).__name__} declares lr_base test-time only, but its adaptation "
+                             "carries learned rates: training produced them")
+        return replace(adaptation, lrs=[None if lr is None else hp.lr_base for lr in adaptation.lrs],
+                       hp=None if adaptation.hp is None else replace(adaptation.hp, lr_base=hp.lr_base))
 
     #: whether cells differing only in seed/LR_base/LR_meta may train as one batched program
     ensembles: bool = False

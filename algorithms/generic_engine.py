@@ -342,6 +342,9 @@ class PretrainPoints:
     beside its base's own parameters: the sweep's parse-time check reads constructors' signatures."""
 
     pretrain_points: str = PRETRAIN_POINTS[0]
+    #: pre-training fits the points with Adam at LR_meta; LR_base is only its test-time fine-tuning
+    #: rate (`MetaLearner.test_time_keys`), so its rates share one training
+    test_time_keys = ("lr_base",)
 
     def _use_points(self, pretrain_points: str) -> None:
         if pretrain_points not in PRETRAIN_POINTS:

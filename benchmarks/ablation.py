@@ -39,7 +39,7 @@ import pandas as pd
 
 from benchmarks import statistics
 from benchmarks.artifacts import load_task_errors
-from benchmarks.atomic import write_files_atomically
+from benchmarks.atomic import report_writes, write_files_atomically
 from benchmarks.config import POOLED_KEYS, SCHEMA, ConfigError
 from benchmarks.document import markdown_table
 from benchmarks.paper import EVAL_K, PUBLISHED
@@ -239,18 +239,12 @@ def main(argv=None) -> int:
         for name, overrides in ABLATIONS.items():
             print(f"{name}: " + " ".join(f"--set '{o}'" for o in overrides))
         return 0
-    try:
-        if args.run:
-            code = run(args.folder, args.workers, args.only)
-            if code:
-                return code
-        written = write_report(args.folder, args.baseline)
-    except (RecordError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+
+    def run_then_write():  # a failed run has said why: its exit status, no report
+        code = run(args.folder, args.workers, args.only) if args.run else 0
+        return code or write_report(args.folder, args.baseline)
+
+    return report_writes(run_then_write, (RecordError, ConfigError))
 
 
 if __name__ == "__main__":

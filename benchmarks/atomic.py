@@ -25,10 +25,11 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
 from contextlib import suppress
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 from benchmarks.config import ConfigError
 from benchmarks.signals import deferred
@@ -229,3 +230,22 @@ def _restore(out: Path, staging: Path, moved, created: list[Path]) -> None:
     for made in reversed(created):
         with suppress(OSError):
             os.rmdir(out / made)  # only if empty; a link there is not followed
+
+
+def report_writes(write: Callable[[], Iterable[Path] | int], bad_input: tuple[type[BaseException], ...]) -> int:
+    """The ending of a stand-alone report command (`benchmarks.ablation`, `benchmarks.speed.table`),
+    so each answers as `python -m benchmarks` does: `write()` returns the paths it wrote (all or
+    none, e.g. `write_files_atomically`), each printed as `wrote PATH`, exit 0; or an exit status,
+    returned as it is (a step before the writing failed and has said why: the ablations' runs); one
+    of `bad_input` (the command's own error types) becomes a one-line `error: ...` on stderr and
+    exit 2 (the CLI's EXIT_BAD_INPUT), no traceback. Any other exception is a bug and propagates."""
+    try:
+        written = write()
+    except bad_input as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(written, int):
+        return written
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,4 +1,4 @@
-"""Command line: `metabench {list,run,report,re-evaluate,regress}` (installed) = `python -m benchmarks ...`.
+"""Command line: `metabench {list,run,tune,report,re-evaluate,regress}` (installed) = `python -m benchmarks ...`.
 
 Exit status, one meaning each:
   0    success
@@ -214,6 +214,38 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_tune(args) -> int:
+    """`run`'s options and checks, then successive halving (`benchmarks.tuning`): the rungs below the
+    last into OUT/rungs/<r>/, the last into OUT/runs/ with the report, tuning.csv beside it."""
+    from benchmarks.tuning import describe, load_tuning, tune
+
+    limits = check_run_options(args.out, args.executor, args.workers, args.threads, args.address,
+                               dict(parse_limit(text) for text in args.limit or []))
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(("device", args.device))
+    plan = load_tuning(args.config, overrides, limits)
+    if args.plugin:  # the jobs import them again (a spawned worker has not)
+        plan.sweep.settings = replace(plan.sweep.settings, plugins=tuple(dict.fromkeys(
+            plan.sweep.settings.plugins + tuple(args.plugin))))
+    _print_skipped(plan.sweep.skipped, args.show_skipped)
+    result = tune(plan, args.out, args.executor, args.workers, args.address, args.threads)
+    for r in result.failed:
+        print(f"FAILED {r['cell_id']}: {r['error']}", file=sys.stderr)
+    if result.failed:
+        print("a rung has failed cells, so the tuning stopped there; fix the cause and rerun the same command "
+              "(finished cells are kept)", file=sys.stderr)
+        return EXIT_FAILED
+    for group, iterations in result.extra.items():
+        if iterations:
+            print(f"bracketing: {describe(group)}: + {iterations:,} iterations at rung 0 beyond the budget")
+    for line in result.warnings:
+        print(line, file=sys.stderr)
+    print(f"tuning: {Path(args.out) / 'tuning.csv'}")
+    print_report_location(result.report)
+    return EXIT_OK
+
+
 def cmd_report(args) -> int:
     from benchmarks.fingerprint import check_poolable
     from benchmarks.records import load_records
@@ -327,6 +359,13 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                           "workers do more than one 2-thread process, and one thread does not stall under load)")
     run.add_argument("--show-skipped", action="store_true", help="list every skipped combination")
     run.set_defaults(func=cmd_run)
+    tune = sub.add_parser("tune", help="tune a sweep's list-valued hyperparameters on validation by successive "
+                                       "halving at its iterations (docs/tuning.md; resumes)",
+                          epilog=parser.epilog, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+    for action in run._actions:  # `run`'s options, declared once
+        if action.dest not in ("help", "plugin"):
+            tune._add_action(action)
+    tune.set_defaults(func=cmd_tune)
     report = sub.add_parser("report", help="regenerate summary.csv, tables.md and figures from DIR/runs/",
                             parents=[common, limit])
     report.add_argument("dir", metavar="DIR", help="a sweep's output folder (its records are in DIR/runs/)")
@@ -376,11 +415,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             load_plugins(args.plugin)
             return args.func(args)
         except Interrupted as interrupt:
-            if args.command in ("run", "re-evaluate") and hasattr(interrupt, "total"):
-                done = "cells finished" if args.command == "run" else "records re-evaluated"
+            if args.command in ("run", "re-evaluate", "tune") and hasattr(interrupt, "total"):
+                done = {"run": "cells finished", "re-evaluate": "records re-evaluated",
+                        "tune": f"cells of rung {getattr(interrupt, 'rung', '?')} finished"}[args.command]
                 print(f"interrupted by {interrupt.name}: {interrupt.finished} of {interrupt.total} {done} "
                       f"and stored; resume with: {_resume_command(argv, prog)}", file=sys.stderr)
-            elif args.command == "run":
+            elif args.command in ("run", "tune"):
                 print(f"interrupted by {interrupt.name}; every stored record is whole; resume with: "
                       f"{_resume_command(argv, prog)}", file=sys.stderr)
             else:

@@ -190,14 +190,16 @@ def choose(cell, settings, members: int = 1) -> CompileChoice:
 
 def eager_key(cell, settings):
     """Cells that would train as one eager ensemble share this key (the accelerated `func` engine,
-    with `ensemble = true`: all but seed, LR_base and LR_meta); a cell that would not is its own."""
+    with `ensemble = true`: all but seed, LR_base and LR_meta); a cell that would not shares it
+    only with the cells that differ from it in its learner's test-time keys (they share its
+    training: `config.training_key`)."""
     from algorithms import get_learner_class
 
-    from benchmarks.config import cell_family, ensemble_key
+    from benchmarks.config import cell_family, ensemble_key, training_key
 
     # the class that will run (func: generic for a problem the accelerated engine does not train)
     learner = get_learner_class(cell.algorithm, cell.backend, cell.network, cell_family(cell, settings))
-    return ensemble_key(cell) if settings.ensemble and learner.ensembles else cell
+    return ensemble_key(cell) if settings.ensemble and learner.ensembles else training_key(cell, learner.test_time_keys)
 
 
 def plan(cells, settings) -> dict:

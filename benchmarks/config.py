@@ -289,6 +289,12 @@ def ensemble_key(cell: Cell) -> tuple:
     return tuple(getattr(cell, name) for name in SCHEMA.ensemble)
 
 
+def training_key(cell: Cell, test_time_keys: tuple[str, ...]) -> Cell:
+    """What cells that share one training run share: the cell less the hyperparameters its learner's
+    training never reads (`MetaLearner.test_time_keys`), those set to None."""
+    return replace(cell, **{key: None for key in test_time_keys}) if test_time_keys else cell
+
+
 #: Largest accepted sizes. Beyond them a value is almost surely a typo and would hang or exhaust
 #: memory (10**7 iterations, K = 2**62, a grid of millions of cells); each is raised per run with
 #: `--limit KEY=N` when meant. "cells" counts the cells of one sweep.
@@ -636,6 +642,10 @@ def parse_sweep(raw: dict, limits: dict | None = None) -> Sweep:
         load_plugins([plugins] if isinstance(plugins, str) else plugins if isinstance(plugins, list) else [])
     except PluginError as error:
         raise ConfigError(str(error)) from None
+    if TUNING_TABLE in raw:  # `tune` takes it out first (benchmarks/tuning.py)
+        raise ConfigError(f"[{TUNING_TABLE}] is read by `python -m benchmarks tune` (successive halving on "
+                          f"validation, docs/tuning.md); `run` would train every candidate at the full budget: "
+                          f"use `tune`, or remove the [{TUNING_TABLE}] table to run the whole grid")
     known = set(SWEEP_KEYS) | {f.name for f in fields(Settings)} | {"grid"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -806,6 +816,16 @@ def apply_override(raw: dict, key: str, value) -> None:
 def load_sweep(path: str | Path | dict, overrides: list = (), limits: dict | None = None) -> Sweep:
     """Read, override (`--set`), then validate everything: overridden values are checked like the file's.
     `path` may also be a table already in memory (the Python API's dict), `overrides` (key, value) pairs."""
+    return parse_sweep(read_sweep_table(path, overrides), limits)
+
+
+#: the sweep table that `tune` reads (`benchmarks.tuning.Tuning`) and `run` refuses
+TUNING_TABLE = "tuning"
+
+
+def read_sweep_table(path: str | Path | dict, overrides: list = ()) -> dict:
+    """`load_sweep`'s table before validation: read (or copied) and overridden (`--set`); `tune`
+    takes its [tuning] table out of it before `parse_sweep`."""
     if isinstance(path, dict):
         raw = copy.deepcopy(path)
     else:
@@ -816,7 +836,7 @@ def load_sweep(path: str | Path | dict, overrides: list = (), limits: dict | Non
             raise ConfigError(f"malformed TOML in {path}: {error}") from None
     for text in overrides:
         apply_override(raw, *(parse_override(text) if isinstance(text, str) else text))
-    return parse_sweep(raw, limits)
+    return raw
 
 
 def cell_to_dict(cell: Cell) -> dict:

@@ -79,7 +79,7 @@ from algorithms.network import BUILTIN_NETWORKS
 from benchmarks.config import ADDED_SETTINGS, POOLED_KEYS, Cell, ConfigError, Settings
 from benchmarks.hardware import hardware
 from benchmarks.plugins import BUILTIN_SOURCE
-from benchmarks.records import RecordError, identity
+from benchmarks.records import RecordError, identity, stored_cell, stored_settings
 from tasks import get_task
 
 NOT_RECORDED = "(not recorded)"
@@ -190,20 +190,6 @@ def fingerprint(cell: Cell, settings: Settings, torch_version: str | None = None
     return _jsonable(values)
 
 
-def _stored_settings(record: dict) -> Settings:
-    stored = record.get("settings") or {}
-    known = {f.name for f in fields(Settings)}
-    values = {k: v for k, v in stored.items() if k in known}
-    if isinstance(values.get("eval_k_shot"), list):
-        values["eval_k_shot"] = tuple(values["eval_k_shot"])
-    return dataclasses.replace(Settings(), **{**ADDED_SETTINGS, **values})
-
-
-def _cell(record: dict) -> Cell:
-    names = {f.name for f in fields(Cell)}
-    return Cell(**{k: v for k, v in record["cell"].items() if k in names})
-
-
 def _check_agrees_with_settings(record: dict) -> None:
     """A stored fingerprint must say what the record's own cell and settings say: a record edited
     by hand (or written by a buggy tool) in one place only is not trusted in either."""
@@ -211,7 +197,7 @@ def _check_agrees_with_settings(record: dict) -> None:
     if not isinstance(record.get("settings"), dict):  # e.g. a planned record: nothing to disagree with
         return
     try:
-        rebuilt = fingerprint(_cell(record), _stored_settings(record),
+        rebuilt = fingerprint(stored_cell(record), stored_settings(record),
                               numerics_version=stored.get("numerics_version", NOT_RECORDED))
     except (TypeError, ValueError, RuntimeError) as error:
         raise RecordError(f"run record {record.get('cell_id')}: cannot read its cell and settings: {error}") from None
@@ -230,7 +216,7 @@ def record_fingerprint(record: dict) -> dict:
         _check_agrees_with_settings(record)
         return record["fingerprint"]
     try:
-        return fingerprint(_cell(record), _stored_settings(record),
+        return fingerprint(stored_cell(record), stored_settings(record),
                            torch_version=(record.get("environment") or {}).get("torch") or NOT_RECORDED,
                            numerics_version=NOT_RECORDED)
     except (TypeError, ValueError, RuntimeError) as error:

@@ -18,7 +18,7 @@ import torch
 
 import numpy as np
 
-from algorithms import get_algorithm
+from algorithms import get_algorithm, get_learner_class
 from algorithms import generic_engine as generic
 from algorithms.evaluation import (adaptation_curve, initial_gradient_norm, metric_curves, needs_generic, summarize,
                                    summarize_problem)
@@ -27,7 +27,7 @@ from algorithms.network import sized, with_context
 from benchmarks import artifacts as store
 from benchmarks import statistics
 from benchmarks.compile_choice import job_compile_choice
-from benchmarks.config import Cell, Settings, cell_family, learner_options
+from benchmarks.config import Cell, Settings, cell_family, learner_options, training_key
 from benchmarks.fingerprint import fingerprint
 from benchmarks.plugins import load_plugins
 from benchmarks.speed.measure import tune_malloc
@@ -254,6 +254,15 @@ def _record(cell: Cell, settings: Settings, **fields) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
 
 
+def shared_training(cells: list[Cell], test_time_keys: tuple[str, ...]) -> tuple[list[Cell], list[int]]:
+    """The cells a job trains (the first of each `config.training_key`) and, per cell, the index of
+    the one whose training it shares: cells that differ only in test-time keys train once."""
+    trainers: dict = {}
+    member = [trainers.setdefault(training_key(cell, test_time_keys), len(trainers)) for cell in cells]
+    firsts = {index: cell for cell, index in zip(reversed(cells), reversed(member))}
+    return [firsts[index] for index in range(len(trainers))], member
+
+
 def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: TensorBoard | None = None) -> list[dict]:
     base = cells[0]
     device = torch.device(settings.device)
@@ -261,6 +270,9 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     family = cell_family(base, settings)
     problem = problem_of(family)
+    all_cells = cells
+    cells, member_of = shared_training(all_cells, get_learner_class(base.algorithm, base.backend, base.network,
+                                                                    family).test_time_keys)
     # the sine families' learners (and plug-in learners written for them) are built as always
     options = {} if problem == REGRESSION else {"problem": problem}
     options.update(learner_options(base.algorithm, settings))  # the fidelity settings away from their defaults
@@ -268,7 +280,7 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
     generators = [settings.generator(c.seed, "tasks") for c in cells]  # each purpose its own stream (`seed_streams`)
     init_generators = [settings.generator(c.seed, "weights") for c in cells]
     # decided over the sweep (`sweep.plan_compile`); a job built by hand: its cells are the group
-    choice = getattr(cells, "compile_choice", None) or job_compile_choice(cells, settings)
+    choice = getattr(all_cells, "compile_choice", None) or job_compile_choice(all_cells, settings)
     settings = choice.applied(settings)  # compile resolved: what the records' settings and fingerprints say
     if choice.compiled:
         options["compile"] = True
@@ -285,9 +297,10 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
     log_at = eval_at | set(range(settings.log_every, base.iterations + 1, settings.log_every))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    curves = [[] for _ in cells]
-    evaluations = [[] for _ in cells]
-    final = [None] * len(cells)  # each member's artifacts from its final evaluation
+    cell_hps = [c.hyperparams(settings.msl_anneal_iters or None) for c in all_cells]
+    curves = [[] for _ in cells]  # per trained member
+    evaluations = [[] for _ in all_cells]  # per cell, like `final`
+    final = [None] * len(all_cells)  # each cell's artifacts from its final evaluation
     diverged = [None] * len(cells)  # the reason, once a member's training loss blows up
     scaled = problem.is_mse  # MSE yardsticks: only for an MSE loss (see _divergence)
     probe_zero = float(probe.y_query.pow(2).mean()) if scaled else math.nan
@@ -302,26 +315,28 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
             kind = _divergence(loss, probe_zero, untrained[m], problem) if diverged[m] is None else None
             if kind is not None:
                 diverged[m] = f"training loss {loss:.3g} at iteration {report['iteration']}: {kind}"
-        live = [m for m in range(len(cells)) if diverged[m] is None]
+        live = [c for c in range(len(all_cells)) if diverged[member_of[c]] is None]
         if on_iteration is not None and report["iteration"] in eval_at:
             on_iteration(report["iteration"], live=len(live))  # the progress: only these are evaluated
-        for m in live:
-            adaptation = learner.adaptation(m)
+        for m in sorted({member_of[c] for c in live}):
             curves[m].append({"iteration": report["iteration"], "loss": losses[m],
-                              "grad_norm": initial_gradient_norm(adaptation, probe, problem)})
+                              "grad_norm": initial_gradient_norm(learner.adaptation(m), probe, problem)})
+        for c in live:
+            m = member_of[c]
             if board is not None:
-                board.curve(m, curves[m][-1])
+                board.curve(c, curves[m][-1])
             if report["iteration"] in eval_at:
+                adaptation = learner.adaptation_for(m, cell_hps[c])
                 rows, errors = evaluate_sets(adaptation, eval_sets, settings.eval_steps, report["iteration"], problem)
-                evaluations[m].extend(rows)
+                evaluations[c].extend(rows)
                 if board is not None:
-                    board.evaluation(m, rows, problem.metric.name)
+                    board.evaluation(c, rows, problem.metric.name)
                 if report["iteration"] == base.iterations:
-                    final[m] = store.from_adaptation(adaptation)
-                    final[m].errors = errors
-                    final[m].n_sets = {split: len(batches) for (split, _), batches in eval_sets.items()}
-                    final[m].zero_mse = zero_mse
-                    final[m].untrained_mse = untrained[m]
+                    final[c] = store.from_adaptation(adaptation)
+                    final[c].errors = errors
+                    final[c].n_sets = {split: len(batches) for (split, _), batches in eval_sets.items()}
+                    final[c].zero_mse = zero_mse
+                    final[c].untrained_mse = untrained[m]
         if all(d is not None for d in diverged):
             break
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
@@ -330,16 +345,19 @@ def _run_job(cells: list[Cell], settings: Settings, on_iteration=None, board: Te
     compile_seconds = learner.compile_seconds
     sec_per_iter = max(train_seconds - compile_seconds, 0.0) / max(1, last_iteration)
     records = []
-    for m, cell in enumerate(cells):
+    for c, cell in enumerate(all_cells):
+        m = member_of[c]
+        shared = {"shares_training_with": cells[m].cell_id} if cells[m] != cell else {}
         common = dict(metric=problem.metric.declaration(), engine=learner.engine, sec_per_iter=sec_per_iter,
                       compile_seconds=compile_seconds, compile_choice=choice.record(),
                       ensemble_size=len(cells), sec_per_iter_member=sec_per_iter / len(cells),
-                      peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m],
+                      peak_memory_mb=peak / 2 ** 20, device=str(device), curve=curves[m], **shared,
                       **({"self_check": learner.self_check} if getattr(learner, "self_check", None) else {}))
         if diverged[m] is None:  # a non-finite evaluation MSE (e.g. 10 steps of a learned rate) stays visible
-            qualitative = _qualitative(learner.adaptation(m), settings, cell.k_shot) if problem.scalar_mse else None
-            records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[m],
-                                   qualitative=qualitative, _artifacts=final[m], **common))
+            qualitative = (_qualitative(learner.adaptation_for(m, cell_hps[c]), settings, cell.k_shot)
+                           if problem.scalar_mse else None)
+            records.append(_record(cell, settings, status="ok", error=None, evaluations=evaluations[c],
+                                   qualitative=qualitative, _artifacts=final[c], **common))
         else:
             records.append(_record(cell, settings, status="diverged",
                                    error=diverged[m], evaluations=[], **common))

@@ -181,6 +181,32 @@ def record_settings(values, limits: dict | None = None) -> Settings:
     return _settings({**ADDED_SETTINGS, **values}, {**LIMITS, **(limits or {})})
 
 
+def stored_cell(record: dict) -> Cell:
+    """The cell a record names, read leniently: its known keys, unchecked (unknown keys dropped, an
+    absent key at its default: `network` is Finn's, the network of before the key).
+
+    Why two readings: `record_cell` and `record_settings` check untrusted input as `read_record`
+    reads it (ConfigError); these two rebuild the values of a record already read (or planned: no
+    settings) to recompute from them (its fingerprint, its test tasks), and must not refuse a
+    record written before a key existed. A value of the wrong type is the caller's TypeError or
+    ValueError (the fingerprint makes it a RecordError naming the record)."""
+    names = {f.name for f in dataclasses.fields(Cell)}
+    return Cell(**{k: v for k, v in record["cell"].items() if k in names})
+
+
+def stored_settings(record: dict) -> Settings:
+    """The settings a record was made under, read leniently (see `stored_cell`): its known keys;
+    none stored (an old or planned record, or null) is the defaults; a key the record lacks is at
+    the value that reproduces the records before it (`config.ADDED_SETTINGS`), not at a new
+    sweep's default; `eval_k_shot`'s JSON list is the settings' tuple."""
+    stored = record.get("settings") or {}
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {k: v for k, v in stored.items() if k in known}
+    if isinstance(values.get("eval_k_shot"), list):
+        values["eval_k_shot"] = tuple(values["eval_k_shot"])
+    return dataclasses.replace(Settings(), **{**ADDED_SETTINGS, **values})
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 
 from algorithms import ALGORITHMS, META_LEARNERS
-from benchmarks.config import SCHEMA, Cell, ConfigError, read_config_text
+from benchmarks.config import SCHEMA, ConfigError, read_config_text
 from benchmarks.fingerprint import CODE_KEYS, EXECUTION_KEYS, check_poolable, differences, record_fingerprint
-from benchmarks.records import RecordError, folder_metric, identity, load_records, metric_columns
+from benchmarks.records import RecordError, folder_metric, identity, load_records, metric_columns, stored_cell
 from benchmarks.report import summary_frame
 from tasks.problem import _METRIC_FUNCTIONS as BUILT_IN_METRICS  # the metric names tasks.problem computes
 from tasks.problem import MSE, Metric
@@ -142,7 +142,7 @@ def check_comparable(base_records: list[dict], cand_records: list[dict]) -> None
         other = base.get(identity(record))
         if other is None:
             continue
-        cell = Cell(**{k: v for k, v in record["cell"].items() if k in SCHEMA.names})
+        cell = stored_cell(record)
         old = {k: v for k, v in record_fingerprint(other).items() if k not in EXPECTED_TO_DIFFER}
         new = {k: v for k, v in record_fingerprint(record).items() if k not in EXPECTED_TO_DIFFER}
         for line in differences(old, new, cell):

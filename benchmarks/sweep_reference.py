@@ -15,6 +15,7 @@ from pathlib import Path
 
 from algorithms import ALGORITHMS, BUILTIN
 from benchmarks.config import SCHEMA, Cell, Settings
+from benchmarks.tuning import Tuning
 from tasks import TASKS, SineFamily, SineFreqFamily
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sweep-reference.md"
@@ -147,6 +148,15 @@ def render() -> str:
         'algorithm = "maml"',
         'backend = "l2l"',
         "```",
+        "",
+        "## `[tuning]` table",
+        "",
+        "Read by `python -m benchmarks tune --config FILE --out DIR` (docs/tuning.md), which tunes the sweep's "
+        "list-valued hyperparameters on validation by successive halving at its `iterations`; `run` refuses a "
+        "file with one. `--set tuning.KEY=VALUE` sets one of its keys.",
+        "",
+        header,
+        *(_row(f, {}) for f in dataclasses.fields(Tuning)),
         "",
         f"## Task parameters (`task_params`), for the task families {families}",
         "",

@@ -30,6 +30,7 @@ import pandas as pd
 
 from benchmarks import statistics
 from benchmarks.analysis import CONFIG_COLUMNS, TABLE_STEPS, Analysis, chosen_test_ks, matching
+from benchmarks.records import stored_cell, stored_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,14 @@ PARAMETER = "amplitude"
 BINS = 5
 
 
-def _record_of(a: Analysis, cell_id: str) -> dict | None:
-    return next((r for r in a.records if r.get("cell_id") == cell_id), None)
-
-
 def test_parameters(record: dict, eval_k: int, memo: dict | None = None) -> tuple[np.ndarray, float] | None:
     """(the PARAMETER of every test task `record` was scored on at `eval_k`, in the order the per-task
     store keeps them: set 0's tasks, then set 1's, ...; the zero predictor's MSE of those tasks, which
     must equal the store's to prove they are the same tasks); None for a family without it."""
     from benchmarks.config import cell_family
-    from benchmarks.fingerprint import _cell, _stored_settings
     from benchmarks.job import evaluation_sets, zero_predictor_mse
 
-    cell, settings = _cell(record), _stored_settings(record)
+    cell, settings = stored_cell(record), stored_settings(record)
     family = cell_family(cell, settings)
     key = (repr(family), int(eval_k), repr(settings))
     if memo is not None and key in memo:
@@ -72,9 +68,10 @@ def amplitude_frame(a: Analysis, steps=TABLE_STEPS) -> pd.DataFrame:
     if not a.task_errors or not a.metric.scaled_blowups or a.best.empty:
         return pd.DataFrame(rows)
     memo: dict = {}
+    by_id = {r.get("cell_id"): r for r in reversed(a.records)}  # one pass; a repeated id: the first, as ever
     for config, eval_k in chosen_test_ks(a.best, a.pooled):
         cell_ids = matching(a.task_errors.cells, config)["cell_id"]
-        record = _record_of(a, cell_ids.iloc[0]) if len(cell_ids) else None
+        record = by_id.get(cell_ids.iloc[0]) if len(cell_ids) else None
         if record is None:
             continue
         found = a.task_errors.errors(config, "test", eval_k)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from algorithms import ALGORITHMS
-from benchmarks.atomic import write_atomic
+from benchmarks.atomic import report_writes, write_atomic
 from benchmarks.speed.peers import MAX_SPREAD, MIN_CPU_WALL
 
 
@@ -407,14 +407,8 @@ def main(argv=None) -> int:
     if not Path(args.json).is_file():
         print(f"error: no such file: {args.json}", file=sys.stderr)
         return 2
-    try:
-        paths = write(args.json, args.out or Path(args.json).parent, strict=args.strict, yardstick=yardstick)
-    except Contended as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return report_writes(lambda: write(args.json, args.out or Path(args.json).parent, strict=args.strict,
+                                       yardstick=yardstick), (Contended,))
 
 
 if __name__ == "__main__":
