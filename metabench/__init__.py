@@ -19,6 +19,7 @@ import importlib.metadata
 import tomllib
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
@@ -33,7 +34,7 @@ from benchmarks.records import RecordError
 from tasks import list_tasks, register_task
 
 __all__ = ["ConfigError", "PluginError", "RecordError", "Results", "list_algorithms", "list_tasks", "load",
-           "register_algorithm", "register_task", "run"]
+           "register_algorithm", "register_task", "run", "tune"]
 
 
 def _version() -> str:
@@ -176,8 +177,46 @@ def run(config: Mapping | str | PathLike, out: str | PathLike, *, overrides=None
         `--limit`): the command's options of the same names.
     Cells that failed are recorded (status "failed" in `results.cells`) and warned about.
     """
-    from benchmarks.cli import check_run_options, execute_sweep
+    from benchmarks.cli import execute_sweep
     from benchmarks.config import load_sweep
+
+    source, pairs, limits, plugins = _checked(config, out, overrides, workers, threads, device, executor, address,
+                                              plugins, limits)
+    sweep = load_sweep(source, pairs, limits)
+    records, _ = execute_sweep(sweep, out, executor, workers, address, threads, plugins, progress=progress)
+    _warn_failed([r for r in records if r["status"] == "failed"])
+    return load(out)
+
+
+def tune(config: Mapping | str | PathLike, out: str | PathLike, *, overrides=None, workers: int = 1,
+         threads: int = 1, device: str | None = None, executor: str = "local", address: str | None = None,
+         plugins=(), limits: Mapping | None = None, progress: bool = True) -> Results:
+    """Tune a sweep's list-valued hyperparameters on validation at its full budget by successive
+    halving, as `metabench tune` does (docs/tuning.md): the rungs below the last into
+    `out/rungs/<r>/`, the survivors at the full budget into `out/runs/` with the report, and
+    `out/tuning.csv`; returns `load(out)`. `config` needs a `tuning` table (a dict under "tuning"
+    in a dict config); the other arguments as `run`'s. A rung with failed cells stops the tuning
+    with a warning (the same call again retrains them and goes on)."""
+    from benchmarks.tuning import load_tuning
+    from benchmarks.tuning import tune as tune_plan
+
+    source, pairs, limits, plugins = _checked(config, out, overrides, workers, threads, device, executor, address,
+                                              plugins, limits)
+    plan = load_tuning(source, pairs, limits)
+    if plugins:  # the jobs import them again (a spawned worker has not)
+        plan.sweep.settings = replace(plan.sweep.settings, plugins=tuple(dict.fromkeys(
+            plan.sweep.settings.plugins + tuple(plugins))))
+    result = tune_plan(plan, out, executor, workers, address, threads, progress=progress, log=lambda *_: None)
+    _warn_failed(result.failed)
+    for line in result.warnings:
+        warnings.warn(line, RuntimeWarning, stacklevel=2)
+    return load(out)
+
+
+def _checked(config, out, overrides, workers, threads, device, executor, address, plugins, limits):
+    """`run`'s and `tune`'s arguments checked as the command checks its options: (the config as
+    `load_sweep` takes it, the overrides as (key, value) pairs, the limits, the plug-ins, imported)."""
+    from benchmarks.cli import check_run_options
     from benchmarks.plugins import load_plugins
 
     if not isinstance(config, (Mapping, str, PathLike)):
@@ -189,10 +228,10 @@ def run(config: Mapping | str | PathLike, out: str | PathLike, *, overrides=None
         [overrides] if isinstance(overrides, str) else list(overrides or [])
     if device is not None:
         pairs.append(("device", device))
-    sweep = load_sweep(dict(config) if isinstance(config, Mapping) else config, pairs, limits)
-    records, _ = execute_sweep(sweep, out, executor, workers, address, threads, plugins, progress=progress)
-    failed = [r for r in records if r["status"] == "failed"]
+    return dict(config) if isinstance(config, Mapping) else config, pairs, limits, plugins
+
+
+def _warn_failed(failed: list[dict]) -> None:
     if failed:
         warnings.warn(f"{len(failed)} cell(s) failed (see results.cells.error), e.g. {failed[0]['cell_id']}: "
                       f"{failed[0]['error']}", RuntimeWarning, stacklevel=2)
-    return load(out)

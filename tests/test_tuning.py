@@ -327,3 +327,21 @@ def test_one_rung_is_the_whole_grid_and_its_extensions_at_the_full_budget(tmp_pa
     records = load_records(tmp_path / "out")
     assert len(records) == 3 and {r["cell"]["iterations"] for r in records} == {6}
     assert result.table["chosen"].sum() == 1 and result.table["extension"].tolist().count(1) == 1
+
+
+def test_the_python_api_tunes_as_the_command_does(tmp_path, monkeypatch, one_thread):
+    """`metabench.tune` takes a dict with a "tuning" table, runs the same rungs as `tune` and returns
+    the folder's `Results`; bad input raises ConfigError with nothing written."""
+    import metabench
+
+    no_report(monkeypatch)
+    config = {**BASE, "iterations": 9, "tuning": {"eta": 3, "max_extensions": 0}}
+    results = metabench.tune(config, tmp_path / "api", progress=False)
+    table = pd.read_csv(tmp_path / "api" / "tuning.csv")
+    assert sorted(table["iterations"].unique()) == [3, 9]
+    assert table.loc[table["chosen"], "lr_base"].nunique() == 1  # one configuration, on each of its rows
+    assert {r["cell"]["iterations"] for r in load_records(tmp_path / "api")} == {9}
+    assert len(results.cells) == 2  # the survivor's two seeds at the full budget
+    with pytest.raises(metabench.ConfigError, match="eta"):
+        metabench.tune({**config, "tuning": {"eta": 1}}, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
