@@ -7,9 +7,11 @@ outside a learner branches on its name.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -115,16 +117,170 @@ def use_compile_cache(device: str | torch.device = "cpu") -> None:
     LR_meta and seed compile once, the second hitting the FX graph cache: tests/test_compile_choice.py).
     So one compile serves every cell of a program shape, which `compile = "auto"` counts on
     (`benchmarks.compile_choice`: cold for the first cell of a group, warm for the rest)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+    if current is None or _is_torchs_default_cache_dir(current):
         folder = compile_cache_dir(device)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:  # a read-only checkout or install: torch's default folder, rather than no compile
             return
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+def _is_torchs_default_cache_dir(folder: str) -> bool:
+    """Whether `folder` is Inductor's default (`/tmp/torchinductor_<user>`). Torch's answer needs
+    `torch._inductor` imported (~2 s of CPU, a third of a warm compile before AOTInductor), so a
+    folder not named like the default (the speed suite's, a user's) is answered without it."""
+    if not os.path.basename(os.path.normpath(folder)).startswith("torchinductor_"):
+        return False
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(folder) == os.path.abspath(default_cache_dir())
+
+
+#: the layout of `compiled_program`'s entries (and how they are called): part of every key, so
+#: entries written by another layout are never read
+PROGRAM_FORMAT = "aoti-cpu-1"
+#: environment variables that configure how Inductor builds but never what it builds: left out
+#: of the key (every other variable naming Inductor, Dynamo, AOTI or the compiler is in it)
+BUILD_ONLY_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS")
+
+
+def _lift_constants(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
+    """`graph` with its tensor constants (`get_attr`: LR_base, LR_meta) turned into leading inputs,
+    and those tensors. An AOTInductor library would otherwise hold their values in its data, so
+    a cell with another rate could not share it; Inductor's own compile lifts them the same way
+    (first, in graph order), so the kernels, and the floats, are those of `torch._inductor.compile`."""
+    constants, first = [], next(iter(graph.graph.nodes))
+    for node in list(graph.graph.nodes):
+        if node.op != "get_attr" or not isinstance(getattr(graph, node.target), torch.Tensor):
+            continue
+        constants.append(getattr(graph, node.target))
+        with graph.graph.inserting_before(first):
+            lifted = graph.graph.placeholder(f"lifted_constant_{len(constants)}")
+        lifted.meta = dict(node.meta)
+        node.replace_all_uses_with(lifted)
+        graph.graph.erase_node(node)
+        delattr(graph, node.target)
+    graph.recompile()
+    return graph, constants
+
+
+def _config_changes() -> dict:
+    """What configures Inductor's code beyond torch's defaults: the environment variables it and
+    the compiler read, and settings changed in this process (`torch._inductor.config`,
+    `torch._functorch.config`; read only where loaded: unloaded, they hold their defaults and
+    the environment's, so the key needs no import of Inductor)."""
+    import sys
+
+    names = ("INDUCTOR", "DYNAMO", "AOTI", "TORCH_COMPILE", "ATEN_CPU_CAPABILITY", "CXX")
+    environment = {k: v for k, v in sorted(os.environ.items())
+                   if any(n in k for n in names) and k not in BUILD_ONLY_VARIABLES}
+    changed = {}
+    for name in ("torch._inductor.config", "torch._functorch.config"):
+        module = sys.modules.get(name)
+        if module is not None:
+            changed[name] = {k: repr(v) for k, v in sorted(module._get_dict(skip_default=True).items())}
+    return {"environment": environment, "changed": changed}
+
+
+def _compiler_identity() -> list:
+    """The C++ compiler Inductor runs (`CXX`, else g++) by path, size and modification time: a
+    compiler upgrade is a new key, since its code (and floats) may differ."""
+    import shutil
+
+    found = shutil.which(os.environ.get("CXX") or "g++")
+    if found is None:
+        return [None]
+    stat = os.stat(os.path.realpath(found))
+    return [os.path.realpath(found), stat.st_size, stat.st_mtime_ns]
+
+
+def program_key(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], device) -> str:
+    """The key of a compiled program: everything its code depends on. The traced aten graph's
+    code is the step itself (every op, every Python number the trace read, in order); with it
+    the inputs' shapes, strides, dtypes and device, the thread count (Inductor's CPU code is
+    written for it), the torch build, the machine (`benchmarks.hardware`: processor, vector ISA),
+    the compiler, Inductor's configuration (`_config_changes`) and `PROGRAM_FORMAT`. Input values
+    (data, state, the lifted LR_base and LR_meta) are not in it: they are passed at call time."""
+    from benchmarks.hardware import hardware
+
+    parts = {
+        "format": PROGRAM_FORMAT, "torch": [torch.__version__, torch.version.git_version],
+        "hardware": hardware(device), "compiler": _compiler_identity(), "config": _config_changes(),
+        "threads": torch.get_num_threads(), "code": graph.code,
+        "inputs": [[list(t.shape), list(t.stride()), str(t.dtype), str(t.device)] for t in inputs],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_entry(library: Path):
+    """The AOTInductor runner of a cache entry, or None when there is none. An entry whose library
+    does not match its recorded digest (truncated, overwritten, its record missing) or that does
+    not load is corrupt: a warning, and None, so it is rebuilt rather than used."""
+    record = library.with_suffix(".json")
+    if not library.exists() and not record.exists():
+        return None
+    try:
+        stored = json.loads(record.read_text())
+        if stored.get("format") != PROGRAM_FORMAT or stored.get("sha256") != _digest(library):
+            raise ValueError("its digest does not match its record")
+        return torch._C._aoti.AOTIModelContainerRunnerCpu(str(library), 1)
+    except (OSError, ValueError, RuntimeError) as error:  # json.JSONDecodeError is a ValueError
+        warnings.warn(f"compiled program {library} is corrupt ({type(error).__name__}: {error}); recompiling",
+                      stacklevel=3)
+        return None
+
+
+def _build_entry(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], library: Path) -> None:
+    """AOTInductor-compile `graph` into `library` (and its record, `.json`: format and digest).
+    Built in a private folder and moved into place, the library before its record: a reader
+    never loads a half-written library, and a library without its matching record is rebuilt."""
+    import tempfile
+
+    import torch._inductor
+
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent, prefix=".build-") as folder:
+        built = Path(torch._inductor.aot_compile(graph, tuple(inputs),
+                                                 options={"aot_inductor.output_path": os.path.join(folder, "program.so")}))
+        record = Path(folder) / "record.json"
+        record.write_text(json.dumps({"format": PROGRAM_FORMAT, "sha256": _digest(built), "torch": torch.__version__}))
+        os.replace(built, library)
+        os.replace(record, library.with_suffix(".json"))
+
+
+def compiled_program(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], device="cpu"):
+    """A CPU program for the traced `graph`: an AOTInductor library (`torch._inductor.aot_compile`,
+    loaded by the runner `torch._export.aot_load` wraps), kept in `<Inductor's cache folder>/aoti/
+    <program_key>.so`. Called as `graph` is (a list of tensors back; inputs it mutates, mutated).
+
+    Why not Inductor's own caches alone (the FX graph and AOTAutograd caches, which a compile
+    still goes through on CUDA): a warm hit there still imports Inductor and Dynamo (~2 s of CPU),
+    re-traces the graph through AOTAutograd to compute the key (~0.9 s) and loads a Python wrapper
+    (~0.5 s) before the first step; an AOTInductor library loads in milliseconds with none of it,
+    so a warm compile is the make_fx trace (whose code is the key) and a load. The kernels are
+    Inductor's, the same code either way: bitwise the floats of `torch._inductor.compile`
+    (tests/test_warm_compile.py). A cold compile costs about the same as Inductor's."""
+    graph, constants = _lift_constants(graph)
+    example = [*constants, *inputs]
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if root is None:  # `use_compile_cache` could not make the project folder
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        root = cache_dir()
+    library = Path(root) / "aoti" / f"{program_key(graph, example, device)}.so"
+    runner = _load_entry(library)
+    if runner is None:
+        _build_entry(graph, example, library)
+        runner = _load_entry(library)
+        if runner is None:
+            raise RuntimeError(f"compiled program {library}: built but does not load")
+    return lambda *args: runner.run([*constants, *args])
 
 
 def mse_only_refusal(problem, who: str) -> str | None:
@@ -291,6 +447,8 @@ class MetaLearner(ABC):
             if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in kept:
                 raise RuntimeError(f"compiled program: {node.target} is a meta-parameter or optimiser state "
                                    "baked in as a constant; pass it as an input")
+        if self.device.type == "cpu":  # a library loaded in milliseconds when warm (`compiled_program`)
+            return compiled_program(graph, list(inputs), self.device)
         return torch._inductor.compile(graph, list(inputs), options=self._inductor_options())
 
     def double(self) -> "MetaLearner":
