@@ -98,6 +98,8 @@ def compile_cache_dir(device: str | torch.device = "cpu") -> Path:
     program to a processor that lacks an instruction; torch versions never share entries.
     Why not Inductor's default (`/tmp/torchinductor_<user>`): temporary folders are wiped, and
     the project folder makes the cache visible and removable with the checkout (`rm -r .cache`).
+    On CPU the engine's programs are AOTInductor libraries in its `aoti/` subfolder
+    (`compiled_program`), keyed by their own key, which also names torch version and machine.
     """
     from benchmarks.hardware import hardware
 
@@ -114,7 +116,8 @@ def use_compile_cache(device: str | torch.device = "cpu") -> None:
     batches), and LR_base and LR_meta are tensors the trace reads from the learner, constants of
     the graph that Inductor passes at call time and keys by shape and dtype only (a warm program
     with another LR_meta was checked to follow the eager run; two jobs differing only in LR_base,
-    LR_meta and seed compile once, the second hitting the FX graph cache: tests/test_compile_choice.py).
+    LR_meta and seed compile once, the second loading the first's program: tests/test_compile_choice.py,
+    tests/test_warm_compile.py).
     So one compile serves every cell of a program shape, which `compile = "auto"` counts on
     (`benchmarks.compile_choice`: cold for the first cell of a group, warm for the rest)."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -144,6 +147,17 @@ PROGRAM_FORMAT = "aoti-cpu-1"
 #: environment variables that configure how Inductor builds but never what it builds: left out
 #: of the key (every other variable naming Inductor, Dynamo, AOTI or the compiler is in it)
 BUILD_ONLY_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS")
+
+
+#: the project's packages whose code a trace runs: their source is in every `trace_key`, also
+#: when installed into site-packages (other installed packages are covered by their version: torch's)
+TRACED_PACKAGES = ("algorithms", "tasks")
+
+
+#: Inductor settings a compile writes rather than reads (AOTInductor records the platform it built
+#: for in `aot_inductor.metadata`): no part of the key, or a second compile in a process would
+#: never find the first's programs
+CONFIG_OUTPUTS = ("aot_inductor.metadata",)
 
 
 def _lift_constants(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
@@ -179,8 +193,9 @@ def _config_changes() -> dict:
     changed = {}
     for name in ("torch._inductor.config", "torch._functorch.config"):
         module = sys.modules.get(name)
-        if module is not None:
-            changed[name] = {k: repr(v) for k, v in sorted(module._get_dict(skip_default=True).items())}
+        if module is not None:  # by value: torch marks some settings overridden with their default
+            changed[name] = {k: repr(v) for k, v in sorted(module._get_dict().items())
+                             if k in module._config and v != module._config[k].default and k not in CONFIG_OUTPUTS}
     return {"environment": environment, "changed": changed}
 
 
@@ -203,15 +218,21 @@ def program_key(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], device)
     written for it), the torch build, the machine (`benchmarks.hardware`: processor, vector ISA),
     the compiler, Inductor's configuration (`_config_changes`) and `PROGRAM_FORMAT`. Input values
     (data, state, the lifted LR_base and LR_meta) are not in it: they are passed at call time."""
+    parts = {**_build_context(device), "code": graph.code, "inputs": [_meta(t) for t in inputs]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def _build_context(device) -> dict:
+    """What a program's code depends on besides its graph and inputs (`program_key`)."""
     from benchmarks.hardware import hardware
 
-    parts = {
-        "format": PROGRAM_FORMAT, "torch": [torch.__version__, torch.version.git_version],
-        "hardware": hardware(device), "compiler": _compiler_identity(), "config": _config_changes(),
-        "threads": torch.get_num_threads(), "code": graph.code,
-        "inputs": [[list(t.shape), list(t.stride()), str(t.dtype), str(t.device)] for t in inputs],
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+    return {"format": PROGRAM_FORMAT, "torch": [torch.__version__, torch.version.git_version],
+            "hardware": hardware(device), "compiler": _compiler_identity(), "config": _config_changes(),
+            "threads": torch.get_num_threads()}
+
+
+def _meta(t: torch.Tensor) -> list:
+    return [list(t.shape), list(t.stride()), str(t.dtype), str(t.device)]
 
 
 def _digest(path: Path) -> str:
@@ -254,7 +275,7 @@ def _build_entry(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], librar
         os.replace(record, library.with_suffix(".json"))
 
 
-def compiled_program(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], device="cpu"):
+def compiled_program(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], device="cpu", trace=None):
     """A CPU program for the traced `graph`: an AOTInductor library (`torch._inductor.aot_compile`,
     loaded by the runner `torch._export.aot_load` wraps), kept in `<Inductor's cache folder>/aoti/
     <program_key>.so`. Called as `graph` is (a list of tensors back; inputs it mutates, mutated).
@@ -263,23 +284,170 @@ def compiled_program(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], de
     still goes through on CUDA): a warm hit there still imports Inductor and Dynamo (~2 s of CPU),
     re-traces the graph through AOTAutograd to compute the key (~0.9 s) and loads a Python wrapper
     (~0.5 s) before the first step; an AOTInductor library loads in milliseconds with none of it,
-    so a warm compile is the make_fx trace (whose code is the key) and a load. The kernels are
+    so a warm compile is the make_fx trace (whose code is the key) and a load, or, with a record
+    of the same trace (`traced_program`), a key and a load. The kernels are
     Inductor's, the same code either way: bitwise the floats of `torch._inductor.compile`
-    (tests/test_warm_compile.py). A cold compile costs about the same as Inductor's."""
+    (tests/test_warm_compile.py). A cold compile costs about the same as Inductor's.
+
+    `trace`: (owner, trace key) to record which library this trace gave and where on `owner`
+    its constants live (`traced_program` reads it back without tracing); no record when a
+    constant is not found there."""
     graph, constants = _lift_constants(graph)
     example = [*constants, *inputs]
-    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if root is None:  # `use_compile_cache` could not make the project folder
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        root = cache_dir()
-    library = Path(root) / "aoti" / f"{program_key(graph, example, device)}.so"
+    library = _program_folder() / f"{program_key(graph, example, device)}.so"
     runner = _load_entry(library)
     if runner is None:
         _build_entry(graph, example, library)
         runner = _load_entry(library)
         if runner is None:
             raise RuntimeError(f"compiled program {library}: built but does not load")
+    if trace is not None:
+        owner, key = trace
+        paths = [_path_of(owner, c) for c in constants]
+        if None not in paths:
+            _write_atomic(_program_folder() / f"trace-{key}.json", {
+                "format": PROGRAM_FORMAT, "library": library.name,
+                "constants": [[path, _meta(c)] for path, c in zip(paths, constants)]})
+    return lambda *args: runner.run([*constants, *args])
+
+
+def _program_folder() -> Path:
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if root is None:  # `use_compile_cache` could not make the project folder
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        root = cache_dir()
+    return Path(root) / "aoti"
+
+
+def _write_atomic(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
+
+
+def _tensors_of(owner, depth: int = 2):
+    """(path, tensor) for the tensors among `owner`'s attributes, in lists and tuples of them and,
+    `depth` levels down, in the attributes of the objects it holds (its optimiser)."""
+    for name, value in sorted(vars(owner).items()):
+        if isinstance(value, torch.Tensor):
+            yield [name], value
+        elif isinstance(value, (list, tuple)):
+            yield from (([name, i], v) for i, v in enumerate(value) if isinstance(v, torch.Tensor))
+        elif depth > 1 and hasattr(value, "__dict__") and not isinstance(value, type):
+            yield from (([name, *path], v) for path, v in _tensors_of(value, depth - 1))
+
+
+def _path_of(owner, constant: torch.Tensor):
+    """Where on `owner` the traced constant lives (the tensor itself), or None."""
+    return next((path for path, t in _tensors_of(owner) if t is constant), None)
+
+
+def _follow(owner, path: list):
+    for step in path:
+        owner = owner[step] if isinstance(step, int) else getattr(owner, step)
+    return owner
+
+
+def trace_key(owner, key, inputs: list[torch.Tensor], keep: list[torch.Tensor], device) -> str:
+    """A key for a trace not yet made: everything the trace of `owner`'s program `key` reads.
+    The build context (`_build_context`), the caller's key, the inputs' shapes, strides and dtypes,
+    torch's global settings a trace reads (default dtype, matmul precision, deterministic mode),
+    `owner`'s state (`_describe`: every attribute, recursively; tensors that are state the program
+    is given (`keep`) by shape, all others by value, so LR_base and LR_meta are in it) and the
+    source of the project's packages a trace runs (`TRACED_PACKAGES`, wherever installed), of
+    every module loaded from outside the Python installation (a checkout, plug-ins) and of the
+    classes and functions its state holds. Too much in it costs a trace (~2 s);
+    too little would give a stale program, hence the breadth."""
+    import sys
+    import sysconfig
+
+    kept = {t.untyped_storage().data_ptr() for t in keep}
+    files: set[str] = set()
+    state = _describe({k: v for k, v in vars(owner).items() if k not in ("_programs", "compile_seconds")},
+                      kept, files, set())
+    installed = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep
+                       for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+    for name, module in list(sys.modules.items()):
+        found = getattr(module, "__file__", None)
+        if found and found.endswith(".py") and (name.partition(".")[0] in TRACED_PACKAGES
+                                                or not os.path.realpath(found).startswith(installed)):
+            files.add(found)
+    sources = hashlib.sha256()
+    for name in sorted(files):
+        try:
+            sources.update(name.encode() + b"\0" + Path(name).read_bytes() + b"\0")
+        except OSError:
+            sources.update(name.encode() + b"\0unreadable\0")
+    parts = {**_build_context(device), "kind": repr(key), "inputs": [_meta(t) for t in inputs],
+             "class": [type(owner).__module__, type(owner).__qualname__], "state": state,
+             "globals": [str(torch.get_default_dtype()), torch.get_float32_matmul_precision(),
+                         torch.are_deterministic_algorithms_enabled()],
+             "sources": sources.hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def _describe(value, kept: set, files: set, seen: set):
+    """A JSON-able description of `value` for `trace_key` (see there); an object it cannot
+    describe by content is described by its repr, which names its address: a miss, never a hit."""
+    import inspect
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (torch.dtype, torch.device, torch.Size)):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        if value.untyped_storage().data_ptr() in kept:
+            return ["state", _meta(value)]
+        data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return ["tensor", _meta(value), hashlib.sha256(data).hexdigest()]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [_describe(v, kept, files, seen) for v in value]]
+    if isinstance(value, dict):
+        return ["dict", sorted([repr(k), _describe(v, kept, files, seen)] for k, v in value.items())]
+    if id(value) in seen:
+        return "seen"
+    seen.add(id(value))
+    kind = value if isinstance(value, type) or inspect.isroutine(value) else type(value)
+    try:
+        files.add(inspect.getsourcefile(kind) or "")
+    except TypeError:  # a built-in
+        pass
+    name = [getattr(kind, "__module__", ""), getattr(kind, "__qualname__", repr(kind))]
+    if kind is value:
+        return name
+    if hasattr(value, "__dict__"):
+        return [*name, _describe(vars(value), kept, files, seen)]
+    return [*name, repr(value)]
+
+
+def traced_program(owner, key: str):
+    """The program `compiled_program` recorded for trace key `key`, without tracing: its library
+    and its constants found again on `owner` (the same path, shape, stride and dtype). None when
+    there is no record, its constants are not there, or its library is missing or corrupt (then
+    the caller traces; a corrupt record or library also warns)."""
+    record_path = _program_folder() / f"trace-{key}.json"
+    if not record_path.exists():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        if record["format"] != PROGRAM_FORMAT:
+            return None
+        constants = []
+        for path, meta in record["constants"]:
+            constant = _follow(owner, path)
+            if not isinstance(constant, torch.Tensor) or _meta(constant) != meta:
+                return None
+            constants.append(constant)
+        library = _program_folder() / record["library"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        warnings.warn(f"compiled program record {record_path} is corrupt ({type(error).__name__}: {error}); "
+                      "tracing again", stacklevel=3)
+        return None
+    runner = _load_entry(library)
+    if runner is None:
+        return None
     return lambda *args: runner.run([*constants, *args])
 
 
@@ -423,9 +591,12 @@ class MetaLearner(ABC):
         graph (a plug-in's rule or network); TorchDynamo checks its guards on every call."""
         return torch.compile(fn, fullgraph=fullgraph, dynamic=False, options=self._inductor_options())
 
-    def _compile_traced(self, fn, inputs: list[torch.Tensor], keep: list[torch.Tensor]):
+    def _compile_traced(self, fn, inputs: list[torch.Tensor], keep: list[torch.Tensor], key=None):
         """`fn(*inputs)` -> tuple of tensors, traced once into an aten graph (`make_fx` on fake
-        tensors) and compiled by Inductor (`torch._inductor.compile`); called without TorchDynamo.
+        tensors) and compiled by Inductor (on CPU into an AOTInductor library, `compiled_program`;
+        elsewhere `torch._inductor.compile`); called without TorchDynamo. With the caller's `key`
+        (CPU), a program recorded for the same trace key (`trace_key`: everything the trace would
+        read) is loaded without tracing: a warm compile then neither traces nor imports Inductor.
 
         Why: at these sizes TorchDynamo's per-call work (guard evaluation, frame handling) was
         ~25 µs of a 0.13 ms compiled FOMAML meta-gradient (S = 1, T = 25, one thread; measured
@@ -439,6 +610,12 @@ class MetaLearner(ABC):
         """
         from torch.fx.experimental.proxy_tensor import make_fx
 
+        trace = None
+        if self.device.type == "cpu" and key is not None:  # a program recorded for this trace: no trace
+            trace = (self, trace_key(self, key, inputs, keep, self.device))
+            program = traced_program(self, trace[1])
+            if program is not None:
+                return program
         with torch.no_grad():
             graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         kept = {t.untyped_storage().data_ptr() for t in keep}
@@ -448,7 +625,7 @@ class MetaLearner(ABC):
                 raise RuntimeError(f"compiled program: {node.target} is a meta-parameter or optimiser state "
                                    "baked in as a constant; pass it as an input")
         if self.device.type == "cpu":  # a library loaded in milliseconds when warm (`compiled_program`)
-            return compiled_program(graph, list(inputs), self.device)
+            return compiled_program(graph, list(inputs), self.device, trace=trace)
         return torch._inductor.compile(graph, list(inputs), options=self._inductor_options())
 
     def double(self) -> "MetaLearner":

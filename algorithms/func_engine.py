@@ -34,7 +34,10 @@ kernels. The step is traced once into an aten graph (`make_fx`) and called witho
 (`MetaLearner._compile_traced`: no guards to check per call, which at S = 1 was a fifth of the
 compiled step). One program per pattern of loss weights and batch shape (a weight that is
 neither 0 nor 1, MSL's annealed ones, enters as a tensor so annealing does not recompile); its
-trace and first call are timed into `compile_seconds` (recorded apart from the step time). Its
+trace and first call are timed into `compile_seconds` (recorded apart from the step time). On CPU
+a program is an AOTInductor library kept with a record of its trace, so a later process (another
+cell, seed or worker) loads it in milliseconds, neither tracing nor importing Inductor
+(`MetaLearner._compile_traced`, `algorithms.base.compiled_program`). Its
 floats differ from eager ones by rounding and may differ with the ensemble's size, so a compiled
 learner does not ensemble (a cell's numbers depend on its configuration alone).
 """
@@ -290,7 +293,8 @@ class FuncLearner(MetaLearner):
 
         def build():  # the state is what changes between calls: none of it may be baked in
             program = self._traced_step if kind == "step" else self._traced_meta_gradient
-            return self._compile_traced(lambda *args: program(pattern, len(scalars), *args), inputs, keep=state)
+            return self._compile_traced(lambda *args: program(pattern, len(scalars), *args), inputs, keep=state,
+                                        key=key)
 
         return self._compiled_call(key, build, *inputs)
 

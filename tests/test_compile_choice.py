@@ -200,17 +200,13 @@ def test_rates_and_seeds_are_inputs_so_a_second_cell_reuses_the_compiled_program
     """Two compiled jobs differing only in LR_base, LR_meta and seed, in one process, on an empty
     cache: the first compiles (Inductor's FX graph cache misses), the second only loads it (hits,
     no new miss) and its compile takes a fraction of the first's."""
-    from torch._dynamo.utils import counters
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     settings = replace(TINY, compile=True)
     cell = Cell("fomaml", "func", k_shot=3, meta_batch=4, iterations=3, seed=0)
-    counters.clear()
     first, = run_job([cell], settings, threads=1)
-    misses, hits = counters["inductor"]["fxgraph_cache_miss"], counters["inductor"]["fxgraph_cache_hit"]
-    assert first["engine"] == "accelerated+compile" and misses >= 1
+    libraries = sorted((tmp_path / "cache" / "aoti").glob("*.so"))  # CPU: `algorithms.base.compiled_program`
+    assert first["engine"] == "accelerated+compile" and libraries
     second, = run_job([replace(cell, lr_base=0.05, lr_meta=0.003, seed=5)], settings, threads=1)
-    assert counters["inductor"]["fxgraph_cache_miss"] == misses  # nothing compiled again
-    assert counters["inductor"]["fxgraph_cache_hit"] > hits
+    assert sorted((tmp_path / "cache" / "aoti").glob("*.so")) == libraries  # nothing compiled again
     assert second["compile_seconds"] < first["compile_seconds"] / 2
     assert not torch.equal(torch.tensor(first["curve"][-1]["loss"]), torch.tensor(second["curve"][-1]["loss"]))

@@ -1,6 +1,7 @@
 """Warm compiles of the accelerated engine's programs on CPU (`algorithms.base.compiled_program`):
-an AOTInductor library per program key, loaded without importing Inductor, bitwise the floats of
-`torch._inductor.compile`; a changed key compiles anew, a corrupt entry is rebuilt, never used.
+an AOTInductor library per program key, bitwise the floats of `torch._inductor.compile`, and a
+record per trace key (`trace_key`), so a warm compile neither traces nor imports Inductor; a
+changed key traces or compiles anew, a corrupt entry is rebuilt, never used.
 
 The key and entry tests use a stand-in compiler and loader (a compile takes 15-40 s); the tests
 that compile for real are marked slow where they must compile cold."""
@@ -27,36 +28,36 @@ FAMILY = get_task("sine")
 
 class _Compiler:
     """Stands in for `torch._inductor.aot_compile` and the AOTI runner: a 'library' is the
-    graph's code in a file; loading one that does not start like it fails as dlopen would."""
+    graph's code in a file, run by the graph itself; loading one that does not start like it
+    fails as dlopen would."""
 
     def __init__(self, monkeypatch):
         import torch._inductor
 
-        self.builds, self.loaded = [], []
+        self.builds, self.loaded, self.graphs = [], [], {}
         monkeypatch.setattr(torch._inductor, "aot_compile", self.compile)
         monkeypatch.setattr(torch._C._aoti, "AOTIModelContainerRunnerCpu", self.runner)
 
     def compile(self, graph, args, options):
         self.builds.append(graph.code)
+        self.graphs[graph.code] = graph
         path = options["aot_inductor.output_path"]
         Path(path).write_bytes(b"library:" + graph.code.encode())
         (Path(path).parent / "program.wrapper.cpp").write_text("// a build's by-product")
         return path
 
     def runner(self, path, models):
-        if not Path(path).read_bytes().startswith(b"library:"):
+        content = Path(path).read_bytes()
+        if not content.startswith(b"library:"):
             raise RuntimeError(f"{path}: invalid ELF header")
         self.loaded.append(path)
-        calls = []
+        graph = self.graphs.get(content[len(b"library:"):].decode(), None)
 
         class Runner:
             def run(self, inputs):
-                calls.append(inputs)
-                return [inputs[0] * inputs[1] + 1]
+                return list(graph(*inputs))
 
-        runner = Runner()
-        runner.calls = calls
-        return runner
+        return Runner()
 
 
 def _traced(rate, shape=(3,)):
@@ -101,10 +102,13 @@ def test_a_changed_key_compiles_anew(cache, monkeypatch, change):
         monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     elif change == "environment":
         monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")
-    elif change == "config":
+    elif change == "config":  # a setting changed in this process (undone when the context ends)
         import importlib
 
-        monkeypatch.setattr(importlib.import_module("torch._inductor.config"), "max_fusion_size", 7)
+        with importlib.import_module("torch._inductor.config").patch(max_fusion_size=7):
+            base.compiled_program(*traced)
+        assert len(compiler.builds) == 2
+        return
     elif change == "torch":
         monkeypatch.setattr(torch, "__version__", "9.9.9")
     elif change == "hardware":
@@ -125,6 +129,21 @@ def test_what_only_configures_the_build_is_no_part_of_the_key(cache, monkeypatch
     base.compiled_program(*_traced(torch.tensor([0.5])))
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
     base.compiled_program(*_traced(torch.tensor([0.5])))
+    assert len(compiler.builds) == 1
+
+
+def test_settings_a_compile_writes_or_leaves_at_their_default_are_no_part_of_the_key(cache, monkeypatch):
+    """AOTInductor writes the platform it built for into `aot_inductor.metadata`, and torch marks
+    some settings overridden with their default value: neither may make a second compile in the
+    process miss the first's programs (seen: another LR_base compiled anew in a sweep's worker)."""
+    import importlib
+
+    compiler = _Compiler(monkeypatch)
+    base.compiled_program(*_traced(torch.tensor([0.5])))
+    inductor, functorch = (importlib.import_module(f"torch.{name}.config") for name in ("_inductor", "_functorch"))
+    with inductor.patch({"aot_inductor.metadata": {"AOTI_CPU_ISA": "AVX2"}}), \
+            functorch.patch(functionalize_rng_ops=functorch.functionalize_rng_ops):
+        base.compiled_program(*_traced(torch.tensor([0.5])))
     assert len(compiler.builds) == 1
 
 
@@ -180,6 +199,97 @@ def test_lifting_the_constants_keeps_the_graph_and_its_order():
     assert torch.equal(lifted(rate, bias, torch.full((3,), 4.0))[0], torch.full((3,), 4.0))
 
 
+# ------------------------------------------------------------------- a recorded trace: no trace at all
+
+def _probe(learner, make_fx_calls, key=("probe",)):
+    """A traced program of `learner` reading its LR_base (a constant), as its step does."""
+    state = [learner.meta_parameters[0].detach()]
+    return learner._compile_traced(lambda x, p: (x * learner.lr_base.float() + p.sum(),), [torch.ones(3), *state],
+                                   keep=state, key=key)
+
+
+@pytest.fixture
+def counted_traces(monkeypatch):
+    import torch.fx.experimental.proxy_tensor as proxy_tensor
+
+    calls, make_fx_ = [], proxy_tensor.make_fx
+    monkeypatch.setattr(proxy_tensor, "make_fx", lambda *a, **k: calls.append(1) or make_fx_(*a, **k))
+    return calls
+
+
+def _learner(**hp):
+    return get_algorithm("maml", "func", HyperParams(meta_batch=2, **hp), torch.Generator().manual_seed(0),
+                         compile=True)
+
+
+def test_a_recorded_trace_is_loaded_without_tracing_with_the_new_learners_constants(cache, monkeypatch,
+                                                                                  counted_traces):
+    compiler = _Compiler(monkeypatch)
+    _probe(_learner(), counted_traces)
+    assert len(counted_traces) == 1 and len(compiler.builds) == 1 and len(list(cache.glob("trace-*.json"))) == 1
+    other_seed = get_algorithm("maml", "func", HyperParams(meta_batch=2), torch.Generator().manual_seed(9),
+                               compile=True)  # another seed: other values of the same state
+    program = _probe(other_seed, counted_traces)
+    assert len(counted_traces) == 1 and len(compiler.builds) == 1 and len(compiler.loaded) == 2
+    assert compiler.loaded[-1] == compiler.loaded[0]
+    state = other_seed.meta_parameters[0].detach()
+    out, = program(torch.full((3,), 2.0), state)  # its own LR_base came in, its state is the input
+    assert torch.equal(out, torch.full((3,), 2.0) * other_seed.lr_base.float() + state.sum())
+
+
+@pytest.mark.parametrize("change", ["rate", "attribute", "source", "key", "shape"])
+def test_what_a_trace_reads_changing_traces_again(cache, monkeypatch, counted_traces, tmp_path, change):
+    """Another LR_base (a value the trace reads), another attribute, another source file loaded,
+    another program key or input shape: traced again; a rate alone needs no new build."""
+    compiler = _Compiler(monkeypatch)
+    _probe(_learner(), counted_traces)
+    learner, key = _learner(), ("probe",)
+    if change == "rate":
+        learner = _learner(lr_base=0.5)
+    elif change == "attribute":
+        learner.segment = 3
+    elif change == "source":
+        module = tmp_path / "plugin_for_trace_key.py"
+        module.write_text("X = 1\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        __import__("plugin_for_trace_key")
+        monkeypatch.delitem(sys.modules, "plugin_for_trace_key")
+        monkeypatch.setitem(sys.modules, "plugin_for_trace_key", __import__("plugin_for_trace_key"))
+    elif change == "key":
+        key = ("probe", 2)
+    if change == "shape":
+        learner = get_algorithm("maml", "func", HyperParams(meta_batch=3), torch.Generator().manual_seed(0),
+                                compile=True)
+        state = [learner.meta_parameters[0].detach()]
+        learner._compile_traced(lambda x, p: (x * learner.lr_base.float() + p.sum(),), [torch.ones(4), *state],
+                                keep=state, key=key)
+    else:
+        _probe(learner, counted_traces, key)
+    assert len(counted_traces) == 2
+    assert len(compiler.builds) == (2 if change == "shape" else 1)
+
+
+def test_a_corrupt_or_mismatched_trace_record_traces_again(cache, monkeypatch, counted_traces):
+    compiler = _Compiler(monkeypatch)
+    _probe(_learner(), counted_traces)
+    record = next(cache.glob("trace-*.json"))
+    content = json.loads(record.read_text())
+    record.write_text("{garbled")
+    with pytest.warns(UserWarning, match="record .* is corrupt"):
+        _probe(_learner(), counted_traces)
+    assert len(counted_traces) == 2 and json.loads(record.read_text()) == content  # rewritten
+    content["constants"][0][1][0] = [7]  # the constant found there has another shape: not used
+    record.write_text(json.dumps(content))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _probe(_learner(), counted_traces)
+    assert len(counted_traces) == 3 and len(compiler.builds) == 1
+    next(cache.glob("*.so")).write_bytes(b"library:damaged")  # the library it names is corrupt: rebuilt
+    with pytest.warns(UserWarning, match="is corrupt.*recompiling"):
+        _probe(_learner(), counted_traces)
+    assert len(counted_traces) == 4 and len(compiler.builds) == 2
+
+
 _SNIPPET = """
 import os, sys
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = sys.argv[1]
@@ -218,8 +328,9 @@ def test_the_library_is_bitwise_inductors_own_compile(monkeypatch, hp):
     import torch._inductor
 
     aoti = _train(**dict(hp))
+    monkeypatch.setattr(base, "traced_program", lambda owner, key: None)  # no recorded trace: Inductor's
     for options in ({"cpp_wrapper": True}, None):
-        monkeypatch.setattr(base, "compiled_program", lambda graph, inputs, device, options=options:
+        monkeypatch.setattr(base, "compiled_program", lambda graph, inputs, device, trace=None, options=options:
                             torch._inductor.compile(graph, inputs, options=options))
         assert aoti.isfinite().all() and torch.equal(aoti, _train(**dict(hp))), options
 
