@@ -5,7 +5,10 @@ A job is one program: a single cell on a loop backend, or on the `func` backend 
 `MAX_ENSEMBLE` cells that differ only in seed, LR_base and LR_meta (an ensemble trained in one
 batched program). An ensemble member computes bitwise what the cell alone computes, so how cells
 are grouped (which other cells share the sweep, a resume that retrains only the missing members,
-the split into chunks) never changes a number.
+the split into chunks) never changes a number. Cells that differ only in a hyperparameter their
+learner's training never reads (pre-training's LR_base: `MetaLearner.test_time_keys`) go into one
+job on any backend and share one training there (`job.shared_training`), each evaluated at its own
+value; split across jobs (chunks, a resume), they train again, to the same bits.
 
 Compiled cells (`compile = true`, or where `compile = "auto"` projects less CPU time than eager:
 `benchmarks.compile_choice.plan`) train alone. "auto" is decided over the whole
