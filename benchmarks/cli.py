@@ -149,8 +149,7 @@ def execute_sweep(sweep, out, executor: str = "local", workers: int = 1, address
     from benchmarks.report import write_report
     from benchmarks.sweep import pending_cells, run_sweep
 
-    if plugins:  # the jobs import them again (a spawned worker has not)
-        sweep.settings = replace(sweep.settings, plugins=tuple(dict.fromkeys(sweep.settings.plugins + tuple(plugins))))
+    add_plugins(sweep, plugins)
     if not (executor == "ray" and address):  # a remote cluster's devices are its own business
         check_device_available(sweep.settings.device)
     _print_skipped(sweep.skipped, show_skipped)
@@ -214,6 +213,13 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def add_plugins(sweep, plugins) -> None:
+    """Name the command's --plugin modules in the sweep's settings: the jobs import them again (a
+    spawned worker or Ray task has not)."""
+    if plugins:
+        sweep.settings = replace(sweep.settings, plugins=tuple(dict.fromkeys(sweep.settings.plugins + tuple(plugins))))
+
+
 def cmd_tune(args) -> int:
     """`run`'s options and checks, then successive halving (`benchmarks.tuning`): the rungs below the
     last into OUT/rungs/<r>/, the last into OUT/runs/ with the report, tuning.csv beside it."""
@@ -225,9 +231,7 @@ def cmd_tune(args) -> int:
     if args.device:
         overrides.append(("device", args.device))
     plan = load_tuning(args.config, overrides, limits)
-    if args.plugin:  # the jobs import them again (a spawned worker has not)
-        plan.sweep.settings = replace(plan.sweep.settings, plugins=tuple(dict.fromkeys(
-            plan.sweep.settings.plugins + tuple(args.plugin))))
+    add_plugins(plan.sweep, args.plugin)
     _print_skipped(plan.sweep.skipped, args.show_skipped)
     result = tune(plan, args.out, args.executor, args.workers, args.address, args.threads)
     for r in result.failed:

@@ -19,7 +19,6 @@ import importlib.metadata
 import tomllib
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
@@ -197,15 +196,14 @@ def tune(config: Mapping | str | PathLike, out: str | PathLike, *, overrides=Non
     `out/tuning.csv`; returns `load(out)`. `config` needs a `tuning` table (a dict under "tuning"
     in a dict config); the other arguments as `run`'s. A rung with failed cells stops the tuning
     with a warning (the same call again retrains them and goes on)."""
+    from benchmarks.cli import add_plugins
     from benchmarks.tuning import load_tuning
     from benchmarks.tuning import tune as tune_plan
 
     source, pairs, limits, plugins = _checked(config, out, overrides, workers, threads, device, executor, address,
                                               plugins, limits)
     plan = load_tuning(source, pairs, limits)
-    if plugins:  # the jobs import them again (a spawned worker has not)
-        plan.sweep.settings = replace(plan.sweep.settings, plugins=tuple(dict.fromkeys(
-            plan.sweep.settings.plugins + tuple(plugins))))
+    add_plugins(plan.sweep, plugins)
     result = tune_plan(plan, out, executor, workers, address, threads, progress=progress, log=lambda *_: None)
     _warn_failed(result.failed)
     for line in result.warnings:
