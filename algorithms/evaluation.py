@@ -19,7 +19,7 @@ import torch
 from algorithms import generic_engine as generic
 from algorithms.base import Adaptation
 from algorithms.functional import adapt, expand_per_task, first_gradient_norm
-from algorithms.network import task_losses
+from algorithms.network import query_losses
 from tasks.problem import MSE, Problem, problem_of
 
 CI_Z = 1.96  # 95% normal interval: 1.96·std/sqrt(n)
@@ -47,7 +47,7 @@ def adaptation_curve(adaptation: Adaptation, batch, steps: int = 10, problem: Pr
         start = [p.requires_grad_() for p in expand_per_task([p.detach() for p in adaptation.params], n_tasks)]
         rows = []
         for params in adapt(start, batch.x_support, batch.y_support, lrs, steps, create_graph=False):
-            rows.append(task_losses(params, batch.x_query, batch.y_query).detach())
+            rows.append(query_losses(params, batch.x_query, batch.y_query))
     return torch.stack(rows)
 
 
