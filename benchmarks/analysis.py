@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: every list of cell keys below comes from the cell schema (`benchmarks.config.SCHEMA`)
 CELL_COLUMNS = SCHEMA.names
 RUN_COLUMNS = ["status", "engine", "sec_per_iter", "sec_per_iter_member", "compile_seconds", "ensemble_size",
-               "peak_memory_mb", "device"]
+               "peak_memory_mb", "device", "shares_training_with"]
 
 
 def eval_columns(metric: Metric = MSE) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import paper, statistics
+from benchmarks.ablation import ABLATIONS
 from benchmarks.analysis import CELL_COLUMNS, pool_seeds
 from benchmarks.config import SCHEMA, ConfigError
 from benchmarks.document import markdown_table
@@ -502,6 +503,37 @@ def reference_own_k(results: Path) -> str:
             + EXTRAPOLATION_NOTE + "\n\n" + markdown_table(pd.DataFrame(rows)))
 
 
+#: the committed results folders whose cost docs/paper-reproduction.md states: name -> its subfolders
+#: with a summary.csv (the ablations keep one folder per ablation)
+COMPUTE_FOLDERS = {"reference": ("",), "ablations": tuple(ABLATIONS), "paper": ("",), "classification": ("",),
+                   "bench": ("",)}
+
+
+def _cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell of a summary.csv (it has one per evaluation row)."""
+    return summary.drop_duplicates(subset=[c for c in CELL_COLUMNS if c in summary.columns])
+
+
+def results_compute(results: Path) -> str:
+    """What each committed results folder cost to train, from its summary.csv: its cells, its trainings
+    (cells that share another's training, `shares_training_with`, are not trainings) and the time of
+    their training steps (`sec_per_iter_member` x iterations + `compile_seconds`, per training: one
+    worker's seconds, an ensemble's divided among its members), in core-hours of the machine its
+    records name. Evaluations, startup and reports are not in it."""
+    rows = []
+    for folder, parts in COMPUTE_FOLDERS.items():
+        cells = pd.concat([_cells(read(results, f"{folder}/{part}".rstrip("/"), "summary.csv")) for part in parts])
+        trained = cells[cells["shares_training_with"].isna()]
+        seconds = (trained["sec_per_iter_member"] * trained["iterations"] + trained["compile_seconds"].fillna(0)).sum()
+        rows.append({"folder": f"results/{folder}/", "cells": len(cells), "trainings": len(trained),
+                     "iterations (millions)": _g(trained["iterations"].sum() / 1e6),
+                     "training steps (core-hours)": f"{seconds / 3600:.2f}"})
+    return ("Training compute of each committed results folder (`benchmarks.readme.results_compute`, from its "
+            "`summary.csv`): trainings are the cells that trained (pre-training's LR_base variants share one), "
+            "the time is their training steps on one core each, evaluation and reports excluded.\n\n"
+            + markdown_table(pd.DataFrame(rows)))
+
+
 def ablation_table(results: Path) -> str:
     """docs/paper-reproduction.md: each fidelity ablation's one-step K = 5 test mean against the reference,
     paired by seed and task (results/ablations/ablations.csv, `benchmarks.ablation`)."""
@@ -532,6 +564,7 @@ BLOCKS = {
     "reference-glance": reference_glance,
     "reference-own-k": reference_own_k,
     "ablation-table": ablation_table,
+    "results-compute": results_compute,
     "paper-glance": paper_glance,
     "paper-table2": paper_table2,
     "bench-glance": bench_glance,
