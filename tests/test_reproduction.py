@@ -185,12 +185,12 @@ def paper_folder(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paper, "PAPER_SET_SIZE", SMALL_SET)
         patch.setattr(figures, "FIGURE_MAKERS", {"fig13_reproduction": figures.FIGURE_MAKERS["fig13_reproduction"]})
-        write_report(write_records(root / "paper", table2_records()))
+        write_report(write_records(root / readme.PAPER_FOLDER, table2_records()))  # where the README reads it
     return root
 
 
 def test_report_writes_the_criterion_into_section_d_the_csv_and_fig13(paper_folder):
-    out = paper_folder / "paper"
+    out = paper_folder / readme.PAPER_FOLDER
     frame = pd.read_csv(out / "paper_comparison.csv")
     assert {"single_set_means", "single_set_median", "single_set_low", "single_set_high", "range_kind",
             "published_percentile", "verdict", "n_single_sets", "set_size"} <= set(frame.columns)
@@ -242,9 +242,10 @@ def test_fig13_draws_every_single_set_mean_and_marks_the_published_value(small_s
 def test_a_comparison_csv_from_before_the_criterion_is_an_error_naming_the_file(tmp_path):
     """An old `paper_comparison.csv` (the 25% band's columns) gives a one-line error naming the file
     and the columns it lacks, never a KeyError traceback."""
-    (tmp_path / "paper").mkdir()
+    (tmp_path / readme.PAPER_FOLDER).mkdir()
     pd.DataFrame({"algorithm": ["maml"], "eval_steps": [1], "published": [0.67], "reproduced": [True],
-                  "relative_difference": [-0.14]}).to_csv(tmp_path / "paper" / "paper_comparison.csv", index=False)
+                  "relative_difference": [-0.14]}).to_csv(tmp_path / readme.PAPER_FOLDER / "paper_comparison.csv",
+                                                          index=False)
     readme._csv.cache_clear()
     try:
         for block in (readme.paper_table2, readme.paper_criterion):
