@@ -75,6 +75,9 @@ def pooled_validation(records: list[dict], metric: str = "mse") -> dict:
 def test_rung_iterations_survivors_and_budget_at_the_reported_budget():
     plan = tuning.load_tuning(ROOT / "benchmarks" / "configs" / "tuned.toml")
     assert len(plan.groups) == 7 and {len(c) for c in plan.groups.values()} == {9}
+    # Reptile at its customary several inner steps (at S = 1 it is pre-training), everyone else at S = 1
+    assert {group[1]: {c.inner_steps for c in cells} for group, cells in plan.groups.items()} == {
+        **{a: {1} for a in ("maml", "fomaml", "msl", "metasgd", "anil", "pretrain")}, "reptile": {5}}
     assert plan.rungs == 3 and plan.kept == [9, 3, 1]
     assert [plan.iterations(r) for r in range(3)] == [7778, 23333, 70000]  # 70,000 / 9 and / 3, rounded
     assert [plan.seeds_at(r) for r in range(3)] == [[0, 1, 2]] * 3
