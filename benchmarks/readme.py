@@ -511,6 +511,47 @@ def reference_own_k(results: Path) -> str:
             + EXTRAPOLATION_NOTE + "\n\n" + markdown_table(pd.DataFrame(rows)))
 
 
+def tuned_glance(results: Path) -> str:
+    """docs/paper-reproduction.md: what the tuning at the reported budget chose per algorithm (results/tuned/,
+    `benchmarks.tuning`): the configuration, whether its optimum is bracketed, the candidates and budget
+    behind it, its validation and test MSE after one step, and the reference's at Finn's rates beside it."""
+    table = read(results, "tuned", "tuning.csv")
+    robust = read(results, "tuned", "robust.csv")
+    reference = read(results, PAPER_FOLDER, "robust.csv")
+    last = table["rung"].max()
+    rows, budgets = [], set()
+    for _, chosen in table[table["chosen"].astype(bool) & (table["rung"] == last)].iterrows():
+        group = table[table["algorithm"] == chosen["algorithm"]]
+        added = group[(group["rung"] == 0) & (group["extension"] > 0)]  # bracketing: outside the equal budget
+        planned = group.drop(added.index)
+        budgets.add(int((planned["iterations"] * planned["seeds"]).sum()))
+        at = {"k_shot": chosen["k_shot"], "eval_k_shot": chosen["k_shot"], "eval_steps": 1}
+        stat = _one(robust, "results/tuned/robust.csv", algorithm=chosen["algorithm"], **at)
+        finn = reference[(reference["algorithm"] == chosen["algorithm"]) & (reference["inner_steps"] == chosen["inner_steps"])
+                         & (reference["k_shot"] == at["k_shot"]) & (reference["eval_k_shot"] == at["eval_k_shot"])
+                         & (reference["eval_steps"] == 1)]
+        edge = chosen["at_edge"] if isinstance(chosen["at_edge"], str) and chosen["at_edge"] else ""
+        rows.append({
+            "algorithm": chosen["algorithm"], "S": int(chosen["inner_steps"]), "LR_base": _g(chosen["lr_base"]),
+            "LR_meta": _g(chosen["lr_meta"]), "bracketed": f"no: {edge.replace(';', ', ')}" if edge else "yes",
+            "rung-0 candidates": f"{len(group[group['rung'] == 0])}"
+                                 + (f" ({len(added)} added, {int((added['iterations'] * added['seeds']).sum()):,} it.)"
+                                    if len(added) else ""),
+            "val MSE@1": _g(chosen[next(c for c in table.columns if c.startswith("val_"))]),
+            "test MSE@1": fmt_estimate(_estimate(stat, "mean"), 3),
+            "reference (Finn's rates) test MSE@1": fmt_estimate(_estimate(finn.iloc[0], "mean"), 3) if len(finn) == 1
+                                                   else "–"})
+    first = robust.iloc[0]
+    budget = (f"{budgets.pop():,} iterations of planned tuning per algorithm (the same for every one)" if len(budgets) == 1
+              else f"planned tuning per algorithm, unequal: {'; '.join(f'{b:,}' for b in sorted(budgets))} iterations")
+    return (f"`results/tuned/` (`benchmarks/configs/tuned.toml`, `python -m benchmarks tune`): successive halving on "
+            f"validation MSE after one step at K = {int(first['k_shot'])}, the last rung at the reported "
+            f"{int(first['iterations']):,} iterations; {budget}, plus the bracketing rounds' added candidates where a winner sat on the grid's edge. "
+            f"Test MSE after one step: mean [two-way bootstrap 95% CI] over {int(first['n_seeds'])} seeds × "
+            f"{int(first['n_tasks']):,} test tasks, and the reference's cell at Finn's rates (LR_base 0.01, LR_meta "
+            f"0.001; {PAPER_FOLDER}, 10 seeds) at the same S beside it.\n\n" + markdown_table(pd.DataFrame(rows)))
+
+
 #: the committed results folders whose cost docs/paper-reproduction.md states: name -> its subfolders
 #: with a summary.csv (the ablations keep one folder per ablation)
 COMPUTE_FOLDERS = {"reference": ("",), "ablations": tuple(ABLATIONS), "paper": ("",), "classification": ("",),
@@ -573,6 +614,7 @@ BLOCKS = {
     "reference-own-k": reference_own_k,
     "ablation-table": ablation_table,
     "results-compute": results_compute,
+    "tuned-glance": tuned_glance,
     "paper-glance": paper_glance,
     "paper-table2": paper_table2,
     "bench-glance": bench_glance,
