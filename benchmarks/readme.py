@@ -462,7 +462,8 @@ def reference_glance(results: Path) -> str:
     variance = variance[variance["k_shot"] == 10]
     rows = []
     for (algorithm, steps_trained), group in robust.groupby(["algorithm", "inner_steps"], sort=False):
-        row = {"algorithm": algorithm, "S": int(steps_trained)}
+        row = {"algorithm": algorithm, "S": int(steps_trained),
+               "LR_base": _g(_one(group, "results/reference/robust.csv", eval_k_shot=10, eval_steps=1)["lr_base"])}
         for eval_k in (5, 10):
             stat = _one(group, "results/reference/robust.csv", eval_k_shot=eval_k, eval_steps=1)
             parts = variance[(variance["algorithm"] == algorithm) & (variance["inner_steps"] == steps_trained)
@@ -476,8 +477,8 @@ def reference_glance(results: Path) -> str:
     first = robust.iloc[0]
     return (f"`results/reference/` (`reference.toml`): Finn's setting trained at K = 10, "
             f"{int(first['iterations']):,} iterations, {int(first['n_seeds'])} seeds on independent random streams "
-            f"× {int(first['n_tasks']):,} test tasks, every algorithm at Finn's hyperparameters (S: the inner steps "
-            "validation chose where two were trained); tested at K = 5 and K = 10 after one step: the mean [two-way "
+            f"× {int(first['n_tasks']):,} test tasks, every algorithm at Finn's hyperparameters but the two validation "
+            "chose: S where two were trained (Reptile) and pre-training's test-time LR_base; tested at K = 5 and K = 10 after one step: the mean [two-way "
             "bootstrap 95% CI], the standard deviation of a model's offset (`sd seed`, table (a4)) and the seeds "
             "whose mean over as many tasks would have a 95% half-width within 5% of the mean.\n\n"
             + markdown_table(frame))
