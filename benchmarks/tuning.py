@@ -32,7 +32,8 @@ Decisions where the issue was silent:
   (`compile = "auto"` decides per sweep).
 - A rung with a failed cell stops the tuning (exit 1; rerun to retrain it and go on): a ranking
   over missing cells could differ from the one a resume makes.
-- The rung folders get no report of their own (figures cost seconds each); `report` makes one.
+- The rung folders get no report of their own (figures cost seconds each; `report` makes one),
+  only their `summary.csv`: what the tuning trained and what it cost is stated like any folder's.
 """
 from __future__ import annotations
 
@@ -389,7 +390,12 @@ def tune(plan: TuningPlan, out, executor: str = "local", workers: int = 1, addre
             interrupt.rung = rung
             raise
         ids = {c.cell_id for c in cells}
-        records = [r for r in load_records(folder, limits) if r["cell_id"] in ids]
+        everything = load_records(folder, limits)
+        if folder != out:  # its cells and their cost, as any results folder states them (no figures)
+            from benchmarks.report import write_summary
+
+            write_summary(folder, everything)
+        records = [r for r in everything if r["cell_id"] in ids]
         failed = [r for r in records if r["status"] == "failed"]
         if failed:
             raise _Stop(failed)

@@ -134,6 +134,9 @@ def test_survivors_are_the_validation_best_and_the_report_selects_the_chosen(tmp
     assert "budget per group: 3 x 1 x 12 + 1 x 2 x 36 = 108 iterations" in stdout, stdout
     rung0 = load_records(out / "rungs" / "0")
     assert {(r["cell"]["iterations"], r["cell"]["seed"]) for r in rung0} == {(12, 0)} and len(rung0) == 3
+    summary = pd.read_csv(out / "rungs" / "0" / "summary.csv")  # what the rung trained and cost, stated
+    assert set(zip(summary["lr_base"], summary["seed"])) == {(r["cell"]["lr_base"], r["cell"]["seed"]) for r in rung0}
+    assert not (out / "rungs" / "0" / "tables.md").exists()
     values = pooled_validation(rung0)
     best = min(values, key=values.get)
     final = load_records(out)
