@@ -56,7 +56,7 @@ FINN_CELL = {"inner_steps": 1, "meta_batch": 25}
 def _csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (a generated block reads it; run the target that writes it)")
-    return pd.read_csv(path)
+    return pd.read_csv(path, low_memory=False)
 
 
 def read(results: Path, folder: str, name: str) -> pd.DataFrame:
@@ -168,13 +168,14 @@ def paper_table2(results: Path) -> str:
     """Finn et al.'s Table 2 beside ours (the report's section (d), the rows with a published value):
     the published value against our single-model × single-set means, by the declared rule."""
     frame = _table2(results)
-    table = paper.comparison_table(frame)[["algorithm", "steps", "paper", "single-set means", "median", "range",
+    table = paper.comparison_table(frame)[["algorithm", "LR_base", "steps", "paper", "single-set means", "median", "range",
                                           "paper's percentile", "verdict", "blow-up"]]
     first = frame.iloc[0]
     intro = (f"Trained at K = 10, tested at K = {paper.EVAL_K} (`results/{PAPER_FOLDER}/paper_comparison.csv`). Each published "
              f"value is one trained model's mean over one set of {paper.PAPER_SET_SIZE} test tasks, so ours are the "
              f"same statistic, one per seed × independent test set ({int(first['n_seeds'])} × "
-             f"{int(first['n_single_sets']) // int(first['n_seeds'])}). Verdict: {paper.RULE}.")
+             f"{int(first['n_single_sets']) // int(first['n_seeds'])}); `LR_base`: the adaptation step, Finn's 0.01, "
+             f"pre-training's chosen on validation at K = {paper.EVAL_K} as Finn et al. tuned it. Verdict: {paper.RULE}.")
     after = _blown_means(frame)
     return intro + "\n\n" + markdown_table(table) + (f"\n{after}\n" if after else "")
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.analysis import analyse, final_evaluations
-from benchmarks.paper import MIN_SINGLE_SETS, PUBLISHED, comparison, comparison_table
+from benchmarks.paper import MIN_SINGLE_SETS, PUBLISHED, comparison, comparison_table, note
 from benchmarks.report import write_report
 from test_report import N_TASKS, make_record, stored, write_records
 
@@ -50,6 +50,29 @@ def test_only_finn_setup_at_eval_k5_enters():
     assert comparison(final_evaluations(other)).empty
     frame = comparison(final_evaluations(other + _finn_records(0.67, 2.41)))
     assert set(frame["inner_steps"]) == {1} and set(frame["k_shot"]) == {10} and set(frame["iterations"]) == {70_000}
+
+
+def test_pretraining_enters_at_the_test_time_step_validation_chose_and_maml_only_at_finns():
+    """Finn et al. tuned the pretrained baseline's step size: pre-training's LR_base (a test-time key)
+    is chosen on validation, whatever its value; MAML's LR_base is training setup, so 0.01 only."""
+    pretrain = [make_record("pretrain", seed=seed, val=val, test=test, **{**FINN, "lr_base": lr})
+                for lr, val, test in ((0.003, 2.0, 1.0), (0.01, 1.5, 1.2), (0.1, 1.1, 1.9), (0.3, 1.3, 0.5))
+                for seed in (0, 1, 2)]
+    maml = [make_record("maml", seed=seed, val=val, **{**FINN, "lr_base": lr})
+            for lr, val in ((0.01, 1.0), (0.03, 0.5)) for seed in (0, 1, 2)]
+    frame = comparison(final_evaluations(pretrain + maml))
+    chosen = frame.groupby("algorithm")["lr_base"].unique()
+    assert list(chosen["pretrain"]) == [0.1], "lowest validation MSE, not lowest test MSE (0.3) nor Finn's 0.01"
+    # chosen at the compared K = 5, not at the trained K = 10: a step right for 10 points can diverge on 5
+    at_k5 = [r | {"evaluations": [e | {"mse": e["mse"] * (3.0 if e["split"] == "validation" and e["eval_k_shot"] == 5
+                                                          and r["cell"]["lr_base"] == 0.1 else 1.0)}
+                                  for e in r["evaluations"]]} for r in pretrain]
+    assert list(comparison(final_evaluations(at_k5))["lr_base"].unique()) == [0.3]
+    assert "pretrain: its test-time LR_base = 0.1, chosen on validation at K = 5" in note(frame)
+    assert list(chosen["maml"]) == [0.01], "MAML's LR_base is its training setup: not chosen"
+    without_validation = [r | {"evaluations": [e for e in r["evaluations"] if e["split"] == "test"]} for r in pretrain]
+    fallback = comparison(final_evaluations(without_validation))
+    assert set(fallback["lr_base"]) == {0.01}, "nothing to choose by: the published setup's value"
 
 
 def test_report_writes_section_d_only_for_the_paper_setup(tmp_path):

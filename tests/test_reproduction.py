@@ -213,7 +213,7 @@ def test_readme_table2_block_follows_the_criterion(paper_folder):
     finally:
         readme._csv.cache_clear()
     assert "25%" not in block and "✓" not in block and "central 95%" in block
-    assert "| maml | 1 | 0.67 |" in block and "ours lower" in block and "ours higher" in block
+    assert "| maml | 0.01 | 1 | 0.67 |" in block and "ours lower" in block and "ours higher" in block
     assert "none of the 30" in criterion and "0.67" in criterion
 
 
