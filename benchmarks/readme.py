@@ -533,7 +533,7 @@ def tuned_glance(results: Path) -> str:
     robust = read(results, "tuned", "robust.csv")
     reference = read(results, PAPER_FOLDER, "robust.csv")
     last = table["rung"].max()
-    rows, budgets = [], set()
+    rows, budgets, tuned_means = [], set(), {}
     for _, chosen in table[table["chosen"].astype(bool) & (table["rung"] == last)].iterrows():
         group = table[table["algorithm"] == chosen["algorithm"]]
         added = group[(group["rung"] == 0) & (group["extension"] > 0)]  # bracketing: outside the equal budget
@@ -553,8 +553,10 @@ def tuned_glance(results: Path) -> str:
                                     if len(added) else ""),
             "val MSE@1": _g(chosen[next(c for c in table.columns if c.startswith("val_"))]),
             "test MSE@1": fmt_estimate(_estimate(stat, "mean"), 3),
-            "reference (Finn's rates) test MSE@1": fmt_estimate(_estimate(finn.iloc[0], "mean"), 3) if len(finn) == 1
-                                                   else "–"})
+            "reference test MSE@1": (fmt_estimate(_estimate(finn.iloc[0], "mean"), 3)
+                                     + (f" (LR_base {_g(finn.iloc[0]['lr_base'])})" if finn.iloc[0]["lr_base"] != 0.01 else "")
+                                     if len(finn) == 1 else "–")})
+        tuned_means[chosen["algorithm"]] = (stat["mean"], finn.iloc[0]["mean"] if len(finn) == 1 else float("nan"))
     first = robust.iloc[0]
     budget = (f"{budgets.pop():,} iterations of planned tuning per algorithm (the same for every one)" if len(budgets) == 1
               else f"planned tuning per algorithm, unequal: {'; '.join(f'{b:,}' for b in sorted(budgets))} iterations")
@@ -563,13 +565,24 @@ def tuned_glance(results: Path) -> str:
             f"{int(first['iterations']):,} iterations; {budget}, plus the bracketing rounds' added candidates where a winner sat on the grid's edge. "
             f"Test MSE after one step: mean [two-way bootstrap 95% CI] over {int(first['n_seeds'])} seeds × "
             f"{int(first['n_tasks']):,} test tasks, and the reference's cell at Finn's rates (LR_base 0.01, LR_meta "
-            f"0.001; {PAPER_FOLDER}, 10 seeds) at the same S beside it.\n\n" + markdown_table(pd.DataFrame(rows)))
+            f"0.001; {PAPER_FOLDER}, 10 seeds; pre-training at the test-time LR_base its validation chose) at the same S "
+            "beside it.\n\n" + markdown_table(pd.DataFrame(rows)) + "\n" + _tuned_reading(tuned_means) + "\n")
+
+
+def _tuned_reading(means: dict[str, tuple[float, float]]) -> str:
+    """The tuned table in one sentence: the ranking tuned and at Finn's rates, and the change of each mean."""
+    frame = pd.DataFrame(means, index=["tuned", "reference"]).T.dropna()
+    order = {name: " < ".join(frame[name].sort_values(kind="stable").index) for name in frame.columns}
+    change = 100 * (frame["tuned"] / frame["reference"] - 1)
+    same = "the same" if order["tuned"] == order["reference"] else "a different"
+    return (f"Ranking by mean test MSE@1, tuned: {order['tuned']}; at Finn's rates: {order['reference']} ({same} order). "
+            f"Tuned minus reference: {change.min():+.0f}% to {change.max():+.0f}% of the reference's mean.")
 
 
 #: the committed results folders whose cost docs/paper-reproduction.md states: name -> its subfolders
-#: with a summary.csv (the ablations keep one folder per ablation)
-COMPUTE_FOLDERS = {"reference": ("",), "ablations": tuple(ABLATIONS), "paper": ("",), "classification": ("",),
-                   "bench": ("",)}
+#: with a summary.csv (the ablations keep one folder per ablation; a tuning one per rung below the last)
+COMPUTE_FOLDERS = {"reference": ("",), "ablations": tuple(ABLATIONS), "tuned": ("rungs/0", "rungs/1", ""),
+                   "paper": ("",), "classification": ("",), "bench": ("",)}
 
 
 def _cells(summary: pd.DataFrame) -> pd.DataFrame:

@@ -51,6 +51,19 @@ def test_the_block_states_budget_bracketing_and_the_reference(results):
     assert "| 0.09 |" in maml and "no: lr_base=high" in maml and "4 (1 added, 30 it.)" in maml
     assert "0.3 [0.2, 0.4]" in maml and "0.34 [0.24, 0.44]" in maml
     assert "| 5 |" in reptile and "| yes |" in reptile and "0.4 [0.3, 0.5]" in reptile  # the reference's S = 5
+    # tuned maml 0.3 < reptile 0.35; reference maml 0.34 < reptile (S = 5) 0.4: the same order, -12% and -12.5%
+    assert "tuned: maml < reptile; at Finn's rates: maml < reptile (the same order)" in text
+    assert "Tuned minus reference: -13% to -12% of the reference's mean." in text
+
+
+def test_a_changed_ranking_and_a_reference_at_another_lr_base_are_said(results):
+    frame = pd.read_csv(results / "reference" / "robust.csv")
+    frame.loc[frame["algorithm"] == "maml", ["mean", "mean_low", "mean_high", "lr_base"]] = [0.5, 0.4, 0.6, 0.03]
+    frame.to_csv(results / "reference" / "robust.csv", index=False)
+    readme._csv.cache_clear()
+    text = readme.tuned_glance(results)
+    assert "at Finn's rates: reptile < maml (a different order)" in text
+    assert "0.5 [0.4, 0.6] (LR_base 0.03)" in text
 
 
 def test_an_unequal_budget_is_said(results):
