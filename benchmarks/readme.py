@@ -554,7 +554,7 @@ def tuned_glance(results: Path) -> str:
             "val MSE@1": _g(chosen[next(c for c in table.columns if c.startswith("val_"))]),
             "test MSE@1": fmt_estimate(_estimate(stat, "mean"), 3),
             "reference test MSE@1": (fmt_estimate(_estimate(finn.iloc[0], "mean"), 3)
-                                     + (f" (LR_base {_g(finn.iloc[0]['lr_base'])})" if finn.iloc[0]["lr_base"] != 0.01 else "")
+                                     + (f" (LR_base {_g(finn.iloc[0]['lr_base'])})" if finn.iloc[0]["lr_base"] != paper.SETUP["lr_base"] else "")
                                      if len(finn) == 1 else "–")})
         tuned_means[chosen["algorithm"]] = (stat["mean"], finn.iloc[0]["mean"] if len(finn) == 1 else float("nan"))
     first = robust.iloc[0]
