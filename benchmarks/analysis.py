@@ -114,18 +114,24 @@ CI_NOTE = ci_note(MSE)
 
 # ----------------------------------------------------------------------------- frames
 
-def summary_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (cell, evaluation iteration, split, eval K, adaptation step).
+def summary_frame(records: list[dict], every_iteration: bool = False) -> pd.DataFrame:
+    """One row per (cell, split, eval K, adaptation step) at the cell's last evaluated iteration,
+    or at every evaluated iteration with `every_iteration`.
 
-    Cells without evaluations (diverged, failed) keep one row with empty metrics so they
-    stay visible in the table. The metric's columns are named after it (`eval_columns`); records
-    in two metrics are refused (RecordError, `records.folder_metric`).
+    summary.csv holds the last iteration only, the one every table reads: at every iteration the
+    ten-seed reference's would be several times larger (tens of MB) for numbers the records and
+    `metabench.Results.evaluations` still give. Cells without evaluations (diverged, failed) keep one
+    row with empty metrics so they stay visible in the table. The metric's columns are named after it
+    (`eval_columns`); records in two metrics are refused (RecordError, `records.folder_metric`).
     """
     columns = eval_columns(folder_metric(records))
     rows = []
     for record in records:
         base = {**{k: record["cell"][k] for k in CELL_COLUMNS}, **{k: record.get(k) for k in RUN_COLUMNS}}
         evaluations = record.get("evaluations") or [{}]
+        if not every_iteration:
+            last = max((e.get("iteration") or 0 for e in evaluations), default=0)
+            evaluations = [e for e in evaluations if (e.get("iteration") or 0) == last]
         rows.extend({**base, **{k: e.get(k) for k in columns}} for e in evaluations)
     return pd.DataFrame(rows, columns=CELL_COLUMNS + columns + RUN_COLUMNS)
 

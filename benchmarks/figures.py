@@ -468,7 +468,7 @@ def _fig_validation_curves(a: Analysis, plt):
     from benchmarks import plots
 
     best = _best(a)
-    evaluations = summary_frame(a.records)
+    evaluations = summary_frame(a.records, every_iteration=True)
     evaluations = evaluations[(evaluations["status"] == "ok") & (evaluations["split"] == "validation")
                               & (evaluations["eval_k_shot"] == evaluations["k_shot"])
                               & (evaluations["eval_steps"] == SELECT_STEPS)]

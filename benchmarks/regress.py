@@ -265,7 +265,8 @@ def regress(baseline_dir: Path, candidate_dir: Path, tolerances_path: Path = DEF
             lines.append(f"first error: {first['cell_id']}: {str(first['error']).splitlines()[-1]}")
         lines.append("REGRESSION")
         return 1, "\n".join(lines)
-    base, cand = summary_frame(base_records), summary_frame(cand_records)
+    # every evaluated iteration, not only summary.csv's last: a change that moves mid-training numbers is caught too
+    base, cand = (summary_frame(r, every_iteration=True) for r in (base_records, cand_records))
     table = compare(base, cand, tolerances, metric)
     bad = table[table.verdict != "ok"]
     lines = [f"compared {len(table)} numbers ({', '.join(compared(metric))}) "

@@ -80,10 +80,17 @@ class Results:
 
     @cached_property
     def summary(self) -> pd.DataFrame:
-        """summary.csv: one row per (cell, evaluation iteration, split, eval K, adaptation step)."""
+        """summary.csv: one row per (cell, split, eval K, adaptation step) at the cell's last iteration."""
         from benchmarks.analysis import summary_frame
 
         return summary_frame(self.records)
+
+    @cached_property
+    def evaluations(self) -> pd.DataFrame:
+        """summary.csv's columns at every evaluated iteration (every `eval_every`), e.g. for learning curves."""
+        from benchmarks.analysis import summary_frame
+
+        return summary_frame(self.records, every_iteration=True)
 
     @cached_property
     def curves(self) -> pd.DataFrame:

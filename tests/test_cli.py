@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+import metabench
 from algorithms import HyperParams, get_algorithm, list_algorithms
 from algorithms.evaluation import evaluate
 from benchmarks.cli import main
@@ -379,10 +380,15 @@ def test_tiny_run_writes_long_format_summary_and_records(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     missing = set(SUMMARY_COLUMNS) - set(summary.columns)
     assert not missing, f"summary.csv lacks {sorted(missing)}; has {list(summary.columns)}"
-    # per cell: iterations {10, 20} x splits {validation, test} x eval K {10} x steps 0..2
-    assert len(summary) == 2 * 2 * 2 * 1 * 3, len(summary)
-    assert summary.groupby("algorithm").size().to_dict() == {"fomaml": 12, "maml": 12}, \
+    # per cell, at the last iteration (20): splits {validation, test} x eval K {10} x steps 0..2
+    assert len(summary) == 2 * 2 * 1 * 3 and set(summary["iteration"]) == {20}, (len(summary), set(summary["iteration"]))
+    assert summary.groupby("algorithm").size().to_dict() == {"fomaml": 6, "maml": 6}, \
         summary.groupby("algorithm").size().to_dict()
+    every = metabench.load(out).evaluations  # the API keeps every evaluated iteration
+    assert len(every) == 2 * 2 * 2 * 1 * 3 and set(every["iteration"]) == {10, 20}, (len(every), set(every["iteration"]))
+    keys = ["algorithm", "split", "eval_k_shot", "eval_steps"]
+    last = every[every["iteration"] == 20].sort_values(keys).reset_index(drop=True)
+    assert last["mse"].tolist() == summary.sort_values(keys)["mse"].tolist()
     final = summary[(summary["iteration"] == 20) & (summary["split"] == "test")]
     for algorithm, rows in final.groupby("algorithm"):
         assert sorted(rows["eval_steps"]) == [0, 1, 2], (algorithm, sorted(rows["eval_steps"]))
