@@ -103,8 +103,8 @@ def _join(items: list[str]) -> str:
 # ----------------------------------------------------------------------------- the blocks
 
 #: the committed folder the paper comparison and the headline read: the reference runs (reference.toml:
-#: 10 seeds on independent streams, hardware recorded), not `make paper`'s 3-seed run (results/paper/,
-#: kept as it was: offset streams, no hardware in its records)
+#: 10 seeds on independent streams, hardware recorded; `make paper-results`), not `make paper`'s quick
+#: 3-seed run
 PAPER_FOLDER = "reference"
 
 
@@ -582,7 +582,7 @@ def _tuned_reading(means: dict[str, tuple[float, float]]) -> str:
 #: the committed results folders whose cost docs/paper-reproduction.md states: name -> its subfolders
 #: with a summary.csv (the ablations keep one folder per ablation; a tuning one per rung below the last)
 COMPUTE_FOLDERS = {"reference": ("",), "ablations": tuple(ABLATIONS), "tuned": ("rungs/0", "rungs/1", ""),
-                   "paper": ("",), "classification": ("",), "bench": ("",)}
+                   "classification": ("",), "bench": ("",)}
 
 
 def _cells(summary: pd.DataFrame) -> pd.DataFrame:

@@ -164,7 +164,7 @@ class Results:
 
 
 def load(folder: str | PathLike) -> Results:
-    """The results in `folder` (a sweep's output folder, e.g. "results/paper"); see `Results`."""
+    """The results in `folder` (a sweep's output folder, e.g. "results/reference"); see `Results`."""
     return Results(folder)
 
 

@@ -1,6 +1,6 @@
 """docs/outputs.md documents every column of every CSV a results folder holds.
 
-For each CSV in results/baseline, results/bench, results/paper, results/reference, results/ablations and results/tuned, the columns listed in the
+For each CSV in results/baseline, results/bench, results/reference, results/ablations and results/tuned, the columns listed in the
 Markdown table(s) under the docs heading that names the file (a backticked name or glob, e.g.
 `summary.csv`, `peers-*.csv`) must be exactly the CSV's header: a column added or removed
 without the doc fails here. A column whose type is marked "(optional)" is one the code writes
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "outputs.md"
-FOLDERS = ("baseline", "bench", "paper", "reference", "ablations", "tuned")
+FOLDERS = ("baseline", "bench", "reference", "ablations", "tuned")
 TYPES = {"int", "float", "str", "bool"}
 OPTIONAL = "(optional)"
 
